@@ -1,0 +1,1 @@
+"""KEDA adapter: ScaledObject examples and the scalerMetadata side of the target schema."""

@@ -1,0 +1,1 @@
+"""Knative Serving adapter: applies decided floors as revision min-scale."""

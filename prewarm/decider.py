@@ -1,0 +1,110 @@
+"""The decision loop: the one writer of decisions.
+
+It re-decides a target when its signals change (the store announces it) or when the target's last
+decision said something would change by itself (a window opens, a hold ends, a session expires),
+and sleeps in between: no busy tick. Floors that changed go to every actuator.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections.abc import Callable, Mapping, Sequence
+from datetime import datetime
+
+from prewarm import actuation, clock, policy, state, targets
+
+log = logging.getLogger(__name__)
+
+ForecastSource = Callable[[targets.TargetSpec, datetime], float | None]
+
+
+class Decider:
+    """Owns the decision for each configured target; call `run()` once, `mark_changed()` from anywhere."""
+
+    def __init__(
+        self,
+        *,
+        target_specs: Sequence[targets.TargetSpec],
+        store: state.Store,
+        actuators: Sequence[actuation.Actuator],
+        clock: clock.Clock,
+        forecast: ForecastSource | None = None,
+    ) -> None:
+        self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
+        self._store = store
+        self._actuators = tuple(actuators)
+        self._clock = clock
+        self._forecast = forecast
+        self._decisions: dict[str, policy.FloorDecision] = {}
+        self._dirty: set[str] = set(self._specs)
+        self._actuated: set[str] = set()  # targets whose floor this process has applied at least once
+        self._wake = asyncio.Event()
+        store.add_change_listener(self.mark_changed)
+
+    @property
+    def decisions(self) -> Mapping[str, policy.FloorDecision]:
+        """The current decision per target (read-only view)."""
+        return self._decisions
+
+    @property
+    def specs(self) -> Mapping[str, targets.TargetSpec]:
+        """The targets this decider owns, by `namespace/name`."""
+        return self._specs
+
+    def mark_changed(self, target: str) -> None:
+        """Ask for `target` to be re-decided now; unknown targets are ignored."""
+        if target in self._specs:
+            self._dirty.add(target)
+            self._wake.set()
+
+    async def run(self) -> None:
+        """Decide forever: at start, on every announced change, and at each decision's next change."""
+        for target in self._specs:
+            stored = await self._store.load_decision(target)
+            if stored is not None:
+                self._decisions[target] = stored
+        while True:
+            self._wake.clear()
+            now = self._clock.now()
+            due = self._dirty | {
+                target
+                for target, decision in self._decisions.items()
+                if decision.next_change is not None and decision.next_change <= now
+            }
+            self._dirty.clear()
+            for target in sorted(due):
+                try:
+                    await self.decide(target, now)
+                except state.StateUnavailable as e:
+                    log.warning("cannot decide %s, store unavailable: %s", target, e)
+                    self._dirty.add(target)
+            await self._clock.wait_until(self._next_wake(), self._wake)
+
+    async def decide(self, target: str, now: datetime) -> policy.FloorDecision:
+        """Decide one target at `now`, save the decision, and actuate if its floor changed."""
+        spec = self._specs[target]
+        previous = self._decisions.get(target)
+        sessions = await self._store.count_sessions(target, now)
+        forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
+        signals = policy.Signals(
+            sessions=sessions.active,
+            next_session_expiry=sessions.next_expiry,
+            forecast=forecast,
+        )
+        decision = policy.decide_floor(spec, signals, now, previous)
+        await self._store.save_decision(decision)
+        self._decisions[target] = decision
+        if target not in self._actuated or previous is None or previous.floor != decision.floor:
+            self._actuated.add(target)
+            for actuator in self._actuators:
+                try:
+                    await actuator.apply(decision, previous)
+                except Exception:
+                    # One failing actuator must not stop the others or the loop; it retries its own way.
+                    log.exception("actuator %s failed for %s", actuator.name, target)
+        return decision
+
+    def _next_wake(self) -> datetime | None:
+        times = [d.next_change for d in self._decisions.values() if d.next_change is not None]
+        return min(times) if times else None

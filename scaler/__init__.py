@@ -1,0 +1,1 @@
+"""KEDA external scaler: serves decided floors over gRPC (`external` and `external-push`)."""

@@ -1,0 +1,145 @@
+"""`prewarm serve` through its composition root, on an injected clock: no wall-clock sleeps."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import time
+from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+
+from prewarm import __main__ as cli
+from prewarm import actuation, clock, decider, ledger, policy, state, targets
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+
+
+async def until(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
+    """Poll `predicate` while letting the loop run, failing after `within` seconds."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.001)
+
+
+async def test_serve_logs_the_floor_change_when_a_cron_window_opens(tmp_path: Path) -> None:
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets:\n"
+        "  - name: ml/chat\n"
+        "    kind: knative\n"
+        "    max: 4\n"
+        "    cron: '1 12 * * * for 10m = 2'\n"  # opens one minute after T0
+    )
+    manual = clock.ManualClock(T0)
+    out = io.StringIO()
+    stop = asyncio.Event()
+    task = asyncio.create_task(cli.serve(cli.ServeOptions(config=config), clock=manual, out=out, stop=stop))
+    await until(lambda: out.getvalue().count("\n") == 1)
+    assert out.getvalue() == "2026-05-01T12:00:00Z ml/chat - -> 0 [min] min 0\n"
+
+    manual.advance(timedelta(seconds=59))
+    await asyncio.sleep(0)  # give the loop a chance to act wrongly: nothing is due yet
+    assert out.getvalue().count("\n") == 1
+
+    manual.advance(timedelta(seconds=1))
+    await until(lambda: out.getvalue().count("\n") == 2)
+    assert out.getvalue().splitlines()[1] == (
+        "2026-05-01T12:01:00Z ml/chat 0 -> 2 [cron] cron 2 ('1 12 * * *' in UTC until 2026-05-01T12:11:00Z)"
+    )
+    stop.set()
+    await asyncio.wait_for(task, timeout=5)
+
+
+async def test_serve_raises_config_error_before_starting(tmp_path: Path) -> None:
+    config = tmp_path / "targets.yaml"
+    config.write_text("targets: [{name: ml/chat, kind: knative}]")
+    with pytest.raises(targets.ConfigError):
+        await cli.serve(
+            cli.ServeOptions(config=config), clock=clock.ManualClock(T0), out=io.StringIO(), stop=asyncio.Event()
+        )
+
+
+class RecordingActuator:
+    """Keeps what it was asked to apply, in order."""
+
+    name = "recording"
+
+    def __init__(self) -> None:
+        self.applied: list[tuple[int | None, int]] = []
+
+    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+        self.applied.append((None if previous is None else previous.floor, decision.floor))
+
+
+class FailingActuator:
+    name = "failing"
+
+    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+        raise RuntimeError("cluster unreachable")
+
+
+def chat_spec() -> targets.TargetSpec:
+    return targets.TargetSpec(
+        ref=targets.TargetRef("ml", "chat"), kind=targets.TargetKind.KEDA, max=5, hold=timedelta(seconds=30)
+    )
+
+
+def opened(session: str, at: datetime) -> ledger.SessionEvent:
+    return ledger.SessionEvent(ledger.SessionEventType.OPENED, session, at, timedelta(seconds=60))
+
+
+async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() -> None:
+    manual = clock.ManualClock(T0)
+    store = state.MemoryStore()
+    recorder = RecordingActuator()
+    loop = decider.Decider(
+        target_specs=[chat_spec()], store=store, actuators=[FailingActuator(), recorder], clock=manual
+    )
+    task = asyncio.create_task(loop.run())
+    try:
+        await until(lambda: recorder.applied == [(None, 0)])
+        await store.record_session_events("ml/chat", [opened(f"s{i}", T0) for i in range(5)])
+        await until(lambda: recorder.applied[-1] == (0, 2))
+        assert loop.decisions["ml/chat"].source is policy.Source.INTENT
+        assert loop.decisions["ml/chat"].next_change == T0 + timedelta(seconds=60)  # sessions expire
+
+        manual.advance(timedelta(seconds=60))  # sessions expire: the floor is held for 30 s
+        await until(lambda: loop.decisions["ml/chat"].decided_at == T0 + timedelta(seconds=60))
+        assert loop.decisions["ml/chat"].floor == 2
+        manual.advance(timedelta(seconds=30))
+        await until(lambda: recorder.applied[-1] == (2, 0))
+        assert recorder.applied == [(None, 0), (0, 2), (2, 0)]
+        saved = await store.load_decision("ml/chat")
+        assert saved is not None and saved.floor == 0
+    finally:
+        task.cancel()
+
+
+async def test_decider_resumes_from_stored_decision_and_actuates_once() -> None:
+    store = state.MemoryStore()
+    spec = chat_spec()
+    earlier = policy.decide_floor(spec, policy.Signals(sessions=4), T0, None)
+    await store.save_decision(earlier)
+    recorder = RecordingActuator()
+    manual = clock.ManualClock(T0 + timedelta(seconds=5))
+    loop = decider.Decider(target_specs=[spec], store=store, actuators=[recorder], clock=manual)
+    task = asyncio.create_task(loop.run())
+    try:
+        # no sessions now, but the stored decision's floor is held: re-applied once, not lowered
+        await until(lambda: recorder.applied == [(1, 1)])
+        assert loop.decisions["ml/chat"].reason.startswith("holding 1 (intent)")
+    finally:
+        task.cancel()
+
+
+def test_log_actuator_line_format() -> None:
+    out = io.StringIO()
+    spec = chat_spec()
+    first = policy.decide_floor(spec, policy.Signals(sessions=9), T0, None)
+    asyncio.run(actuation.LogActuator(out).apply(first, None))
+    assert out.getvalue() == "2026-05-01T12:00:00Z ml/chat - -> 3 [intent] intent 3 (9 sessions / 4 per replica)\n"
