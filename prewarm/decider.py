@@ -11,6 +11,7 @@ import asyncio
 import logging
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
+from typing import Any
 
 from prewarm import actuation, clock, policy, state, targets
 
@@ -104,6 +105,31 @@ class Decider:
                     # One failing actuator must not stop the others or the loop; it retries its own way.
                     log.exception("actuator %s failed for %s", actuator.name, target)
         return decision
+
+    async def describe(self) -> list[dict[str, Any]]:
+        """What the decision core sees per target, for operators: floor, source, reason, sessions."""
+        now = self._clock.now()
+        view = []
+        for target, spec in sorted(self._specs.items()):
+            decision = self._decisions.get(target)
+            sessions = await self._store.count_sessions(target, now)
+            view.append(
+                {
+                    "target": target,
+                    "kind": spec.kind.value,
+                    "floor": None if decision is None else decision.floor,
+                    "source": None if decision is None else decision.source.value,
+                    "reason": None if decision is None else decision.reason,
+                    "decided_at": None if decision is None else decision.decided_at.isoformat(),
+                    "next_change": None
+                    if decision is None or decision.next_change is None
+                    else decision.next_change.isoformat(),
+                    "sessions": sessions.active,
+                    "min": spec.min,
+                    "max": spec.max,
+                }
+            )
+        return view
 
     def _next_wake(self) -> datetime | None:
         times = [d.next_change for d in self._decisions.values() if d.next_change is not None]

@@ -1,33 +1,71 @@
-"""Durable state behind the decision loop: sessions per target, and the last decision per target.
+"""Durable state behind the decision loop: sessions, dedup keys, arrival counters and decisions.
 
-`MemoryStore` is the embedded default (one process, lost on exit). A shared store (Redis) implements
-the same `Store` protocol so every replica serves the same stored decisions.
+`MemoryStore` is the embedded default (one process, lost on exit). `RedisStore` keeps the same
+state in Redis, shared by every replica, and announces changes on pub/sub. Both write a batch of
+intents all or nothing, and both bound their memory.
 """
 
 from __future__ import annotations
 
+import asyncio
+import collections
+import contextlib
+import dataclasses
+import json
+import logging
 from collections.abc import Callable, Sequence
-from datetime import datetime
-from typing import Protocol
+from datetime import UTC, date, datetime, timedelta
+from typing import Any, Protocol
+
+import redis.asyncio as aioredis
+import redis.exceptions
 
 from prewarm import ledger, policy
 
+log = logging.getLogger(__name__)
+
 ChangeListener = Callable[[str], None]
+DecisionListener = Callable[[policy.FloorDecision], None]
+
+DEDUP_TTL = timedelta(hours=24)
+ARRIVAL_HISTORY = timedelta(days=8)  # enough for "same minute last week" features
 
 
 class StateUnavailable(RuntimeError):
     """The store cannot be reached; nothing was written."""
 
 
-class Store(Protocol):
-    """What the listener writes and the decider reads. Every method may raise StateUnavailable."""
+@dataclasses.dataclass(frozen=True, slots=True)
+class Intent:
+    """One accepted session event for one target, with its delivery identity (source, id)."""
 
-    async def record_session_events(self, target: str, events: Sequence[ledger.SessionEvent]) -> None:
-        """Durably apply `events` to `target`'s sessions, all or none, then announce the change."""
+    target: str
+    source: str
+    id: str
+    event: ledger.SessionEvent
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IngestResult:
+    """How many intents of a batch were new, and how many were duplicates of earlier deliveries."""
+
+    accepted: int
+    duplicates: int
+
+
+class Store(Protocol):
+    """What the listener writes and the decider reads. Every async method may raise StateUnavailable."""
+
+    async def record_intents(self, intents: Sequence[Intent]) -> IngestResult:
+        """Durably store a batch (sessions, dedup keys, arrival counts) all or none, then announce it."""
         ...
 
     async def count_sessions(self, target: str, now: datetime) -> ledger.SessionCount:
         """Sessions of `target` alive at `now`."""
+        ...
+
+    async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, int]:
+        """Session arrivals of `target` per minute in [since, until), minutes with none left out."""
         ...
 
     async def load_decision(self, target: str) -> policy.FloorDecision | None:
@@ -35,33 +73,80 @@ class Store(Protocol):
         ...
 
     async def save_decision(self, decision: policy.FloorDecision) -> None:
-        """Store `decision` as the current one for its target."""
+        """Store `decision` as the current one for its target and publish it."""
+        ...
+
+    async def ping(self) -> None:
+        """Return when the store answers; raise StateUnavailable otherwise."""
         ...
 
     def add_change_listener(self, listener: ChangeListener) -> None:
         """Call `listener(target)` whenever a target's signals change (from any writer)."""
         ...
 
+    def add_decision_listener(self, listener: DecisionListener) -> None:
+        """Call `listener(decision)` whenever a decision is saved (by any replica)."""
+        ...
+
     async def close(self) -> None:
-        """Release connections."""
+        """Stop listening and release connections."""
         ...
 
 
-class MemoryStore:
-    """In-process state with bounded sessions per target (see `ledger.SessionLedger.capacity`)."""
+def _minute(at: datetime) -> int:
+    return int(at.timestamp()) // 60
 
-    def __init__(self, *, sessions_per_target: int = 10_000) -> None:
+
+class MemoryStore:
+    """In-process state. Bounded: `sessions_per_target` per ledger and `dedup_keys` remembered."""
+
+    def __init__(self, *, sessions_per_target: int = 10_000, dedup_keys: int = 100_000) -> None:
         self._sessions_per_target = sessions_per_target
         self._ledgers: dict[str, ledger.SessionLedger] = {}
+        self._dedup: collections.OrderedDict[tuple[str, str], datetime] = collections.OrderedDict()
+        self._dedup_capacity = dedup_keys
+        self._arrivals: dict[str, dict[int, int]] = {}
         self._decisions: dict[str, policy.FloorDecision] = {}
-        self._listeners: list[ChangeListener] = []
+        self._change_listeners: list[ChangeListener] = []
+        self._decision_listeners: list[DecisionListener] = []
+        self.dedup_dropped = 0
 
-    async def record_session_events(self, target: str, events: Sequence[ledger.SessionEvent]) -> None:
-        book = self._ledgers.get(target)
-        if book is None:
-            book = self._ledgers[target] = ledger.SessionLedger(capacity=self._sessions_per_target)
-        if book.apply_all(events):
-            self._announce(target)
+    async def record_intents(self, intents: Sequence[Intent]) -> IngestResult:
+        accepted = duplicates = 0
+        changed: set[str] = set()
+        for intent in intents:
+            key = (intent.source, intent.id)
+            now = intent.event.at
+            seen_until = self._dedup.get(key)
+            if seen_until is not None and now < seen_until:
+                duplicates += 1
+                continue
+            self._remember(key, now + DEDUP_TTL)
+            accepted += 1
+            book = self._ledgers.get(intent.target)
+            if book is None:
+                book = self._ledgers[intent.target] = ledger.SessionLedger(capacity=self._sessions_per_target)
+            if book.apply(intent.event):
+                changed.add(intent.target)
+            if intent.event.type is ledger.SessionEventType.OPENED:
+                counts = self._arrivals.setdefault(intent.target, {})
+                minute = _minute(now)
+                counts[minute] = counts.get(minute, 0) + 1
+                oldest = minute - int(ARRIVAL_HISTORY.total_seconds()) // 60
+                if len(counts) > ARRIVAL_HISTORY.total_seconds() // 60:
+                    for stale in [m for m in counts if m < oldest]:
+                        del counts[stale]
+        for target in sorted(changed):
+            for listener in self._change_listeners:
+                listener(target)
+        return IngestResult(accepted=accepted, duplicates=duplicates)
+
+    def _remember(self, key: tuple[str, str], until: datetime) -> None:
+        self._dedup[key] = until
+        self._dedup.move_to_end(key)
+        while len(self._dedup) > self._dedup_capacity:
+            self._dedup.popitem(last=False)
+            self.dedup_dropped += 1
 
     async def count_sessions(self, target: str, now: datetime) -> ledger.SessionCount:
         book = self._ledgers.get(target)
@@ -70,23 +155,294 @@ class MemoryStore:
         book.prune(now)
         return book.count(now)
 
+    async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, int]:
+        counts = self._arrivals.get(target, {})
+        lo, hi = _minute(since), _minute(until)
+        return {datetime.fromtimestamp(m * 60, UTC): n for m, n in sorted(counts.items()) if lo <= m < hi}
+
     async def load_decision(self, target: str) -> policy.FloorDecision | None:
         return self._decisions.get(target)
 
     async def save_decision(self, decision: policy.FloorDecision) -> None:
         self._decisions[decision.target] = decision
+        for listener in self._decision_listeners:
+            listener(decision)
+
+    async def ping(self) -> None:
+        return None
 
     def add_change_listener(self, listener: ChangeListener) -> None:
-        self._listeners.append(listener)
+        self._change_listeners.append(listener)
+
+    def add_decision_listener(self, listener: DecisionListener) -> None:
+        self._decision_listeners.append(listener)
 
     async def close(self) -> None:
-        self._listeners.clear()
+        self._change_listeners.clear()
+        self._decision_listeners.clear()
 
     def dropped_sessions(self, target: str) -> int:
         """Live sessions of `target` lost because its ledger was full."""
         book = self._ledgers.get(target)
         return 0 if book is None else book.dropped
 
-    def _announce(self, target: str) -> None:
-        for listener in self._listeners:
-            listener(target)
+
+# --- decisions on the wire (Redis values and pub/sub messages) ---
+
+
+def encode_decision(decision: policy.FloorDecision) -> str:
+    """A decision as compact JSON, lossless for `decode_decision`."""
+    return json.dumps(
+        {
+            "target": decision.target,
+            "floor": decision.floor,
+            "source": decision.source.value,
+            "reason": decision.reason,
+            "decided_at": decision.decided_at.isoformat(),
+            "next_change": None if decision.next_change is None else decision.next_change.isoformat(),
+            "wanted": decision.wanted,
+            "wanted_source": decision.wanted_source.value,
+            "baseline": decision.baseline,
+            "held": [[h.floor, h.source.value, h.wanted_until.isoformat()] for h in decision.held],
+            "budget_day": decision.budget_day.isoformat(),
+            "budget_used": decision.budget_used,
+        },
+        separators=(",", ":"),
+    )
+
+
+def decode_decision(text: str | bytes) -> policy.FloorDecision:
+    """Parse what `encode_decision` wrote; raise ValueError on anything else."""
+    try:
+        raw: dict[str, Any] = json.loads(text)
+        return policy.FloorDecision(
+            target=raw["target"],
+            floor=int(raw["floor"]),
+            source=policy.Source(raw["source"]),
+            reason=raw["reason"],
+            decided_at=datetime.fromisoformat(raw["decided_at"]),
+            next_change=None if raw["next_change"] is None else datetime.fromisoformat(raw["next_change"]),
+            wanted=int(raw["wanted"]),
+            wanted_source=policy.Source(raw["wanted_source"]),
+            baseline=int(raw["baseline"]),
+            held=tuple(
+                policy.HeldLevel(int(f), policy.Source(s), datetime.fromisoformat(u)) for f, s, u in raw["held"]
+            ),
+            budget_day=date.fromisoformat(raw["budget_day"]),
+            budget_used=float(raw["budget_used"]),
+        )
+    except (KeyError, TypeError, ValueError) as e:
+        raise ValueError(f"not a stored decision: {e}") from e
+
+
+# --- Redis ---
+
+# KEYS: per intent, four keys of its target (sessions, closed, arrivals, dedup).
+# ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, then per intent:
+#       target, type (o|h|c), session id, expires_ms, minute.
+# Returns {accepted, duplicates, dropped}. All keys of a target share its {namespace/name} hash tag.
+_INGEST_SCRIPT = """
+local now = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local dedup_ttl = tonumber(ARGV[3])
+local arrivals_ttl = tonumber(ARGV[4])
+local accepted, duplicates, dropped = 0, 0, 0
+local changed = {}
+local n = (#ARGV - 4) / 5
+for i = 0, n - 1 do
+  local a = 5 + i * 5
+  local target, kind, session, expires, minute = ARGV[a], ARGV[a+1], ARGV[a+2], tonumber(ARGV[a+3]), ARGV[a+4]
+  local k = i * 4
+  local sessions, closed, arrivals, dedup = KEYS[k+1], KEYS[k+2], KEYS[k+3], KEYS[k+4]
+  if not redis.call('SET', dedup, '1', 'NX', 'EX', dedup_ttl) then
+    duplicates = duplicates + 1
+  else
+    accepted = accepted + 1
+    redis.call('ZREMRANGEBYSCORE', sessions, '-inf', now)
+    redis.call('ZREMRANGEBYSCORE', closed, '-inf', now)
+    if kind == 'c' then
+      if redis.call('ZREM', sessions, session) == 1 then changed[target] = true end
+      redis.call('ZADD', closed, 'GT', expires, session)
+    elseif not redis.call('ZSCORE', closed, session) then
+      if redis.call('ZADD', sessions, 'GT', 'CH', expires, session) == 1 then changed[target] = true end
+      local size = redis.call('ZCARD', sessions)
+      if size > cap then
+        redis.call('ZPOPMIN', sessions, size - cap)
+        dropped = dropped + size - cap
+      end
+    end
+    if kind == 'o' then
+      redis.call('HINCRBY', arrivals, minute, 1)
+      redis.call('EXPIRE', arrivals, arrivals_ttl)
+    end
+    redis.call('PEXPIRE', sessions, dedup_ttl * 1000)
+    redis.call('PEXPIRE', closed, dedup_ttl * 1000)
+  end
+end
+for target, _ in pairs(changed) do
+  redis.call('PUBLISH', 'prewarm:changes', target)
+end
+return {accepted, duplicates, dropped}
+"""
+
+_TYPE_CODES = {
+    ledger.SessionEventType.OPENED: "o",
+    ledger.SessionEventType.HEARTBEAT: "h",
+    ledger.SessionEventType.CLOSED: "c",
+}
+CHANGES_CHANNEL = "prewarm:changes"
+DECISIONS_CHANNEL = "prewarm:decisions"
+
+
+def _key(target: str, part: str) -> str:
+    return f"prewarm:{{{target}}}:{part}"
+
+
+def _ms(at: datetime) -> int:
+    return int(at.timestamp() * 1000)
+
+
+class RedisStore:
+    """State in Redis (a single server, or Sentinel through a Sentinel-aware client).
+
+    Handlers fail fast: a short socket timeout turns an unreachable server into StateUnavailable.
+    """
+
+    def __init__(self, client: aioredis.Redis, *, sessions_per_target: int = 10_000) -> None:
+        self._client = client
+        self._cap = sessions_per_target
+        self._ingest = client.register_script(_INGEST_SCRIPT)
+        self._change_listeners: list[ChangeListener] = []
+        self._decision_listeners: list[DecisionListener] = []
+        self._listening: asyncio.Task[None] | None = None
+        self.dropped_sessions = 0
+
+    @classmethod
+    def from_url(cls, url: str, *, timeout: float = 1.0, sessions_per_target: int = 10_000) -> RedisStore:
+        """Build a store from `redis://host:port/db` (or `rediss://`), failing fast on timeouts."""
+        client = aioredis.Redis.from_url(
+            url, socket_timeout=timeout, socket_connect_timeout=timeout, health_check_interval=10
+        )
+        return cls(client, sessions_per_target=sessions_per_target)
+
+    async def start(self) -> None:
+        """Begin relaying pub/sub changes and decisions to listeners (reconnects on its own)."""
+        if self._listening is None:
+            self._listening = asyncio.create_task(self._listen(), name="redis-pubsub")
+
+    async def _listen(self) -> None:
+        backoff = 0.05
+        while True:
+            try:
+                async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
+                    await pubsub.subscribe(CHANGES_CHANNEL, DECISIONS_CHANNEL)
+                    backoff = 0.05
+                    async for message in pubsub.listen():
+                        self._relay(message)
+            except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+                log.warning("redis pub/sub lost (%s); retrying in %.2fs", e, backoff)
+                await asyncio.sleep(backoff)
+                backoff = min(backoff * 2, 2.0)
+
+    def _relay(self, message: dict[str, Any]) -> None:
+        channel = message["channel"].decode()
+        data = message["data"]
+        if channel == CHANGES_CHANNEL:
+            target = data.decode()
+            for change_listener in self._change_listeners:
+                change_listener(target)
+        elif channel == DECISIONS_CHANNEL:
+            try:
+                decision = decode_decision(data)
+            except ValueError as e:
+                log.warning("ignored a malformed decision on %s: %s", DECISIONS_CHANNEL, e)
+                return
+            for decision_listener in self._decision_listeners:
+                decision_listener(decision)
+
+    async def record_intents(self, intents: Sequence[Intent]) -> IngestResult:
+        if not intents:
+            return IngestResult(accepted=0, duplicates=0)
+        now = max(i.event.at for i in intents)
+        keys: list[str] = []
+        args: list[str | int] = [
+            _ms(now),
+            self._cap,
+            int(DEDUP_TTL.total_seconds()),
+            int(ARRIVAL_HISTORY.total_seconds()),
+        ]
+        for intent in intents:
+            dedup = json.dumps([intent.source, intent.id], separators=(",", ":"))
+            t = intent.target
+            keys += [_key(t, "sessions"), _key(t, "closed"), _key(t, "arrivals"), _key(t, "dedup:" + dedup)]
+            args += [
+                t,
+                _TYPE_CODES[intent.event.type],
+                intent.event.session,
+                _ms(intent.event.at + intent.event.ttl),
+                _minute(intent.event.at),
+            ]
+        try:
+            accepted, duplicates, dropped = await self._ingest(keys=keys, args=args)
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StateUnavailable(f"redis: {e}") from e
+        self.dropped_sessions += int(dropped)
+        return IngestResult(accepted=int(accepted), duplicates=int(duplicates))
+
+    async def count_sessions(self, target: str, now: datetime) -> ledger.SessionCount:
+        key = _key(target, "sessions")
+        try:
+            async with self._client.pipeline(transaction=False) as pipe:
+                pipe.zcount(key, f"({_ms(now)}", "+inf")
+                pipe.zrangebyscore(key, f"({_ms(now)}", "+inf", start=0, num=1, withscores=True)
+                active, first = await pipe.execute()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StateUnavailable(f"redis: {e}") from e
+        next_expiry = datetime.fromtimestamp(first[0][1] / 1000, UTC) if first else None
+        return ledger.SessionCount(active=int(active), next_expiry=next_expiry)
+
+    async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, int]:
+        try:
+            raw = await self._client.hgetall(_key(target, "arrivals"))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StateUnavailable(f"redis: {e}") from e
+        lo, hi = _minute(since), _minute(until)
+        counts = {int(m): int(n) for m, n in raw.items()}
+        return {datetime.fromtimestamp(m * 60, UTC): n for m, n in sorted(counts.items()) if lo <= m < hi}
+
+    async def load_decision(self, target: str) -> policy.FloorDecision | None:
+        try:
+            raw = await self._client.get(_key(target, "decision"))
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StateUnavailable(f"redis: {e}") from e
+        return None if raw is None else decode_decision(raw)
+
+    async def save_decision(self, decision: policy.FloorDecision) -> None:
+        text = encode_decision(decision)
+        try:
+            async with self._client.pipeline(transaction=True) as pipe:
+                pipe.set(_key(decision.target, "decision"), text)
+                pipe.publish(DECISIONS_CHANNEL, text)
+                await pipe.execute()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StateUnavailable(f"redis: {e}") from e
+
+    async def ping(self) -> None:
+        try:
+            await self._client.ping()
+        except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
+            raise StateUnavailable(f"redis: {e}") from e
+
+    def add_change_listener(self, listener: ChangeListener) -> None:
+        self._change_listeners.append(listener)
+
+    def add_decision_listener(self, listener: DecisionListener) -> None:
+        self._decision_listeners.append(listener)
+
+    async def close(self) -> None:
+        if self._listening is not None:
+            self._listening.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await self._listening
+            self._listening = None
+        await self._client.aclose()

@@ -38,7 +38,8 @@ async def test_serve_logs_the_floor_change_when_a_cron_window_opens(tmp_path: Pa
     manual = clock.ManualClock(T0)
     out = io.StringIO()
     stop = asyncio.Event()
-    task = asyncio.create_task(cli.serve(cli.ServeOptions(config=config), clock=manual, out=out, stop=stop))
+    options = cli.ServeOptions(config=config, http_host="127.0.0.1", http_port=0)
+    task = asyncio.create_task(cli.serve(options, clock=manual, out=out, stop=stop))
     await until(lambda: out.getvalue().count("\n") == 1)
     assert out.getvalue() == "2026-05-01T12:00:00Z ml/chat - -> 0 [min] min 0\n"
 
@@ -103,7 +104,7 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
     task = asyncio.create_task(loop.run())
     try:
         await until(lambda: recorder.applied == [(None, 0)])
-        await store.record_session_events("ml/chat", [opened(f"s{i}", T0) for i in range(5)])
+        await store.record_intents([state.Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
         await until(lambda: recorder.applied[-1] == (0, 2))
         assert loop.decisions["ml/chat"].source is policy.Source.INTENT
         assert loop.decisions["ml/chat"].next_change == T0 + timedelta(seconds=60)  # sessions expire
