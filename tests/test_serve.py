@@ -10,6 +10,7 @@ from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
+from support import RedisServer
 
 from prewarm import __main__ as cli
 from prewarm import actuation, clock, decider, ledger, policy, state, targets
@@ -144,3 +145,39 @@ def test_log_actuator_line_format() -> None:
     first = policy.decide_floor(spec, policy.Signals(sessions=9), T0, None)
     asyncio.run(actuation.LogActuator(out).apply(first, None))
     assert out.getvalue() == "2026-05-01T12:00:00Z ml/chat - -> 3 [intent] intent 3 (9 sessions / 4 per replica)\n"
+
+
+async def test_sessions_survive_a_restart_with_the_redis_store(tmp_path: Path, redis_server: RedisServer) -> None:
+    import aiohttp
+    from cloudevents.core.bindings import http as ce_http
+    from cloudevents.core.formats.json import JSONFormat
+    from cloudevents.core.v1.event import CloudEvent
+
+    config = tmp_path / "targets.yaml"
+    config.write_text("targets: [{name: ml/chat, kind: keda, max: 4, sessionsPerReplica: 1}]\n")
+    options = cli.ServeOptions(config=config, store=redis_server.url, http_host="127.0.0.1", http_port=0)
+    manual = clock.ManualClock(T0)
+
+    async with cli.run_service(options, clock=manual, out=io.StringIO()) as service:
+        async with aiohttp.ClientSession() as http:
+            for i in range(2):
+                event = CloudEvent(
+                    {"type": "dev.prewarm.session.opened", "source": "/web", "id": f"e{i}", "time": T0},
+                    {"target": "ml/chat", "session": f"s{i}"},
+                )
+                message = ce_http.to_structured(event, JSONFormat())
+                url = f"http://127.0.0.1:{service.http_port}/"
+                async with http.post(url, data=message.body, headers=message.headers) as response:
+                    assert response.status == 202
+        await until(lambda: service.decider.decisions["ml/chat"].floor == 2)
+
+    manual.advance(timedelta(seconds=30))
+    out = io.StringIO()
+    async with cli.run_service(options, clock=manual, out=out) as service, aiohttp.ClientSession() as http:
+        await until(lambda: "ml/chat" in service.decider.decisions)
+        async with http.get(f"http://127.0.0.1:{service.http_port}/targets") as response:
+            view = await response.json()
+    assert view["targets"][0]["sessions"] == 2
+    assert view["targets"][0]["floor"] == 2
+    # the restarted process applies the stored floor once: its log starts from the stored value
+    assert out.getvalue().startswith("2026-05-01T12:00:30Z ml/chat 2 -> 2 [intent]")
