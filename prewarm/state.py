@@ -240,13 +240,15 @@ def decode_decision(text: str | bytes) -> policy.FloorDecision:
 # KEYS: per intent, four keys of its target (sessions, closed, arrivals, dedup).
 # ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, then per intent:
 #       target, type (o|h|c), session id, expires_ms, minute.
-# Returns {accepted, duplicates, dropped}. All keys of a target share its {namespace/name} hash tag.
+# Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}. All keys of a target share its
+# {namespace/name} hash tag.
 _INGEST_SCRIPT = """
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
 local arrivals_ttl = tonumber(ARGV[4])
-local accepted, duplicates, dropped = 0, 0, 0
+local dropped = 0
+local results = {0}
 local changed = {}
 local n = (#ARGV - 4) / 5
 for i = 0, n - 1 do
@@ -255,9 +257,9 @@ for i = 0, n - 1 do
   local k = i * 4
   local sessions, closed, arrivals, dedup = KEYS[k+1], KEYS[k+2], KEYS[k+3], KEYS[k+4]
   if not redis.call('SET', dedup, '1', 'NX', 'EX', dedup_ttl) then
-    duplicates = duplicates + 1
+    results[#results + 1] = 0
   else
-    accepted = accepted + 1
+    results[#results + 1] = 1
     redis.call('ZREMRANGEBYSCORE', sessions, '-inf', now)
     redis.call('ZREMRANGEBYSCORE', closed, '-inf', now)
     if kind == 'c' then
@@ -282,7 +284,8 @@ end
 for target, _ in pairs(changed) do
   redis.call('PUBLISH', 'prewarm:changes', target)
 end
-return {accepted, duplicates, dropped}
+results[1] = dropped
+return results
 """
 
 _TYPE_CODES = {
@@ -290,6 +293,7 @@ _TYPE_CODES = {
     ledger.SessionEventType.HEARTBEAT: "h",
     ledger.SessionEventType.CLOSED: "c",
 }
+MAX_GROUP_INTENTS = 512
 CHANGES_CHANNEL = "prewarm:changes"
 DECISIONS_CHANNEL = "prewarm:decisions"
 
@@ -315,6 +319,8 @@ class RedisStore:
         self._change_listeners: list[ChangeListener] = []
         self._decision_listeners: list[DecisionListener] = []
         self._listening: asyncio.Task[None] | None = None
+        self._pending: collections.deque[tuple[Sequence[Intent], asyncio.Future[IngestResult]]] = collections.deque()
+        self._committing: asyncio.Task[None] | None = None
         self.dropped_sessions = 0
 
     @classmethod
@@ -361,8 +367,42 @@ class RedisStore:
                 decision_listener(decision)
 
     async def record_intents(self, intents: Sequence[Intent]) -> IngestResult:
+        """Store a batch atomically; concurrent batches are group-committed in one script call.
+
+        Batches that arrive while a call is in flight are written together by the next call (at
+        most `MAX_GROUP_INTENTS` intents, whole batches only), so round trips stay few under load.
+        """
         if not intents:
             return IngestResult(accepted=0, duplicates=0)
+        done: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
+        self._pending.append((intents, done))
+        if self._committing is None or self._committing.done():
+            self._committing = asyncio.create_task(self._commit_pending(), name="redis-group-commit")
+        return await done
+
+    async def _commit_pending(self) -> None:
+        while self._pending:
+            group: list[tuple[Sequence[Intent], asyncio.Future[IngestResult]]] = []
+            size = 0
+            while self._pending and (not group or size + len(self._pending[0][0]) <= MAX_GROUP_INTENTS):
+                batch, done = self._pending.popleft()
+                group.append((batch, done))
+                size += len(batch)
+            try:
+                flags = await self._run_ingest([intent for batch, _ in group for intent in batch])
+            except StateUnavailable as e:
+                for _, done in group:
+                    if not done.done():
+                        done.set_exception(e)
+                continue
+            offset = 0
+            for batch, done in group:
+                accepted = sum(flags[offset : offset + len(batch)])
+                offset += len(batch)
+                if not done.done():
+                    done.set_result(IngestResult(accepted=accepted, duplicates=len(batch) - accepted))
+
+    async def _run_ingest(self, intents: Sequence[Intent]) -> list[int]:
         now = max(i.event.at for i in intents)
         keys: list[str] = []
         args: list[str | int] = [
@@ -383,11 +423,11 @@ class RedisStore:
                 _minute(intent.event.at),
             ]
         try:
-            accepted, duplicates, dropped = await self._ingest(keys=keys, args=args)
+            reply = await self._ingest(keys=keys, args=args)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             raise StateUnavailable(f"redis: {e}") from e
-        self.dropped_sessions += int(dropped)
-        return IngestResult(accepted=int(accepted), duplicates=int(duplicates))
+        self.dropped_sessions += int(reply[0])
+        return [int(flag) for flag in reply[1:]]
 
     async def count_sessions(self, target: str, now: datetime) -> ledger.SessionCount:
         key = _key(target, "sessions")
