@@ -5,7 +5,7 @@ and a bare aiohttp handler that answers 202, and load each from a separate clien
 the same structured-mode CloudEvents. Then, one event at a time, measure the time from the 202 to
 the new decision arriving on the store's pub/sub channel (accept -> floor published).
 
-    python bench/ingest.py [--seconds 10] [--concurrency 64] [--out bench/out/ingest.json]
+    python bench/ingest.py [--rounds 5] [--seconds 5] [--concurrency 32] [--out bench/out/ingest.json]
 
 Prints a table and writes JSON. Needs redis-server on PATH; uses wrk (Debian package `wrk`) as the
 load generator when installed, else a Python aiohttp client process (which itself saturates a core
@@ -23,6 +23,7 @@ import platform
 import shutil
 import signal
 import socket
+import statistics
 import subprocess
 import sys
 import tempfile
@@ -59,9 +60,13 @@ def bare_server(port: int) -> None:
         await request.read()
         return web.Response(status=202)
 
+    from prewarm.__main__ import event_loop_factory
+
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_post("/", accept)
-    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None)
+    factory = event_loop_factory()  # the same event loop as prewarm serve, so the ratio is fair
+    loop = factory() if factory is not None else None
+    web.run_app(app, host="127.0.0.1", port=port, access_log=None, print=None, loop=loop)
 
 
 def event_body(i: int, run: str) -> bytes:
@@ -130,7 +135,16 @@ def run_wrk(port: int, seconds: float, concurrency: int, run: str) -> dict[str, 
         script = f.name
     try:
         output = subprocess.run(
-            ["wrk", "-t1", f"-c{concurrency}", f"-d{int(seconds)}s", "-s", script, "--latency", f"http://127.0.0.1:{port}/"],
+            [
+                "wrk",
+                "-t1",
+                f"-c{concurrency}",
+                f"-d{int(seconds)}s",
+                "-s",
+                script,
+                "--latency",
+                f"http://127.0.0.1:{port}/",
+            ],
             capture_output=True,
             text=True,
             check=True,
@@ -232,8 +246,9 @@ async def accept_to_floor(http_port: int, redis_url: str, events: int) -> dict[s
 
 def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--seconds", type=float, default=10.0)
-    parser.add_argument("--concurrency", type=int, default=64)
+    parser.add_argument("--seconds", type=float, default=5.0, help="per round and server")
+    parser.add_argument("--rounds", type=int, default=5)
+    parser.add_argument("--concurrency", type=int, default=32)
     parser.add_argument("--floor-events", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench/out/ingest.json"))
     args = parser.parse_args()
@@ -302,8 +317,11 @@ def main() -> int:
 
         run_load(bare_port, 2, args.concurrency, "warmupbare")
         run_load(serve_port, 2, args.concurrency, "warmupserve")
-        baseline = run_load(bare_port, args.seconds, args.concurrency, "bare")
-        prewarm = run_load(serve_port, args.seconds, args.concurrency, "serve")
+        rounds: list[dict[str, Any]] = []
+        for r in range(args.rounds):  # alternate, so drift on a shared machine hits both alike
+            bare_round = run_load(bare_port, args.seconds, args.concurrency, f"bare{r}")
+            serve_round = run_load(serve_port, args.seconds, args.concurrency, f"serve{r}")
+            rounds.append({"bare": bare_round, "prewarm": serve_round})
         floor = asyncio.run(accept_to_floor(serve_port, redis_url, args.floor_events))
     finally:
         for process in processes:
@@ -314,27 +332,40 @@ def main() -> int:
             bare.join()
         shutil.rmtree(workdir, ignore_errors=True)
 
-    ratio = prewarm["events_per_s"] / baseline["events_per_s"]
+    def median_row(rows: list[dict[str, Any]]) -> dict[str, Any]:
+        return {
+            key: statistics.median(row[key] for row in rows)
+            for key in ("events_per_s", "p50_ms", "p99_ms", "requests", "accepted")
+        } | {"client": rows[0]["client"]}
+
+    baseline = median_row([r["bare"] for r in rounds])
+    prewarm = median_row([r["prewarm"] for r in rounds])
+    ratios = [r["prewarm"]["events_per_s"] / r["bare"]["events_per_s"] for r in rounds]
+    ratio = statistics.median(ratios)
     result = {
         "benchmark": "ingest",
         "date": datetime.now(UTC).isoformat(timespec="seconds"),
         "machine": {"platform": platform.platform(), "cpus": os.cpu_count(), "python": platform.python_version()},
-        "seconds": args.seconds,
+        "seconds_per_round": args.seconds,
+        "rounds_count": args.rounds,
         "concurrency": args.concurrency,
         "bare_aiohttp_202": baseline,
         "prewarm_serve_redis": prewarm,
         "ratio_vs_bare": ratio,
+        "ratio_per_round": ratios,
+        "rounds": rounds,
         "accept_to_floor_published": floor,
         "targets": {"events_per_s": 5000, "ratio_vs_bare": 0.5, "accept_to_floor_p99_ms": 10},
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
 
+    print(f"medians of {args.rounds} alternating rounds of {args.seconds:g} s, {args.concurrency} connections")
     print(f"{'server':<28}{'events/s':>10}{'p50 ms':>9}{'p99 ms':>9}{'non-202':>9}")
     for name, row in (("bare aiohttp 202", baseline), ("prewarm serve (redis)", prewarm)):
         other = row["requests"] - row["accepted"]
         print(f"{name:<28}{row['events_per_s']:>10.0f}{row['p50_ms']:>9.2f}{row['p99_ms']:>9.2f}{other:>9}")
-    print(f"ratio prewarm/bare: {ratio:.2f}")
+    print(f"ratio prewarm/bare: {ratio:.2f} (per round: {', '.join(f'{x:.2f}' for x in ratios)})")
     print(
         f"accept -> floor published over {floor['events']} events: p50 {floor['p50_ms']:.2f} ms, "
         f"p99 {floor['p99_ms']:.2f} ms"

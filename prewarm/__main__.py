@@ -14,7 +14,7 @@ import logging
 import os
 import signal
 import sys
-from collections.abc import AsyncIterator, Mapping, Sequence
+from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import TextIO
 
@@ -165,6 +165,15 @@ async def _serve_until_signalled(options: ServeOptions) -> None:
     await serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=stop)
 
 
+def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
+    """uvloop's loop when it is installed (it is a dependency on Linux), else asyncio's default."""
+    try:
+        import uvloop
+    except ImportError:
+        return None
+    return uvloop.new_event_loop
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the `prewarm` console script; returns the process exit status."""
     args = build_parser().parse_args(argv)
@@ -189,7 +198,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 http_port=args.http[1],
                 listener=settings,
             )
-            asyncio.run(_serve_until_signalled(options))
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                runner.run(_serve_until_signalled(options))
         except targets.ConfigError as e:
             print(f"prewarm: {e}", file=sys.stderr)
             return EXIT_CONFIG_ERROR

@@ -237,36 +237,40 @@ def decode_decision(text: str | bytes) -> policy.FloorDecision:
 
 # --- Redis ---
 
-# KEYS: per intent, four keys of its target (sessions, closed, arrivals, dedup).
-# ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, then per intent:
-#       target, type (o|h|c), session id, expires_ms, minute.
-# Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}. All keys of a target share its
+# KEYS: three per target of the batch (sessions, closed, arrivals), then one dedup key per intent.
+# ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, number of targets, the target names, then
+#       one packed string per intent: "<target index>|<o|h|c>|<expires_ms>|<minute>|<session id>".
+# Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}, and publishes the changed
+# targets, newline-separated, as one message on prewarm:changes. All keys of a target share its
 # {namespace/name} hash tag.
-_INGEST_SCRIPT = """
+_INGEST_SCRIPT = r"""
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
 local dedup_ttl = tonumber(ARGV[3])
 local arrivals_ttl = tonumber(ARGV[4])
+local ntargets = tonumber(ARGV[5])
+local first_intent = 6 + ntargets
+for t = 1, ntargets do
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*3-2], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*3-1], '-inf', now)
+end
 local dropped = 0
 local results = {0}
-local changed = {}
-local n = (#ARGV - 4) / 5
-for i = 0, n - 1 do
-  local a = 5 + i * 5
-  local target, kind, session, expires, minute = ARGV[a], ARGV[a+1], ARGV[a+2], tonumber(ARGV[a+3]), ARGV[a+4]
-  local k = i * 4
-  local sessions, closed, arrivals, dedup = KEYS[k+1], KEYS[k+2], KEYS[k+3], KEYS[k+4]
-  if not redis.call('SET', dedup, '1', 'NX', 'EX', dedup_ttl) then
+local changed, touched = {}, {}
+for a = first_intent, #ARGV do
+  local ti, kind, expires, minute, session = string.match(ARGV[a], '^(%d+)|(%a)|(%d+)|(%d+)|(.*)$')
+  ti = tonumber(ti)
+  local sessions, closed, arrivals = KEYS[ti*3-2], KEYS[ti*3-1], KEYS[ti*3]
+  if not redis.call('SET', KEYS[ntargets*3 + a - first_intent + 1], '1', 'NX', 'EX', dedup_ttl) then
     results[#results + 1] = 0
   else
     results[#results + 1] = 1
-    redis.call('ZREMRANGEBYSCORE', sessions, '-inf', now)
-    redis.call('ZREMRANGEBYSCORE', closed, '-inf', now)
+    touched[ti] = true
     if kind == 'c' then
-      if redis.call('ZREM', sessions, session) == 1 then changed[target] = true end
+      if redis.call('ZREM', sessions, session) == 1 then changed[ti] = true end
       redis.call('ZADD', closed, 'GT', expires, session)
     elseif not redis.call('ZSCORE', closed, session) then
-      if redis.call('ZADD', sessions, 'GT', 'CH', expires, session) == 1 then changed[target] = true end
+      if redis.call('ZADD', sessions, 'GT', 'CH', expires, session) == 1 then changed[ti] = true end
       local size = redis.call('ZCARD', sessions)
       if size > cap then
         redis.call('ZPOPMIN', sessions, size - cap)
@@ -275,14 +279,18 @@ for i = 0, n - 1 do
     end
     if kind == 'o' then
       redis.call('HINCRBY', arrivals, minute, 1)
-      redis.call('EXPIRE', arrivals, arrivals_ttl)
     end
-    redis.call('PEXPIRE', sessions, dedup_ttl * 1000)
-    redis.call('PEXPIRE', closed, dedup_ttl * 1000)
   end
 end
-for target, _ in pairs(changed) do
-  redis.call('PUBLISH', 'prewarm:changes', target)
+local names = {}
+for ti, _ in pairs(touched) do
+  redis.call('PEXPIRE', KEYS[ti*3-2], dedup_ttl * 1000)
+  redis.call('PEXPIRE', KEYS[ti*3-1], dedup_ttl * 1000)
+  redis.call('EXPIRE', KEYS[ti*3], arrivals_ttl)
+  if changed[ti] then names[#names + 1] = ARGV[5 + ti] end
+end
+if #names > 0 then
+  redis.call('PUBLISH', 'prewarm:changes', table.concat(names, '\n'))
 end
 results[1] = dropped
 return results
@@ -332,7 +340,11 @@ class RedisStore:
         return cls(client, sessions_per_target=sessions_per_target)
 
     async def start(self) -> None:
-        """Begin relaying pub/sub changes and decisions to listeners (reconnects on its own)."""
+        """Begin relaying pub/sub changes and decisions to the listeners added so far.
+
+        Add listeners before starting: the subscription covers the channels they need. It
+        reconnects on its own when the server goes away.
+        """
         if self._listening is None:
             self._listening = asyncio.create_task(self._listen(), name="redis-pubsub")
 
@@ -341,7 +353,12 @@ class RedisStore:
         while True:
             try:
                 async with self._client.pubsub(ignore_subscribe_messages=True) as pubsub:
-                    await pubsub.subscribe(CHANGES_CHANNEL, DECISIONS_CHANNEL)
+                    # Only what someone listens to: decisions are a message per decision.
+                    channels = [CHANGES_CHANNEL] if self._change_listeners else []
+                    channels += [DECISIONS_CHANNEL] if self._decision_listeners else []
+                    if not channels:
+                        return
+                    await pubsub.subscribe(*channels)
                     backoff = 0.05
                     async for message in pubsub.listen():
                         self._relay(message)
@@ -354,9 +371,9 @@ class RedisStore:
         channel = message["channel"].decode()
         data = message["data"]
         if channel == CHANGES_CHANNEL:
-            target = data.decode()
-            for change_listener in self._change_listeners:
-                change_listener(target)
+            for target in data.decode().split("\n"):
+                for change_listener in self._change_listeners:
+                    change_listener(target)
         elif channel == DECISIONS_CHANNEL:
             try:
                 decision = decode_decision(data)
@@ -404,24 +421,27 @@ class RedisStore:
 
     async def _run_ingest(self, intents: Sequence[Intent]) -> list[int]:
         now = max(i.event.at for i in intents)
+        index: dict[str, int] = {}
+        for intent in intents:
+            index.setdefault(intent.target, len(index) + 1)
         keys: list[str] = []
+        for target in index:
+            keys += [_key(target, "sessions"), _key(target, "closed"), _key(target, "arrivals")]
         args: list[str | int] = [
             _ms(now),
             self._cap,
             int(DEDUP_TTL.total_seconds()),
             int(ARRIVAL_HISTORY.total_seconds()),
+            len(index),
+            *index,
         ]
         for intent in intents:
-            dedup = json.dumps([intent.source, intent.id], separators=(",", ":"))
-            t = intent.target
-            keys += [_key(t, "sessions"), _key(t, "closed"), _key(t, "arrivals"), _key(t, "dedup:" + dedup)]
-            args += [
-                t,
-                _TYPE_CODES[intent.event.type],
-                intent.event.session,
-                _ms(intent.event.at + intent.event.ttl),
-                _minute(intent.event.at),
-            ]
+            keys.append(_key(intent.target, "dedup:" + json.dumps([intent.source, intent.id], separators=(",", ":"))))
+            event = intent.event
+            args.append(
+                f"{index[intent.target]}|{_TYPE_CODES[event.type]}|{_ms(event.at + event.ttl)}|"
+                f"{_minute(event.at)}|{event.session}"
+            )
         try:
             reply = await self._ingest(keys=keys, args=args)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:

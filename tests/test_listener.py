@@ -108,12 +108,11 @@ async def memory(fake_time: list[float]) -> AsyncIterator[Harness]:
 @pytest.fixture
 async def redis_backed(redis_server: RedisServer, fake_time: list[float]) -> AsyncIterator[Harness]:
     store = state.RedisStore.from_url(redis_server.url, timeout=0.5)
-    await store.start()
+    harness = Harness(store, listener.ListenerSettings(burst=10_000, rate_per_second=10_000), fake_time)
+    await store.start()  # after the decider has added its change listener
     try:
-        async for harness in start(
-            Harness(store, listener.ListenerSettings(burst=10_000, rate_per_second=10_000), fake_time)
-        ):
-            yield harness
+        async for started in start(harness):
+            yield started
     finally:
         await store.close()
 
