@@ -21,6 +21,7 @@ from typing import TextIO
 from aiohttp import web
 
 from prewarm import actuation, clock, decider, listener, state, targets
+from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
 
@@ -37,6 +38,7 @@ class ServeOptions:
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
+    grpc: scaler_main.ScalerOptions | None = None  # the embedded KEDA scaler, off when None
 
 
 def load_config_file(path: Path) -> targets.ParsedTargets:
@@ -66,6 +68,8 @@ class RunningService:
     store: state.Store
     listener: listener.IntentListener
     http_port: int
+    grpc_port: int | None
+    decider_task: asyncio.Task[None]
 
 
 @contextlib.asynccontextmanager
@@ -84,39 +88,69 @@ async def run_service(options: ServeOptions, *, clock: clock.Clock, out: TextIO)
         specs=loop.specs, store=store, clock=clock, settings=options.listener, targets_view=loop.describe
     )
     runner = web.AppRunner(listener.build_app(intents), access_log=None)
-    running: asyncio.Task[None] | None = None
-    try:
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        grpc_port = None
+        if options.grpc is not None:
+            embedded = await stack.enter_async_context(
+                scaler_main.run_scaler(
+                    feed=store, specs=loop.specs, options=options.grpc, register=loop.add_target, prime=None
+                )
+            )
+            grpc_port = embedded.port
         if isinstance(store, state.RedisStore):
-            await store.start()
+            await store.start()  # after every listener (decider, scaler cache) is added
         await runner.setup()
+        stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, options.http_host, options.http_port)
         await site.start()
         port = runner.addresses[0][1] if runner.addresses else options.http_port
         log.info(
-            "serving %d targets on http://%s:%d (store=%s, actuator=%s)",
+            "serving %d targets on http://%s:%d%s (store=%s, actuator=%s)",
             len(parsed.targets),
             options.http_host,
             port,
+            "" if grpc_port is None else f" and gRPC port {grpc_port}",
             options.store.split("@")[-1],
             options.actuator,
         )
         running = asyncio.create_task(loop.run(), name="decider")
-        yield RunningService(decider=loop, store=store, listener=intents, http_port=port)
-        if running.done():
-            running.result()  # the loop only ends by raising: surface it
-    finally:
-        if running is not None:
+        try:
+            yield RunningService(
+                decider=loop, store=store, listener=intents, http_port=port, grpc_port=grpc_port, decider_task=running
+            )
+            if running.done():
+                running.result()  # the loop only ends by raising: surface it
+        finally:
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
-        await runner.cleanup()
-        await store.close()
 
 
 async def serve(options: ServeOptions, *, clock: clock.Clock, out: TextIO, stop: asyncio.Event) -> None:
     """Run `prewarm serve` until `stop` is set."""
-    async with run_service(options, clock=clock, out=out):
-        await stop.wait()
+    async with run_service(options, clock=clock, out=out) as service:
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopping, service.decider_task}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()
+
+
+async def run_standalone_scaler(
+    *, store_url: str, config: Path | None, options: scaler_main.ScalerOptions, stop: asyncio.Event
+) -> None:
+    """`prewarm scaler`: serve stored decisions over gRPC, beside a `prewarm serve` that decides."""
+    parsed = load_config_file(config) if config is not None else targets.ParsedTargets(())
+    for warning in parsed.warnings:
+        log.warning("%s", warning)
+    store = build_store(store_url)
+    specs = {str(spec.ref): spec for spec in parsed.targets}
+    prime = store.start if isinstance(store, state.RedisStore) else None
+    try:
+        async with scaler_main.run_scaler(feed=store, specs=specs, options=options, prime=prime) as running:
+            log.info("KEDA external scaler on port %d (store=%s)", running.port, store_url.split("@")[-1])
+            await stop.wait()
+    finally:
+        await store.close()
 
 
 def parse_address(text: str) -> tuple[str, int]:
@@ -140,6 +174,24 @@ def read_tokens(token_file: Path | None, env: Mapping[str, str]) -> tuple[str, .
     return tuple(tokens)
 
 
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS for the gRPC server, matching KEDA's caCert / tlsClientCert / tlsClientKey trigger options."""
+    parser.add_argument("--grpc-cert", type=Path, help="server certificate (PEM); enables TLS")
+    parser.add_argument("--grpc-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--grpc-client-ca", type=Path, help="CA that signs client certificates; enables mTLS")
+
+
+def scaler_options(args: argparse.Namespace) -> scaler_main.ScalerOptions:
+    """The gRPC options shared by `serve --grpc` and `scaler`."""
+    host, port = args.grpc
+    return scaler_main.ScalerOptions(
+        address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        tls_cert=args.grpc_cert,
+        tls_key=args.grpc_key,
+        tls_client_ca=args.grpc_client_ca,
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `prewarm serve ...`."""
     parser = argparse.ArgumentParser(prog="prewarm", description="Pre-warm GPU inference services.")
@@ -154,15 +206,32 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeat)")
     serve_cmd.add_argument("--rate", type=float, default=50.0, help="events per second per client")
     serve_cmd.add_argument("--burst", type=float, default=100.0, help="token-bucket burst per client")
+    serve_cmd.add_argument("--grpc", type=parse_address, help="serve the KEDA external scaler on HOST:PORT")
+    add_tls_arguments(serve_cmd)
+    scaler_cmd = commands.add_parser("scaler", help="serve stored floors to KEDA (gRPC) beside a prewarm serve")
+    scaler_cmd.add_argument("--store", required=True, help="redis://host:port/db shared with prewarm serve")
+    scaler_cmd.add_argument("--config", type=Path, help="targets file (the same one prewarm serve reads)")
+    scaler_cmd.add_argument("--grpc", type=parse_address, default=("0.0.0.0", 9090), help="HOST:PORT")
+    add_tls_arguments(scaler_cmd)
     return parser
 
 
-async def _serve_until_signalled(options: ServeOptions) -> None:
+def _stop_on_signals() -> asyncio.Event:
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
-    await serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=stop)
+    return stop
+
+
+async def _serve_until_signalled(options: ServeOptions) -> None:
+    await serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=_stop_on_signals())
+
+
+async def _scaler_until_signalled(args: argparse.Namespace) -> None:
+    await run_standalone_scaler(
+        store_url=args.store, config=args.config, options=scaler_options(args), stop=_stop_on_signals()
+    )
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -197,9 +266,17 @@ def main(argv: Sequence[str] | None = None) -> int:
                 http_host=args.http[0],
                 http_port=args.http[1],
                 listener=settings,
+                grpc=None if args.grpc is None else scaler_options(args),
             )
             with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
                 runner.run(_serve_until_signalled(options))
+        except targets.ConfigError as e:
+            print(f"prewarm: {e}", file=sys.stderr)
+            return EXIT_CONFIG_ERROR
+    elif args.command == "scaler":
+        try:
+            with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+                runner.run(_scaler_until_signalled(args))
         except targets.ConfigError as e:
             print(f"prewarm: {e}", file=sys.stderr)
             return EXIT_CONFIG_ERROR

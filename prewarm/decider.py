@@ -53,6 +53,14 @@ class Decider:
         """The targets this decider owns, by `namespace/name`."""
         return self._specs
 
+    def add_target(self, spec: targets.TargetSpec) -> None:
+        """Own `spec` from now on (or replace the target's spec) and decide it at once."""
+        target = str(spec.ref)
+        if self._specs.get(target) == spec:
+            return
+        self._specs[target] = spec
+        self.mark_changed(target)
+
     def mark_changed(self, target: str) -> None:
         """Ask for `target` to be re-decided now; unknown targets are ignored."""
         if target in self._specs:
@@ -61,10 +69,6 @@ class Decider:
 
     async def run(self) -> None:
         """Decide forever: at start, on every announced change, and at each decision's next change."""
-        for target in self._specs:
-            stored = await self._store.load_decision(target)
-            if stored is not None:
-                self._decisions[target] = stored
         while True:
             self._wake.clear()
             now = self._clock.now()
@@ -86,6 +90,8 @@ class Decider:
         """Decide one target at `now`, save the decision, and actuate if its floor changed."""
         spec = self._specs[target]
         previous = self._decisions.get(target)
+        if previous is None:
+            previous = await self._store.load_decision(target)  # carry holds and budget across restarts
         sessions = await self._store.count_sessions(target, now)
         forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
         signals = policy.Signals(
