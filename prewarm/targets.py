@@ -504,7 +504,11 @@ def parse_annotations(
 # --- source 3: KEDA trigger scalerMetadata (camelCase, no prefix) ---
 
 _METADATA_TO_CANONICAL = {meta: canonical for canonical, (_, meta) in FLAT_KEYS.items()}
-SCALER_METADATA_CONTROL_KEYS = frozenset({"target"})
+# `target` is ours; KEDA passes the trigger's whole metadata map, so its own external-scaler
+# connection keys arrive too and are neither target settings nor typos.
+SCALER_METADATA_CONTROL_KEYS = frozenset(
+    {"target", "scalerAddress", "caCert", "tlsCertFile", "tlsClientCert", "tlsClientKey", "unsafeSsl"}
+)
 
 
 def parse_scaler_metadata(

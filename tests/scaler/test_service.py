@@ -95,6 +95,16 @@ async def test_bad_metadata_is_invalid_argument_naming_the_key(scaler: Scaler) -
     assert "hold: 'soon' is not a duration" in details
 
 
+async def test_keda_connection_keys_are_not_inline_configuration(scaler: Scaler) -> None:
+    await scaler.store.save_decision(decision(CHAT, 1))
+    keda_keys = {"scalerAddress": "prewarm.prewarm:9090", "unsafeSsl": "false", "caCert": "/certs/ca.pem"}
+    assert (await scaler.stub.IsActive(ref(**keda_keys))).result is True
+    assert scaler.registered == []
+    with pytest.raises(grpc.aio.AioRpcError) as caught:
+        await scaler.stub.IsActive(ref(name="unconfigured", **keda_keys))
+    assert caught.value.code() is grpc.StatusCode.NOT_FOUND
+
+
 async def test_no_decision_yet_is_unavailable(scaler: Scaler) -> None:
     with pytest.raises(grpc.aio.AioRpcError) as caught:
         await scaler.stub.IsActive(ref())
