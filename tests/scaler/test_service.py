@@ -135,6 +135,31 @@ async def test_stream_sends_current_state_then_each_change(scaler: Scaler) -> No
     again.cancel()
 
 
+async def test_many_streams_each_hear_only_their_own_target() -> None:
+    specs = {
+        f"ml/m{i}": targets.TargetSpec(ref=targets.TargetRef("ml", f"m{i}"), kind=targets.TargetKind.KEDA, max=3)
+        for i in range(50)
+    }
+    store = state.MemoryStore()
+    for spec in specs.values():
+        await store.save_decision(decision(spec, 0))
+    options = scaler_main.ScalerOptions(address="127.0.0.1:0")
+    async with (
+        scaler_main.run_scaler(feed=store, specs=specs, options=options) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        stub = pb_grpc.ExternalScalerStub(channel)  # type: ignore[no-untyped-call]
+        streams = [stub.StreamIsActive(ref(name=f"m{i}")) for i in range(50)]
+        assert {(await s.read()).result for s in streams} == {False}
+        await store.save_decision(decision(specs["ml/m17"], 1, T0 + timedelta(seconds=1)))
+        assert (await asyncio.wait_for(streams[17].read(), 5)).result is True
+        # the others got nothing: their next message is the change made for them now
+        await store.save_decision(decision(specs["ml/m3"], 2, T0 + timedelta(seconds=2)))
+        assert (await asyncio.wait_for(streams[3].read(), 5)).result is True
+        for s in streams:
+            s.cancel()
+
+
 async def test_an_older_decision_never_replaces_a_newer_one(scaler: Scaler) -> None:
     await scaler.store.save_decision(decision(CHAT, 2, T0 + timedelta(seconds=10)))
     await scaler.store.save_decision(decision(CHAT, 0, T0))
