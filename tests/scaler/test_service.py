@@ -153,9 +153,11 @@ async def test_many_streams_each_hear_only_their_own_target() -> None:
         assert {(await s.read()).result for s in streams} == {False}
         await store.save_decision(decision(specs["ml/m17"], 1, T0 + timedelta(seconds=1)))
         assert (await asyncio.wait_for(streams[17].read(), 5)).result is True
-        # the others got nothing: their next message is the change made for them now
+        # another stream got nothing from that change: its next two messages are its own
+        # true-then-false, which a stray push queued before them would have shifted
         await store.save_decision(decision(specs["ml/m3"], 2, T0 + timedelta(seconds=2)))
-        assert (await asyncio.wait_for(streams[3].read(), 5)).result is True
+        await store.save_decision(decision(specs["ml/m3"], 0, T0 + timedelta(seconds=3)))
+        assert [(await asyncio.wait_for(streams[3].read(), 5)).result for _ in range(2)] == [True, False]
         for s in streams:
             s.cancel()
 
