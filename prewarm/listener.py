@@ -12,6 +12,7 @@ import collections
 import dataclasses
 import hashlib
 import hmac
+import importlib.resources
 import json
 import logging
 import math
@@ -89,13 +90,19 @@ def _fail(status: int, reason: str) -> RejectedRequest:
     return RejectedRequest(status, reason)
 
 
-def parse_cloudevents(headers: Mapping[str, str], body: bytes) -> list[CloudEvent]:
+def parse_cloudevents(headers: Mapping[str, str], body: bytes, *, beacon: bool = False) -> list[CloudEvent]:
     """Parse one HTTP request into CloudEvents (binary, structured or batch mode).
 
+    With `beacon`, the body is a structured-mode event or a batch sent as text/plain: browsers
+    only let navigator.sendBeacon carry CORS-safelisted types without a preflight.
     Raises RejectedRequest: 415 for an unsupported content type, 400 for a malformed event.
     """
     content_type = headers.get("Content-Type", "").split(";")[0].strip().lower()
     has_ce_headers = any(k.lower().startswith("ce-") for k in headers)
+    if beacon:
+        if content_type != "text/plain":
+            raise _fail(415, f"beacons are text/plain structured-mode events, not {content_type!r}")
+        content_type = BATCH if body.lstrip()[:1] == b"[" else STRUCTURED
     try:
         if content_type == BATCH:
             items = json.loads(body)
@@ -210,6 +217,8 @@ class IntentListener:
             rate=settings.rate_per_second, burst=settings.burst, capacity=settings.max_clients, monotonic=monotonic
         )
         self.counts: collections.Counter[str] = collections.Counter()
+        self._sdk = browser_sdk_source()
+        self._sdk_etag = '"' + hashlib.sha256(self._sdk).hexdigest()[:32] + '"'
 
     def _cors_headers(self, request: web.Request) -> dict[str, str]:
         origin = request.headers.get("Origin")
@@ -241,13 +250,19 @@ class IntentListener:
         return f"addr:{request.remote}"
 
     async def post_events(self, request: web.Request) -> web.Response:
+        return await self._accept(request, beacon=False)
+
+    async def post_beacon(self, request: web.Request) -> web.Response:
+        return await self._accept(request, beacon=True)
+
+    async def _accept(self, request: web.Request, *, beacon: bool) -> web.Response:
         cors = self._cors_headers(request)
         try:
             client = self._client_identity(request)
             if request.content_length is not None and request.content_length > MAX_BODY_BYTES:
                 raise _fail(413, f"body over {MAX_BODY_BYTES} bytes")
             body = await _read_limited(request)
-            events = parse_cloudevents(request.headers, body)
+            events = parse_cloudevents(request.headers, body, beacon=beacon)
             wait = self._buckets.take(client, cost=len(events))
             if wait > 0:
                 raise RejectedRequest(429, "rate limited", {"Retry-After": str(max(1, math.ceil(wait)))})
@@ -279,6 +294,14 @@ class IntentListener:
         )
         return web.Response(status=204, headers=cors)
 
+    async def browser_sdk(self, request: web.Request) -> web.Response:
+        """The browser SDK, cacheable for an hour and revalidated by ETag."""
+        headers = {"Cache-Control": "public, max-age=3600", "ETag": self._sdk_etag}
+        cors = {"Access-Control-Allow-Origin": "*"}  # a public module, importable from any page
+        if self._sdk_etag in request.headers.get("If-None-Match", ""):
+            return web.Response(status=304, headers={**headers, **cors})
+        return web.Response(body=self._sdk, content_type="text/javascript", headers={**headers, **cors})
+
     async def healthz(self, request: web.Request) -> web.Response:
         return web.Response(text="ok\n")
 
@@ -304,13 +327,21 @@ async def _read_limited(request: web.Request) -> bytes:
         raise _fail(413, f"body over {MAX_BODY_BYTES} bytes") from e
 
 
+def browser_sdk_source() -> bytes:
+    """The browser SDK shipped as package data (prewarm/sdk/prewarm.js)."""
+    return importlib.resources.files("prewarm.sdk").joinpath("prewarm.js").read_bytes()
+
+
 def build_app(listener: IntentListener) -> web.Application:
-    """The HTTP application: POST / and /events, GET /healthz, /readyz, /targets."""
+    """The HTTP application: POST /, /events and /beacon; GET /sdk/prewarm.js, /healthz, /readyz, /targets."""
     app = web.Application(client_max_size=MAX_BODY_BYTES)
     app.router.add_post("/", listener.post_events)
     app.router.add_post("/events", listener.post_events)
+    app.router.add_post("/beacon", listener.post_beacon)
+    app.router.add_get("/sdk/prewarm.js", listener.browser_sdk)
     app.router.add_route("OPTIONS", "/", listener.preflight)
     app.router.add_route("OPTIONS", "/events", listener.preflight)
+    app.router.add_route("OPTIONS", "/beacon", listener.preflight)
     app.router.add_get("/healthz", listener.healthz)
     app.router.add_get("/readyz", listener.readyz)
     app.router.add_get("/targets", listener.list_targets)

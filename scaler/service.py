@@ -16,7 +16,7 @@ import asyncio
 import dataclasses
 import logging
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
-from typing import Any
+from typing import Any, NoReturn, TypeAlias
 
 import grpc
 from grpc_health.v1 import health_pb2, health_pb2_grpc
@@ -32,9 +32,16 @@ METRIC_NAME = "prewarm-floor"
 SERVICE_NAME = "externalscaler.ExternalScaler"
 _STREAM_QUEUE = 4  # pending pushes per stream; older ones are superseded by newer state
 
-Context = grpc.aio.ServicerContext[Any, Any]
+# grpc.aio.ServicerContext; grpcio ships no type information, so the context is untyped here.
+Context: TypeAlias = Any
 DecisionLoader = Callable[[str], Awaitable[policy.FloorDecision | None]]
 TargetRegistrar = Callable[[targets.TargetSpec], None]
+
+
+async def abort(context: Context, code: grpc.StatusCode, details: str) -> NoReturn:
+    """End the RPC with a real gRPC status (context.abort raises; this says so to the type checker)."""
+    await context.abort(code, details)
+    raise AssertionError("ServicerContext.abort returned")
 
 
 class DecisionCache:
@@ -120,17 +127,17 @@ class FloorScaler(pb_grpc.ExternalScalerServicer):
             base = self._specs.get(name)
             inline = set(metadata) - targets.SCALER_METADATA_CONTROL_KEYS
             if base is None and not inline:
-                await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown target {name!r}: not configured")
+                await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown target {name!r}: not configured")
             spec, warnings = targets.parse_scaler_metadata(metadata, scaled_object=scaled_object, base=base)
         except targets.ConfigError as e:
-            await context.abort(grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
         for warning in warnings:
             log.warning("%s", warning)
         target = str(spec.ref)
         if base is None or spec != base:
             if self._register is None:
                 if base is None:
-                    await context.abort(grpc.StatusCode.NOT_FOUND, f"unknown target {target!r}: not configured")
+                    await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown target {target!r}: not configured")
                 log.warning("%s: inline scalerMetadata differs from the configured target; the decider's wins", target)
             else:
                 self._register(spec)
@@ -139,7 +146,7 @@ class FloorScaler(pb_grpc.ExternalScalerServicer):
     async def _decision(self, target: str, context: Context) -> policy.FloorDecision:
         decision = await self._cache.get(target)
         if decision is None:
-            await context.abort(grpc.StatusCode.UNAVAILABLE, f"no decision for {target!r} yet")
+            await abort(context, grpc.StatusCode.UNAVAILABLE, f"no decision for {target!r} yet")
         return decision
 
     async def IsActive(self, request: pb.ScaledObjectRef, context: Context) -> pb.IsActiveResponse:

@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import asyncio
+import json
 import shutil
 import socket
 import subprocess
 import time
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -83,3 +85,110 @@ async def wait_for(predicate: Callable[[], bool], *, within: float = 5.0) -> Non
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.001)
+
+
+CHROMIUM_FLAGS = (
+    "--headless",
+    "--no-sandbox",
+    "--disable-gpu",
+    "--no-first-run",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+)
+
+
+class Chromium:
+    """Debian's headless Chromium, driven over the DevTools protocol (a websocket)."""
+
+    def __init__(self, profile: Path) -> None:
+        import aiohttp
+
+        self._profile = profile
+        self._process: asyncio.subprocess.Process | None = None
+        self._http: aiohttp.ClientSession | None = None
+        self._ws: Any = None
+        self._ids = iter(range(1, 1_000_000))
+        self._pending: dict[int, asyncio.Future[dict[str, Any]]] = {}
+        self._reader: asyncio.Task[None] | None = None
+
+    async def start(self) -> None:
+        import aiohttp
+
+        binary = shutil.which("chromium")
+        if binary is None:
+            pytest.fail("chromium is not installed (.ci/run installs it)")
+        self._process = await asyncio.create_subprocess_exec(
+            binary,
+            *CHROMIUM_FLAGS,
+            f"--user-data-dir={self._profile}",
+            "--remote-debugging-port=0",
+            "about:blank",
+            stdout=asyncio.subprocess.DEVNULL,
+            stderr=asyncio.subprocess.DEVNULL,
+        )
+        active = self._profile / "DevToolsActivePort"
+        await wait_for(active.exists, within=30)
+        await wait_for(lambda: len(active.read_text().splitlines()) >= 2, within=10)
+        port, path = active.read_text().splitlines()[:2]
+        self._http = aiohttp.ClientSession()
+        self._ws = await self._http.ws_connect(f"ws://127.0.0.1:{port}{path}", max_msg_size=0)
+        self._reader = asyncio.create_task(self._read())
+
+    async def _read(self) -> None:
+        async for message in self._ws:
+            data = json.loads(message.data)
+            future = self._pending.pop(data.get("id", -1), None)
+            if future is not None and not future.done():
+                future.set_result(data)
+
+    async def send(self, method: str, params: dict[str, Any] | None = None, session: str | None = None) -> Any:
+        call_id = next(self._ids)
+        message: dict[str, Any] = {"id": call_id, "method": method, "params": params or {}}
+        if session is not None:
+            message["sessionId"] = session
+        future: asyncio.Future[dict[str, Any]] = asyncio.get_running_loop().create_future()
+        self._pending[call_id] = future
+        await self._ws.send_str(json.dumps(message))
+        reply = await asyncio.wait_for(future, 30)
+        if "error" in reply:
+            raise RuntimeError(f"{method}: {reply['error']}")
+        return reply["result"]
+
+    async def open_page(self, url: str) -> tuple[str, str]:
+        """Open `url` in a new tab; return (target id, session id)."""
+        target = (await self.send("Target.createTarget", {"url": url}))["targetId"]
+        session = (await self.send("Target.attachToTarget", {"targetId": target, "flatten": True}))["sessionId"]
+        deadline = time.monotonic() + 30
+        while True:  # the context is replaced while the page loads: retry until it is complete
+            try:
+                if await self.evaluate(session, "document.readyState") == "complete":
+                    return target, session
+            except RuntimeError as e:
+                if "context" not in str(e).lower():
+                    raise
+            if time.monotonic() > deadline:
+                raise AssertionError(f"{url} did not finish loading")
+            await asyncio.sleep(0.01)
+
+    async def evaluate(self, session: str, expression: str) -> Any:
+        result = await self.send(
+            "Runtime.evaluate", {"expression": expression, "awaitPromise": True, "returnByValue": True}, session
+        )
+        if "exceptionDetails" in result:
+            raise RuntimeError(f"page error: {result['exceptionDetails']}")
+        return result["result"].get("value")
+
+    async def close_page(self, target: str) -> None:
+        await self.send("Target.closeTarget", {"targetId": target})
+
+    async def stop(self) -> None:
+        if self._reader is not None:
+            self._reader.cancel()
+        if self._ws is not None:
+            await self._ws.close()
+        if self._http is not None:
+            await self._http.close()
+        if self._process is not None:
+            self._process.terminate()
+            await asyncio.wait_for(self._process.wait(), 10)

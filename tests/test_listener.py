@@ -391,3 +391,33 @@ async def test_fuzzed_requests_never_fail_the_server(
         response = await memory.client.post("/events", data=body, headers=headers)
         assert response.status in {202, 400, 401, 413, 415, 422, 429}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# --- the browser SDK and beacons ---
+
+
+async def test_browser_sdk_is_served_with_caching_headers(memory: Harness) -> None:
+    assert memory.client is not None
+    response = await memory.client.get("/sdk/prewarm.js")
+    assert response.status == 200
+    assert response.headers["Content-Type"].startswith("text/javascript")
+    assert response.headers["Cache-Control"] == "public, max-age=3600"
+    body = await response.read()
+    assert b"export function open" in body
+    etag = response.headers["ETag"]
+    again = await memory.client.get("/sdk/prewarm.js", headers={"If-None-Match": etag})
+    assert again.status == 304
+    assert await again.read() == b""
+
+
+async def test_beacons_are_text_plain_structured_events(memory: Harness) -> None:
+    headers, body = structured(cloudevent("e1"))
+    beacon = ({"Content-Type": "text/plain;charset=UTF-8"}, body)
+    assert (await memory.post(beacon, path="/beacon", Origin="https://chat.example")).status == 202
+    assert await memory.sessions() == 1
+    closing = ({"Content-Type": "text/plain;charset=UTF-8"}, structured(cloudevent("e2", type=CLOSED))[1])
+    assert (await memory.post(closing, path="/beacon", Origin="https://chat.example")).status == 202
+    assert await memory.sessions() == 0
+    # the text/plain exception is for /beacon alone, and /beacon takes nothing else
+    assert (await memory.post(beacon, path="/events", **AUTH)).status == 415
+    assert (await memory.post((headers, body), path="/beacon", **AUTH)).status == 415
