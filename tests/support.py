@@ -162,7 +162,9 @@ class Chromium:
         deadline = time.monotonic() + 30
         while True:  # the context is replaced while the page loads: retry until it is complete
             try:
-                if await self.evaluate(session, "document.readyState") == "complete":
+                # a new tab first completes an initial about:blank, then navigates to `url`
+                href, state = await self.evaluate(session, "[location.href, document.readyState]")
+                if href != "about:blank" and state == "complete":
                     return target, session
             except RuntimeError as e:
                 if "context" not in str(e).lower():
