@@ -83,13 +83,12 @@ async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
         await chromium.stop()
 
 
-async def test_browser_sdk_events_match_the_schema(browser: Chromium) -> None:
+@pytest.fixture
+async def sdk_page(browser: Chromium) -> AsyncIterator[str]:
+    """A page with the browser SDK's Session class on `window`; yields its DevTools session."""
     sdk_source = (Path(sdk.__file__).parent / "prewarm.js").read_text()
-    page = (
-        "<!doctype html><script type=module>"
-        + sdk_source.replace("export ", "")
-        + "\nwindow.Session = Session;</script>"
-    )
+    module = sdk_source.replace("export ", "") + "\nwindow.Session = Session;"
+    page = f"<!doctype html><script type=module>{module}</script>"
     app = web.Application()
 
     async def serve(request: web.Request) -> web.Response:
@@ -98,21 +97,60 @@ async def test_browser_sdk_events_match_the_schema(browser: Chromium) -> None:
     app.router.add_get("/", serve)
     async with TestServer(app) as server:
         _, session = await browser.open_page(str(server.make_url("/")))
-        made = """
-          new Promise((resolve) => {
-            const wait = () => window.Session ? resolve() : setTimeout(wait, 10);
-            wait();
-          }).then(() => {
-            const sent = [];
-            const s = new window.Session({
-              endpoint: "http://127.0.0.1:9", target: "ml/chat", ttlSeconds: 90,
-              fetchImpl: async (url, init) => { sent.push(init.body); return {status: 202, headers: new Headers()}; },
-              beacon: () => true,
-            });
-            return [...sent, s._event("heartbeat"), s._event("closed")];
-          })
-        """
-        events = [json.loads(text) for text in await browser.evaluate(session, made)]
+        yield session
+
+
+MADE_EVENTS = """
+  (async () => {
+    while (!window.Session) await new Promise((r) => setTimeout(r, 10));
+    const sent = [];
+    const s = new window.Session({
+      endpoint: "http://127.0.0.1:9", target: "ml/chat", ttlSeconds: 90,
+      fetchImpl: async (url, init) => { sent.push(init.body); return { status: 202, headers: new Headers() }; },
+      beacon: () => true,
+    });
+    return [...sent, s._event("heartbeat"), s._event("closed")];
+  })()
+"""
+
+
+async def test_browser_sdk_events_match_the_schema(browser: Chromium, sdk_page: str) -> None:
+    events = [json.loads(text) for text in await browser.evaluate(sdk_page, MADE_EVENTS)]
     assert [e["type"].rsplit(".", 1)[1] for e in events] == ["opened", "heartbeat", "closed"]
     for event in events:
         VALIDATOR.validate(event)
+
+
+RETRY_AFTER = """
+  (async () => {
+    while (!window.Session) await new Promise((r) => setTimeout(r, 10));
+    const calls = [];
+    let limited = true;
+    const s = new window.Session({
+      endpoint: "http://127.0.0.1:9", target: "ml/chat", heartbeatSeconds: 3600,
+      fetchImpl: async (url, init) => {
+        calls.push(JSON.parse(init.body).type);
+        return { status: limited ? 429 : 202, headers: new Headers({ "Retry-After": "1" }) };
+      },
+      beacon: () => true,
+    });
+    await new Promise((r) => setTimeout(r, 50));
+    const afterLimit = { retryAt: s.retryAt - Date.now(), calls: [...calls], opened: s.sent.opened };
+    s._send("heartbeat");  // inside the Retry-After window: not sent
+    await new Promise((r) => setTimeout(r, 50));
+    const duringWindow = [...calls];
+    limited = false;
+    // the refused `opened` is sent again once Retry-After has passed
+    while (s.sent.opened === 0) await new Promise((r) => setTimeout(r, 20));
+    return { afterLimit, duringWindow, calls };
+  })()
+"""
+
+
+async def test_browser_sdk_honours_retry_after(browser: Chromium, sdk_page: str) -> None:
+    result = await browser.evaluate(sdk_page, RETRY_AFTER)
+    assert result["afterLimit"]["calls"] == ["dev.prewarm.session.opened"]
+    assert 0 < result["afterLimit"]["retryAt"] <= 1000
+    assert result["afterLimit"]["opened"] == 0
+    assert result["duringWindow"] == ["dev.prewarm.session.opened"]
+    assert result["calls"] == ["dev.prewarm.session.opened", "dev.prewarm.session.opened"]
