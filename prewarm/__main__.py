@@ -194,7 +194,11 @@ def scaler_options(args: argparse.Namespace) -> scaler_main.ScalerOptions:
 
 def build_parser() -> argparse.ArgumentParser:
     """The command line: `prewarm serve ...`."""
-    parser = argparse.ArgumentParser(prog="prewarm", description="Pre-warm GPU inference services.")
+    parser = argparse.ArgumentParser(
+        prog="prewarm",
+        description="Pre-warm GPU inference services.",
+        epilog="Also: `prewarm cache exec|gc|stats` and `prewarm knative inject` (see docs/semi-warm.md).",
+    )
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the decision loop")
@@ -244,8 +248,14 @@ def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Entry point of the `prewarm` console script; returns the process exit status."""
-    args = build_parser().parse_args(argv)
+    """`prewarm serve` and `prewarm scaler` (`cache` and `knative` are in prewarm.cache_commands);
+    returns the process exit status."""
+    raw = list(sys.argv[1:] if argv is None else argv)
+    if raw[:1] and raw[0] in ("cache", "knative"):
+        from prewarm import cache_commands
+
+        return cache_commands.main(raw)
+    args = build_parser().parse_args(raw)
     logging.basicConfig(
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
