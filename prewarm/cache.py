@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import fcntl
+import getpass
 import hashlib
 import importlib.metadata
 import json
@@ -148,6 +149,34 @@ def cache_environment(entry: Path) -> dict[str, str]:
     return env
 
 
+def inductor_header_dir(env: Mapping[str, str]) -> Path:
+    """Where Inductor puts precompiled headers: under its *default* cache dir in the temp folder
+    (torch/_inductor/codecache.py `_HEADER_DIR`), whatever TORCHINDUCTOR_CACHE_DIR says."""
+    temp = next((env[k] for k in ("TMPDIR", "TEMP", "TMP") if env.get(k)), None) or tempfile.gettempdir()
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):
+        user = f"uid_{os.getuid()}"
+    return Path(temp) / ("torchinductor_" + re.sub(r'[\\/:*?"<>|]', "_", user)) / "precompiled_headers"
+
+
+def link_header_dir(entry: Path, env: Mapping[str, str]) -> Path | None:
+    """Point Inductor's precompiled-header folder at the entry, so pods share those too (a pod's
+    /tmp starts empty). A real folder already there is left alone. Returns the link, if made."""
+    link = inductor_header_dir(env)
+    target = entry / "inductor-headers"
+    target.mkdir(exist_ok=True)
+    if link.is_symlink():
+        if Path(os.readlink(link)) == target:
+            return link
+        link.unlink()
+    elif link.exists():
+        return None
+    link.parent.mkdir(parents=True, exist_ok=True)
+    os.symlink(target, link)
+    return link
+
+
 def per_pod_vllm_variables(env: Mapping[str, str]) -> list[str]:
     """VLLM_* variables whose values name this pod: vLLM hashes them into its cache key."""
     identities = {v for k in ("HOSTNAME", "POD_NAME", "POD_IP", "NODE_NAME") if (v := env.get(k, "").strip())}
@@ -231,7 +260,7 @@ def open_entry(root: Path, facts: RuntimeFacts, *, now: float) -> tuple[Path, bo
         hit = manifest.get("bytes", 0) > 0 or entry_bytes(entry) > 0
         manifest["hits" if hit else "misses"] = int(manifest.get("hits" if hit else "misses", 0)) + 1
         manifest["last_used"] = now
-        for sub in (*CACHE_DIRECTORIES.values(), SNAPSHOTS, LEASES):
+        for sub in (*CACHE_DIRECTORIES.values(), "inductor-headers", SNAPSHOTS, LEASES):
             (entry / sub).mkdir(exist_ok=True)
         write_manifest(entry, manifest)
     return entry, hit
@@ -362,6 +391,11 @@ def exec_with_cache(command: Sequence[str], *, root: Path, model: str, salt: str
         print(
             f"prewarm cache: {name} holds a per-pod value; vLLM hashes it into its cache key, "
             "so pods will not share compiled artifacts",
+            file=sys.stderr,
+        )
+    if link_header_dir(entry, env) is None:
+        print(
+            f"prewarm cache: {inductor_header_dir(env)} exists; Inductor's precompiled headers stay per pod",
             file=sys.stderr,
         )
     print(f"prewarm cache: {'hit' if hit else 'miss'} {entry}", file=sys.stderr)

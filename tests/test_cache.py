@@ -227,3 +227,18 @@ def test_cli_gc_and_stats(tmp_path: Path) -> None:
     gc = prewarm("cache", "gc", "--root", str(tmp_path), "--max-bytes", "1M")
     out, _ = gc.communicate(timeout=20)
     assert len(json.loads(out)["evicted"]) == 1
+
+
+def test_inductor_precompiled_headers_are_linked_into_the_entry(tmp_path: Path) -> None:
+    env = {"TMPDIR": str(tmp_path / "tmp")}
+    entry, _ = cache.open_entry(tmp_path / "root", BASE, now=1.0)
+    link = cache.link_header_dir(entry, env)
+    assert link == cache.inductor_header_dir(env)
+    assert link is not None and link.parent.name.startswith("torchinductor_")
+    assert link.resolve() == (entry / "inductor-headers").resolve()
+    assert cache.link_header_dir(entry, env) == link  # idempotent
+    other, _ = cache.open_entry(tmp_path / "root", dataclasses.replace(BASE, salt="x"), now=2.0)
+    assert cache.link_header_dir(other, env) == link and link.resolve() == (other / "inductor-headers").resolve()
+    link.unlink()
+    link.mkdir()  # a real folder (made by torch before us) is left alone
+    assert cache.link_header_dir(entry, env) is None
