@@ -9,11 +9,14 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections.abc import Callable, Mapping, Sequence
 from datetime import datetime
 from typing import Any
 
-from prewarm import actuation, clock, policy, state, targets
+from opentelemetry import trace
+
+from prewarm import actuation, clock, policy, state, targets, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -31,12 +34,15 @@ class Decider:
         actuators: Sequence[actuation.Actuator],
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
+        telemetry: telemetry.Telemetry | None = None,
     ) -> None:
         self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
         self._store = store
         self._actuators = tuple(actuators)
         self._clock = clock
         self._forecast = forecast
+        self._telemetry = telemetry
+        self._traces: dict[str, str] = {}  # target -> traceparent of the event that changed it
         self._decisions: dict[str, policy.FloorDecision] = {}
         self._dirty: set[str] = set(self._specs)
         self._actuated: set[str] = set()  # targets whose floor this process has applied at least once
@@ -59,7 +65,14 @@ class Decider:
         if self._specs.get(target) == spec:
             return
         self._specs[target] = spec
+        if self._telemetry is not None:
+            self._telemetry.add_target(target)
         self.mark_changed(target)
+
+    def note_trace(self, target: str, traceparent: str) -> None:
+        """Remember the trace of the event that changed `target`, so its decision continues it."""
+        if target in self._specs:
+            self._traces[target] = traceparent
 
     def mark_changed(self, target: str) -> None:
         """Ask for `target` to be re-decided now; unknown targets are ignored."""
@@ -88,6 +101,14 @@ class Decider:
 
     async def decide(self, target: str, now: datetime) -> policy.FloorDecision:
         """Decide one target at `now`, save the decision, and actuate if its floor changed."""
+        if self._telemetry is None:
+            return await self._decide(target, now, None)
+        span = self._telemetry.decision_span(target, self._traces.pop(target, None))
+        with trace.use_span(span, end_on_exit=True):  # actuation spans nest under it
+            return await self._decide(target, now, span)
+
+    async def _decide(self, target: str, now: datetime, span: trace.Span | None) -> policy.FloorDecision:
+        began = time.perf_counter()
         spec = self._specs[target]
         previous = self._decisions.get(target)
         if previous is None:
@@ -102,15 +123,35 @@ class Decider:
         decision = policy.decide_floor(spec, signals, now, previous)
         await self._store.save_decision(decision)
         self._decisions[target] = decision
+        if self._telemetry is not None:
+            self._telemetry.record_decision(decision, previous, sessions.active, time.perf_counter() - began)
+        if span is not None:
+            span.set_attributes({"prewarm.floor": decision.floor, "prewarm.source": decision.source.value})
         if target not in self._actuated or previous is None or previous.floor != decision.floor:
             self._actuated.add(target)
             for actuator in self._actuators:
-                try:
-                    await actuator.apply(decision, previous)
-                except Exception:
-                    # One failing actuator must not stop the others or the loop; it retries its own way.
-                    log.exception("actuator %s failed for %s", actuator.name, target)
+                await self._actuate(actuator, decision, previous)
         return decision
+
+    async def _actuate(
+        self, actuator: actuation.Actuator, decision: policy.FloorDecision, previous: policy.FloorDecision | None
+    ) -> None:
+        began = time.perf_counter()
+        outcome = "ok"
+        try:
+            if self._telemetry is None:
+                await actuator.apply(decision, previous)
+            else:
+                with self._telemetry.tracer.start_as_current_span(
+                    "actuate", attributes={"prewarm.actuator": actuator.name}
+                ):
+                    await actuator.apply(decision, previous)
+        except Exception:
+            # One failing actuator must not stop the others or the loop; it retries its own way.
+            outcome = "error"
+            log.exception("actuator %s failed for %s", actuator.name, decision.target)
+        if self._telemetry is not None:
+            self._telemetry.record_actuation(actuator.name, outcome, time.perf_counter() - began)
 
     async def describe(self) -> list[dict[str, Any]]:
         """What the decision core sees per target, for operators: floor, source, reason, sessions."""

@@ -27,7 +27,7 @@ from cloudevents.core.exceptions import BaseCloudEventException
 from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
-from prewarm import clock, ledger, state, targets
+from prewarm import clock, ledger, state, targets, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -36,6 +36,7 @@ STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 _JSON_FORMAT = JSONFormat()
 _EVENT_TYPES = {t.value: t for t in ledger.SessionEventType}
+POD_PHASE_TYPE = "dev.prewarm.pod.phase"
 _CORS_ALLOWED_HEADERS = "Content-Type, ce-id, ce-source, ce-type, ce-specversion, ce-subject, ce-time"
 
 
@@ -141,16 +142,27 @@ def _short(error: Exception) -> str:
     return text[:200]
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class PodPhase:
+    """A pod reached a phase of its start (observability only; not stored)."""
+
+    target: str
+    pod: str
+    phase: str
+    at: datetime
+
+
 def translate_event(
     event: CloudEvent, *, specs: Mapping[str, targets.TargetSpec], received_at: datetime
-) -> state.Intent:
+) -> state.Intent | PodPhase:
     """Validate one CloudEvent's type and data against the configured targets.
 
     Raises RejectedRequest: 422 for an unknown type or target, 400 for malformed data.
     """
     event_type = _EVENT_TYPES.get(event.get_type())
-    if event_type is None:
-        raise _fail(422, f"unknown event type {event.get_type()!r}; expected one of {sorted(_EVENT_TYPES)}")
+    if event_type is None and event.get_type() != POD_PHASE_TYPE:
+        known = [*sorted(_EVENT_TYPES), POD_PHASE_TYPE]
+        raise _fail(422, f"unknown event type {event.get_type()!r}; expected one of {known}")
     data = event.get_data()
     if isinstance(data, bytes | str):
         try:
@@ -167,6 +179,13 @@ def translate_event(
     spec = specs.get(target_name)
     if spec is None:
         raise _fail(422, f"event {event.get_id()!r}: unknown target {target_name[:100]!r}")
+    sent_at = event.get_time()
+    at = received_at
+    if sent_at is not None:
+        sent_at = sent_at if sent_at.tzinfo is not None else sent_at.replace(tzinfo=UTC)
+        at = min(sent_at.astimezone(UTC), received_at)  # a client clock ahead never stretches a session
+    if event_type is None:
+        return _translate_phase(event, data, target_name, at)
     session = data.get("session")
     if not isinstance(session, str) or not 0 < len(session) <= 128:
         raise _fail(400, f"event {event.get_id()!r}: data.session must be a string of 1-128 characters")
@@ -178,11 +197,6 @@ def translate_event(
         if raw_ttl <= 0:
             raise _fail(400, f"event {event.get_id()!r}: data.ttl {raw_ttl!r} must be > 0")
         ttl = min(ttl, timedelta(seconds=raw_ttl))
-    sent_at = event.get_time()
-    at = received_at
-    if sent_at is not None:
-        sent_at = sent_at if sent_at.tzinfo is not None else sent_at.replace(tzinfo=UTC)
-        at = min(sent_at.astimezone(UTC), received_at)  # a client clock ahead never stretches a session
     return state.Intent(
         target=target_name,
         source=event.get_source(),
@@ -191,7 +205,17 @@ def translate_event(
     )
 
 
+def _translate_phase(event: CloudEvent, data: Mapping[str, Any], target: str, at: datetime) -> PodPhase:
+    pod, phase = data.get("pod"), data.get("phase")
+    if not isinstance(pod, str) or not 0 < len(pod) <= 253:
+        raise _fail(400, f"event {event.get_id()!r}: data.pod must be a pod name")
+    if phase not in telemetry.POD_PHASES:
+        raise _fail(400, f"event {event.get_id()!r}: data.phase {phase!r} is not one of {list(telemetry.POD_PHASES)}")
+    return PodPhase(target=target, pod=pod, phase=phase, at=at)
+
+
 TargetsView = Callable[[], Awaitable[list[dict[str, Any]]]]
+MetricsText = Callable[[], tuple[bytes, str]]
 
 
 class IntentListener:
@@ -206,12 +230,20 @@ class IntentListener:
         settings: ListenerSettings,
         targets_view: TargetsView,
         monotonic: Callable[[], float] = time.monotonic,
+        telemetry: telemetry.Telemetry | None = None,
+        current_floor: Callable[[str], int | None] = lambda target: None,
+        note_trace: Callable[[str, str], None] = lambda target, traceparent: None,
+        metrics: MetricsText | None = None,
     ) -> None:
         self._specs = specs
         self._store = store
         self._clock = clock
         self._settings = settings
         self._targets_view = targets_view
+        self._telemetry = telemetry
+        self._current_floor = current_floor
+        self._note_trace = note_trace
+        self._metrics = metrics
         self._tokens = tuple(t.encode() for t in settings.tokens)
         self._buckets = TokenBuckets(
             rate=settings.rate_per_second, burst=settings.burst, capacity=settings.max_clients, monotonic=monotonic
@@ -267,19 +299,56 @@ class IntentListener:
             if wait > 0:
                 raise RejectedRequest(429, "rate limited", {"Retry-After": str(max(1, math.ceil(wait)))})
             now = self._clock.now()
-            intents = [translate_event(e, specs=self._specs, received_at=now) for e in events]
+            translated = [translate_event(e, specs=self._specs, received_at=now) for e in events]
+            intents = [t for t in translated if isinstance(t, state.Intent)]
+            floors = {i.target: self._current_floor(i.target) for i in intents}  # before this batch
             try:
                 result = await self._store.record_intents(intents)
             except state.StateUnavailable as e:
                 raise RejectedRequest(503, "state store unavailable", {"Retry-After": "1"}) from e
         except RejectedRequest as rejected:
             self.counts[f"rejected.{rejected.status}"] += 1
+            if self._telemetry is not None:
+                self._telemetry.record_events("unknown", f"rejected.{rejected.status}")
             return web.Response(
                 status=rejected.status, text=rejected.reason + "\n", headers={**cors, **rejected.headers}
             )
         self.counts["accepted"] += result.accepted
         self.counts["duplicate"] += result.duplicates
+        self._observe(events, translated, intents, result, floors)
         return web.Response(status=202, headers=cors)
+
+    def _observe(
+        self,
+        events: list[CloudEvent],
+        translated: list[state.Intent | PodPhase],
+        intents: list[state.Intent],
+        result: state.IngestResult,
+        floors: Mapping[str, int | None],
+    ) -> None:
+        """After the 202 is decided: metrics, pod-start traces, and trace context for decisions."""
+        for event, item in zip(events, translated, strict=True):
+            traceparent = event.get_extension("traceparent")
+            if isinstance(traceparent, str):
+                self._note_trace(item.target, traceparent)
+        if self._telemetry is None:
+            return
+        for intent, new in zip(intents, result.new, strict=True):
+            kind = intent.event.type.value.rsplit(".", 1)[1]
+            self._telemetry.record_events(kind, "accepted" if new else "duplicate")
+            if new and intent.event.type is ledger.SessionEventType.OPENED:
+                self._telemetry.record_session_opened(intent.target, floors.get(intent.target))
+        for item in translated:
+            if isinstance(item, PodPhase):
+                self._telemetry.record_events("phase", "accepted")
+                self._telemetry.record_pod_phase(target=item.target, pod=item.pod, phase=item.phase, at=item.at)
+
+    async def prometheus_metrics(self, request: web.Request) -> web.Response:
+        """The Prometheus scrape endpoint."""
+        if self._metrics is None:
+            raise web.HTTPNotFound()
+        body, content_type = self._metrics()
+        return web.Response(body=body, headers={"Content-Type": content_type})
 
     async def preflight(self, request: web.Request) -> web.Response:
         cors = self._cors_headers(request)
@@ -345,4 +414,5 @@ def build_app(listener: IntentListener) -> web.Application:
     app.router.add_get("/healthz", listener.healthz)
     app.router.add_get("/readyz", listener.readyz)
     app.router.add_get("/targets", listener.list_targets)
+    app.router.add_get("/metrics", listener.prometheus_metrics)
     return app

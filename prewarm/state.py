@@ -47,10 +47,17 @@ class Intent:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class IngestResult:
-    """How many intents of a batch were new, and how many were duplicates of earlier deliveries."""
+    """Which intents of a batch were new (True) and which duplicates of earlier deliveries."""
 
-    accepted: int
-    duplicates: int
+    new: tuple[bool, ...]
+
+    @property
+    def accepted(self) -> int:
+        return sum(self.new)
+
+    @property
+    def duplicates(self) -> int:
+        return len(self.new) - sum(self.new)
 
 
 class Store(Protocol):
@@ -112,17 +119,16 @@ class MemoryStore:
         self.dedup_dropped = 0
 
     async def record_intents(self, intents: Sequence[Intent]) -> IngestResult:
-        accepted = duplicates = 0
+        new: list[bool] = []
         changed: set[str] = set()
         for intent in intents:
             key = (intent.source, intent.id)
             now = intent.event.at
             seen_until = self._dedup.get(key)
-            if seen_until is not None and now < seen_until:
-                duplicates += 1
+            new.append(seen_until is None or now >= seen_until)
+            if not new[-1]:
                 continue
             self._remember(key, now + DEDUP_TTL)
-            accepted += 1
             book = self._ledgers.get(intent.target)
             if book is None:
                 book = self._ledgers[intent.target] = ledger.SessionLedger(capacity=self._sessions_per_target)
@@ -139,7 +145,7 @@ class MemoryStore:
         for target in sorted(changed):
             for listener in self._change_listeners:
                 listener(target)
-        return IngestResult(accepted=accepted, duplicates=duplicates)
+        return IngestResult(new=tuple(new))
 
     def _remember(self, key: tuple[str, str], until: datetime) -> None:
         self._dedup[key] = until
@@ -390,7 +396,7 @@ class RedisStore:
         most `MAX_GROUP_INTENTS` intents, whole batches only), so round trips stay few under load.
         """
         if not intents:
-            return IngestResult(accepted=0, duplicates=0)
+            return IngestResult(new=())
         done: asyncio.Future[IngestResult] = asyncio.get_running_loop().create_future()
         self._pending.append((intents, done))
         if self._committing is None or self._committing.done():
@@ -414,10 +420,10 @@ class RedisStore:
                 continue
             offset = 0
             for batch, done in group:
-                accepted = sum(flags[offset : offset + len(batch)])
+                new = tuple(bool(flag) for flag in flags[offset : offset + len(batch)])
                 offset += len(batch)
                 if not done.done():
-                    done.set_result(IngestResult(accepted=accepted, duplicates=len(batch) - accepted))
+                    done.set_result(IngestResult(new=new))
 
     async def _run_ingest(self, intents: Sequence[Intent]) -> list[int]:
         now = max(i.event.at for i in intents)
