@@ -19,8 +19,15 @@ from pathlib import Path
 from typing import TextIO
 
 from aiohttp import web
+from opentelemetry.exporter.prometheus import PrometheusMetricReader
+from opentelemetry.sdk.metrics import MeterProvider
+from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
+from opentelemetry.sdk.resources import Resource
+from opentelemetry.sdk.trace import TracerProvider
+from opentelemetry.sdk.trace.export import BatchSpanProcessor
+from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
-from prewarm import actuation, clock, decider, listener, state, targets
+from prewarm import actuation, clock, decider, listener, state, targets, telemetry
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -72,8 +79,54 @@ class RunningService:
     decider_task: asyncio.Task[None]
 
 
+@dataclasses.dataclass(slots=True)
+class Observability:
+    """The OpenTelemetry providers of one process and the Prometheus registry they export to."""
+
+    meter_provider: MeterProvider
+    tracer_provider: TracerProvider
+    registry: CollectorRegistry
+
+    def prometheus_text(self) -> tuple[bytes, str]:
+        return generate_latest(self.registry), CONTENT_TYPE_LATEST
+
+    def shutdown(self) -> None:
+        self.meter_provider.shutdown()
+        self.tracer_provider.shutdown()
+
+
+def build_observability(env: Mapping[str, str], *, tracer_provider: TracerProvider | None = None) -> Observability:
+    """Prometheus export always; OTLP (metrics and traces) when OTEL_EXPORTER_OTLP_ENDPOINT is set."""
+    resource = Resource.create({"service.name": env.get("OTEL_SERVICE_NAME", "kube-prewarm")})
+    registry = CollectorRegistry(auto_describe=True)
+    readers: list[MetricReader] = [PrometheusMetricReader(registry=registry)]
+    otlp = bool(env.get("OTEL_EXPORTER_OTLP_ENDPOINT"))
+    if otlp:
+        from opentelemetry.exporter.otlp.proto.http.metric_exporter import OTLPMetricExporter
+
+        readers.append(PeriodicExportingMetricReader(OTLPMetricExporter()))
+    if tracer_provider is None:
+        tracer_provider = TracerProvider(resource=resource)
+        if otlp:
+            from opentelemetry.exporter.otlp.proto.http.trace_exporter import OTLPSpanExporter
+
+            tracer_provider.add_span_processor(BatchSpanProcessor(OTLPSpanExporter()))
+    return Observability(
+        meter_provider=MeterProvider(metric_readers=readers, resource=resource),
+        tracer_provider=tracer_provider,
+        registry=registry,
+    )
+
+
 @contextlib.asynccontextmanager
-async def run_service(options: ServeOptions, *, clock: clock.Clock, out: TextIO) -> AsyncIterator[RunningService]:
+async def run_service(
+    options: ServeOptions,
+    *,
+    clock: clock.Clock,
+    out: TextIO,
+    env: Mapping[str, str] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> AsyncIterator[RunningService]:
     """Build and start every part of `prewarm serve`; stop them all on exit.
 
     Raises ConfigError before starting anything when the configuration is invalid.
@@ -82,14 +135,36 @@ async def run_service(options: ServeOptions, *, clock: clock.Clock, out: TextIO)
     for warning in parsed.warnings:
         log.warning("%s", warning)
     store = build_store(options.store)
+    observability = build_observability(env or {}, tracer_provider=tracer_provider)
+    instruments = telemetry.Telemetry(
+        meter_provider=observability.meter_provider,
+        tracer_provider=observability.tracer_provider,
+        targets=[str(spec.ref) for spec in parsed.targets],
+    )
     actuators: list[actuation.Actuator] = [actuation.LogActuator(out)]
-    loop = decider.Decider(target_specs=parsed.targets, store=store, actuators=actuators, clock=clock)
+    loop = decider.Decider(
+        target_specs=parsed.targets, store=store, actuators=actuators, clock=clock, telemetry=instruments
+    )
+
+    def current_floor(target: str) -> int | None:
+        decision = loop.decisions.get(target)
+        return None if decision is None else decision.floor
+
     intents = listener.IntentListener(
-        specs=loop.specs, store=store, clock=clock, settings=options.listener, targets_view=loop.describe
+        specs=loop.specs,
+        store=store,
+        clock=clock,
+        settings=options.listener,
+        targets_view=loop.describe,
+        telemetry=instruments,
+        current_floor=current_floor,
+        note_trace=loop.note_trace,
+        metrics=observability.prometheus_text,
     )
     runner = web.AppRunner(listener.build_app(intents), access_log=None)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
+        stack.callback(observability.shutdown)
         grpc_port = None
         if options.grpc is not None:
             embedded = await stack.enter_async_context(
@@ -127,9 +202,16 @@ async def run_service(options: ServeOptions, *, clock: clock.Clock, out: TextIO)
                 await running
 
 
-async def serve(options: ServeOptions, *, clock: clock.Clock, out: TextIO, stop: asyncio.Event) -> None:
+async def serve(
+    options: ServeOptions,
+    *,
+    clock: clock.Clock,
+    out: TextIO,
+    stop: asyncio.Event,
+    env: Mapping[str, str] | None = None,
+) -> None:
     """Run `prewarm serve` until `stop` is set."""
-    async with run_service(options, clock=clock, out=out) as service:
+    async with run_service(options, clock=clock, out=out, env=env) as service:
         stopping = asyncio.create_task(stop.wait())
         await asyncio.wait({stopping, service.decider_task}, return_when=asyncio.FIRST_COMPLETED)
         stopping.cancel()
@@ -229,7 +311,7 @@ def _stop_on_signals() -> asyncio.Event:
 
 
 async def _serve_until_signalled(options: ServeOptions) -> None:
-    await serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=_stop_on_signals())
+    await serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=_stop_on_signals(), env=os.environ)
 
 
 async def _scaler_until_signalled(args: argparse.Namespace) -> None:

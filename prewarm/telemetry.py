@@ -21,6 +21,9 @@ from prewarm import policy
 POD_PHASES = ("container_started", "cache_restored", "weights_loaded", "runtime_ready", "first_token")
 _PROPAGATOR = TraceContextTextMapPropagator()
 _MAX_PODS = 1000  # pod starts followed at once; the oldest is dropped beyond that
+# Bucket boundaries in seconds (the SDK's defaults suit milliseconds).
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COLD_START_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
 
 
 def _ns(at: datetime) -> int:
@@ -66,10 +69,16 @@ class Telemetry:
         )
         self._events = meter.create_counter("prewarm.events", unit="{event}", description="CloudEvents received")
         self._decision_duration = meter.create_histogram(
-            "prewarm.decision.duration", unit="s", description="Time to decide one target"
+            "prewarm.decision.duration",
+            unit="s",
+            description="Time to decide one target",
+            explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
         self._actuation_duration = meter.create_histogram(
-            "prewarm.actuation.duration", unit="s", description="Time to apply one floor"
+            "prewarm.actuation.duration",
+            unit="s",
+            description="Time to apply one floor",
+            explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
         self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
         self._cold = meter.create_counter(
@@ -79,7 +88,10 @@ class Telemetry:
             "prewarm.warm_starts", unit="{session}", description="Sessions that opened with a warm replica"
         )
         self._phase_duration = meter.create_histogram(
-            "prewarm.cold_start.duration", unit="s", description="Pod start: container start to each phase"
+            "prewarm.cold_start.duration",
+            unit="s",
+            description="Pod start: container start to each phase",
+            explicit_bucket_boundaries_advisory=COLD_START_BUCKETS,
         )
         meter.create_observable_gauge(
             "prewarm.pool.hit_ratio",
@@ -93,6 +105,7 @@ class Telemetry:
             unit="1",
             description="Share of intent-driven raises used before the floor fell",
         )
+        self._floor_source: dict[str, str] = {}
         self._starts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # target -> [warm, cold]
         self._raises: dict[str, _Raise] = {}
         self._raise_outcomes: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # [used, total]
@@ -133,6 +146,11 @@ class Telemetry:
         self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, sessions: int, seconds: float
     ) -> None:
         label = {"target": self._target(decision.target)}
+        # One non-zero series per target: the current source's. Summed over sources, it is the floor.
+        superseded = self._floor_source.get(label["target"])
+        if superseded is not None and superseded != decision.source.value:
+            self._floor.set(0, {**label, "source": superseded})
+        self._floor_source[label["target"]] = decision.source.value
         self._floor.set(decision.floor, {**label, "source": decision.source.value})
         self._sessions.set(sessions, label)
         self._budget.set(decision.budget_used, label)
