@@ -377,6 +377,41 @@ def cache_stats(root: Path, *, now: float) -> dict[str, Any]:
     }
 
 
+# --- pod phases (observability; never in the way of the start) ---
+
+
+def report_phase(phase: str, *, env: Mapping[str, str], at: float, detail: Mapping[str, str] | None = None) -> None:
+    """POST a dev.prewarm.pod.phase event when PREWARM_EVENTS_URL and PREWARM_TARGET are set.
+
+    Waits at most a second and only reports failures on stderr: a pod start never waits on it.
+    """
+    url, target = env.get("PREWARM_EVENTS_URL"), env.get("PREWARM_TARGET")
+    if not url or not target:
+        return
+    import urllib.error
+    import urllib.request
+    from datetime import UTC, datetime
+
+    pod = env.get("POD_NAME") or env.get("HOSTNAME") or socket.gethostname()
+    event = {
+        "specversion": "1.0",
+        "type": "dev.prewarm.pod.phase",
+        "source": "prewarm-cache-exec",
+        "id": f"{pod}-{os.getpid()}-{phase}-{at:.6f}",
+        "time": datetime.fromtimestamp(at, UTC).isoformat(),
+        "data": {"target": target, "pod": pod, "phase": phase, **(detail or {})},
+    }
+    headers = {"Content-Type": "application/cloudevents+json"}
+    if env.get("PREWARM_TOKEN"):
+        headers["Authorization"] = f"Bearer {env['PREWARM_TOKEN']}"
+    request = urllib.request.Request(url, data=json.dumps(event).encode(), headers=headers, method="POST")
+    try:
+        with urllib.request.urlopen(request, timeout=1.0) as response:
+            response.read()
+    except (urllib.error.URLError, OSError, ValueError) as e:
+        print(f"prewarm cache: could not report {phase} to {url}: {e}", file=sys.stderr)
+
+
 # --- exec ---
 
 
@@ -385,8 +420,10 @@ def exec_with_cache(command: Sequence[str], *, root: Path, model: str, salt: str
     this process (same PID, so signals reach the model server directly). Does not return."""
     if not command:
         raise ValueError("no command to run after --")
+    report_phase("container_started", env=env, at=time.time())
     facts = probe_runtime(model=model, salt=salt, env=env)
     entry, hit = open_entry(root, facts, now=time.time())
+    report_phase("cache_restored", env=env, at=time.time(), detail={"cache": "hit" if hit else "miss"})
     for name in per_pod_vllm_variables(env):
         print(
             f"prewarm cache: {name} holds a per-pod value; vLLM hashes it into its cache key, "

@@ -160,3 +160,45 @@ async def test_bad_phase_is_rejected(app: App) -> None:
     async with aiohttp.ClientSession() as http:
         bad = phase("p", "dreaming", 0)
         assert await app.send(http, bad) == 400
+
+
+async def test_the_cache_wrapper_and_the_sdk_report_pod_phases(app: App, tmp_path: Path) -> None:
+    import asyncio
+    import os
+    import sys
+
+    from prewarm import sdk
+
+    env = {
+        **os.environ,
+        "PREWARM_EVENTS_URL": f"{app.url}/events",
+        "PREWARM_TARGET": "ml/chat",
+        "POD_NAME": "chat-xyz",
+        "PREWARM_MODEL": "chat",
+    }
+    wrapper = await asyncio.create_subprocess_exec(
+        sys.executable,
+        "-m",
+        "prewarm.cli",
+        "cache",
+        "exec",
+        "--root",
+        str(tmp_path / "cache"),
+        "--",
+        sys.executable,
+        "-c",
+        "pass",
+        env=env,
+    )
+    assert await asyncio.wait_for(wrapper.wait(), 60) == 0
+    async with sdk.AsyncIntentClient(app.url) as client:
+        client.phase("ml/chat", "chat-xyz", "weights_loaded")
+        with pytest.raises(ValueError, match="not one of"):
+            client.phase("ml/chat", "chat-xyz", "napping")
+        await client.flush()
+    async with aiohttp.ClientSession() as http:
+        metrics = await app.metrics(http)
+    chat = (("target", "ml/chat"),)
+    for name in ("cache_restored", "weights_loaded"):
+        assert metrics[("prewarm_cold_start_duration_seconds_count", (("phase", name), *chat))] == 1
+    assert metrics[("prewarm_events_total", (("outcome", "accepted"), ("type", "phase")))] == 3

@@ -38,6 +38,8 @@ log = logging.getLogger(__name__)
 
 BATCH = "application/cloudevents-batch+json"
 TYPE_PREFIX = "dev.prewarm.session."
+PHASE_TYPE = "dev.prewarm.pod.phase"
+POD_PHASES = ("container_started", "cache_restored", "weights_loaded", "runtime_ready", "first_token")
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -99,17 +101,28 @@ class _Sender:
         self._tasks = [asyncio.create_task(self._send_forever()), asyncio.create_task(self._beat_forever())]
 
     def offer(self, kind: str, target: str, session: str, ttl: float | None = None) -> None:
-        """Queue one event, or drop and count it when the queue is full. Never blocks."""
-        if len(self._queue) >= self._settings.queue_size:
-            self.stats.dropped += 1
-            return
+        """Queue one session event, or drop and count it when the queue is full. Never blocks."""
         data: dict[str, Any] = {"target": target, "session": session}
         if ttl is not None:
             data["ttl"] = ttl
+        if self._enqueue(TYPE_PREFIX + kind, data):
+            if kind == "opened":
+                self._sessions[session] = target
+            elif kind == "closed":
+                self._sessions.pop(session, None)
+
+    def offer_phase(self, target: str, pod: str, phase: str) -> None:
+        """Queue a dev.prewarm.pod.phase event (a model server reporting its start)."""
+        self._enqueue(PHASE_TYPE, {"target": target, "pod": pod, "phase": phase})
+
+    def _enqueue(self, event_type: str, data: dict[str, Any]) -> bool:
+        if len(self._queue) >= self._settings.queue_size:
+            self.stats.dropped += 1
+            return False
         self._queue.append(
             {
                 "specversion": "1.0",
-                "type": TYPE_PREFIX + kind,
+                "type": event_type,
                 "source": self._settings.source,
                 "id": f"{self._run_id}-{next(self._ids)}",
                 "time": datetime.now(UTC).isoformat(),
@@ -120,10 +133,7 @@ class _Sender:
         self.stats.queued += 1
         self._idle.clear()
         self._ready.set()
-        if kind == "opened":
-            self._sessions[session] = target
-        elif kind == "closed":
-            self._sessions.pop(session, None)
+        return True
 
     async def flush(self) -> None:
         """Return once every queued event was sent, rejected or given up on."""
@@ -261,6 +271,13 @@ class AsyncIntentClient:
         """Queue `closed` and stop heartbeats."""
         self._require().offer("closed", target, session)
 
+    def phase(self, target: str, pod: str, phase: str) -> None:
+        """Report that `pod` of `target` reached `phase` of its start (weights_loaded,
+        runtime_ready, first_token, ...), for cold-start timelines."""
+        if phase not in POD_PHASES:
+            raise ValueError(f"phase {phase!r} is not one of {POD_PHASES}")
+        self._require().offer_phase(target, pod, phase)
+
     @contextlib.asynccontextmanager
     async def session(self, target: str, *, ttl: float | None = None) -> AsyncIterator[str]:
         """Open a session for the block's duration."""
@@ -326,6 +343,12 @@ class IntentClient:
 
     def close_session(self, target: str, session: str) -> None:
         self._loop.call_soon_threadsafe(self._client.close_session, target, session)
+
+    def phase(self, target: str, pod: str, phase: str) -> None:
+        """Report a phase of this pod's start (see AsyncIntentClient.phase)."""
+        if phase not in POD_PHASES:
+            raise ValueError(f"phase {phase!r} is not one of {POD_PHASES}")
+        self._loop.call_soon_threadsafe(self._client.phase, target, pod, phase)
 
     @contextlib.contextmanager
     def session(self, target: str, *, ttl: float | None = None) -> Iterator[str]:
