@@ -4,6 +4,7 @@ and read spans from an in-memory exporter."""
 from __future__ import annotations
 
 import io
+import re
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -21,6 +22,7 @@ from prewarm import __main__ as cli
 from prewarm import clock
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+DASHBOARD = (Path(__file__).resolve().parents[1] / "manifests" / "grafana" / "kube-prewarm-dashboard.json").read_text()
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
@@ -136,6 +138,11 @@ async def test_metrics_and_traces_follow_events_decisions_and_phases(app: App) -
     assert metrics[("prewarm_decision_duration_seconds_count", chat)] >= 4
     assert ("prewarm_budget_used_hours", chat) in metrics
     assert not [key for key in metrics if "ml/evil-123" in str(key)]
+
+    # every metric the shipped Grafana dashboard queries is one the app exports
+    queried = set(re.findall(r"prewarm_[a-z_]+", DASHBOARD))
+    exported = {name for name, _ in metrics}
+    assert queried and queried <= exported, queried - exported
 
     spans = app.spans.get_finished_spans()
     decided = [s for s in spans if s.name == "decide floor" and s.context.trace_id == int(TRACE_ID, 16)]
