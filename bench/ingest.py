@@ -32,6 +32,11 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+# bench/scaler.py is named like the `scaler` package: keep this folder off the import path (here
+# and in the spawned processes, which re-run this module).
+_HERE = Path(__file__).resolve().parent
+sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+
 TARGETS = 50
 
 
