@@ -15,14 +15,13 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import importlib.util
 import json
 import multiprocessing
 import os
 import platform
 import random
 import shutil
-import signal
-import socket
 import statistics
 import subprocess
 import sys
@@ -32,29 +31,21 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
+
 # This file is named like the `scaler` package it measures: keep its own folder off the import path
-# (here and in the spawned client processes, which re-run this module).
-_HERE = Path(__file__).resolve().parent
-sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != _HERE]
+def _load_harness() -> Any:
+    """bench/harness.py, loaded by location: this folder is kept off the import path (below)."""
+    spec = importlib.util.spec_from_file_location("bench_harness", Path(__file__).with_name("harness.py"))
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+harness = _load_harness()
+harness.keep_folder_off_path(Path(__file__).resolve().parent)
 
 TARGETS = 1000
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return int(sock.getsockname()[1])
-
-
-def wait_port(port: int, within: float = 30.0) -> None:
-    deadline = time.monotonic() + within
-    while time.monotonic() < deadline:
-        try:
-            with socket.create_connection(("127.0.0.1", port), timeout=0.2):
-                return
-        except OSError:
-            time.sleep(0.05)
-    raise RuntimeError(f"nothing listening on {port}")
 
 
 def bare_scaler(port: int) -> None:
@@ -196,13 +187,8 @@ def main() -> int:
     parser.add_argument("--events", type=int, default=1000)
     parser.add_argument("--out", type=Path, default=Path("bench/out/scaler.json"))
     args = parser.parse_args()
-    redis_binary = shutil.which("redis-server")
-    if redis_binary is None:
-        print("redis-server is not installed", file=sys.stderr)
-        return 1
-
     workdir = Path(tempfile.mkdtemp(prefix="prewarm-bench-"))
-    redis_port, http_port, grpc_port, bare_port = free_port(), free_port(), free_port(), free_port()
+    http_port, grpc_port, bare_port = harness.free_port(), harness.free_port(), harness.free_port()
     config = workdir / "targets.yaml"
     lines = ["targets:"]
     lines += [f"  - {{name: bench/so{i}, kind: keda, max: 8, min: {i % 3}}}" for i in range(TARGETS)]
@@ -212,53 +198,16 @@ def main() -> int:
     processes: list[subprocess.Popen[bytes]] = []
     bare = multiprocessing.get_context("spawn").Process(target=bare_scaler, args=(bare_port,), daemon=True)
     try:
+        redis, redis_url = harness.start_redis(workdir)
+        processes.append(redis)
         processes.append(
-            subprocess.Popen(
-                [
-                    redis_binary,
-                    "--port",
-                    str(redis_port),
-                    "--bind",
-                    "127.0.0.1",
-                    "--save",
-                    "",
-                    "--appendonly",
-                    "no",
-                    "--dir",
-                    str(workdir),
-                ],
-                stdout=subprocess.DEVNULL,
-            )
-        )
-        wait_port(redis_port)
-        processes.append(
-            subprocess.Popen(
-                [
-                    sys.executable,
-                    "-m",
-                    "prewarm",
-                    "--log-level",
-                    "WARNING",
-                    "serve",
-                    "--config",
-                    str(config),
-                    "--store",
-                    f"redis://127.0.0.1:{redis_port}/0",
-                    "--http",
-                    f"127.0.0.1:{http_port}",
-                    "--grpc",
-                    f"127.0.0.1:{grpc_port}",
-                    "--rate",
-                    "1000000",
-                    "--burst",
-                    "1000000",
-                ],
-                stdout=subprocess.DEVNULL,
+            harness.start_serve(
+                config, redis_url=redis_url, http_port=http_port, extra=["--grpc", f"127.0.0.1:{grpc_port}"]
             )
         )
         bare.start()
-        for port in (http_port, grpc_port, bare_port):
-            wait_port(port)
+        for port in (grpc_port, bare_port):
+            harness.wait_port(port)
         time.sleep(2)  # let the decider make its first decision for all 1,000 targets
 
         run_metrics(bare_port, 1, args.concurrency)
@@ -276,9 +225,7 @@ def main() -> int:
             )
         push = asyncio.run(event_to_push(http_port, grpc_port, args.events))
     finally:
-        for process in reversed(processes):
-            process.send_signal(signal.SIGTERM)
-            process.wait(timeout=10)
+        harness.stop(processes)
         if bare.is_alive():
             bare.terminate()
             bare.join()

@@ -2,11 +2,11 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import RedisServer
+from support import Chromium, RedisServer
 
 
 @pytest.fixture
@@ -18,3 +18,14 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
+    """Headless Chromium with an empty profile, driven over the DevTools protocol."""
+    chromium = Chromium(tmp_path / "profile")
+    await chromium.start()
+    try:
+        yield chromium
+    finally:
+        await chromium.stop()

@@ -4,27 +4,16 @@ from __future__ import annotations
 
 import asyncio
 import io
-import time
-from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
-from support import RedisServer
+from support import RedisServer, wait_for
 
 from prewarm import __main__ as cli
 from prewarm import actuation, clock, decider, ledger, policy, state, targets
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
-
-
-async def until(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Poll `predicate` while letting the loop run, failing after `within` seconds."""
-    deadline = time.monotonic() + within
-    while not predicate():
-        if time.monotonic() > deadline:
-            raise AssertionError("condition not met before the deadline")
-        await asyncio.sleep(0.001)
 
 
 async def test_serve_logs_the_floor_change_when_a_cron_window_opens(tmp_path: Path) -> None:
@@ -41,7 +30,7 @@ async def test_serve_logs_the_floor_change_when_a_cron_window_opens(tmp_path: Pa
     stop = asyncio.Event()
     options = cli.ServeOptions(config=config, http_host="127.0.0.1", http_port=0)
     task = asyncio.create_task(cli.serve(options, clock=manual, out=out, stop=stop))
-    await until(lambda: out.getvalue().count("\n") == 1)
+    await wait_for(lambda: out.getvalue().count("\n") == 1)
     assert out.getvalue() == "2026-05-01T12:00:00Z ml/chat - -> 0 [min] min 0\n"
 
     manual.advance(timedelta(seconds=59))
@@ -49,7 +38,7 @@ async def test_serve_logs_the_floor_change_when_a_cron_window_opens(tmp_path: Pa
     assert out.getvalue().count("\n") == 1
 
     manual.advance(timedelta(seconds=1))
-    await until(lambda: out.getvalue().count("\n") == 2)
+    await wait_for(lambda: out.getvalue().count("\n") == 2)
     assert out.getvalue().splitlines()[1] == (
         "2026-05-01T12:01:00Z ml/chat 0 -> 2 [cron] cron 2 ('1 12 * * *' in UTC until 2026-05-01T12:11:00Z)"
     )
@@ -104,17 +93,17 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
     )
     task = asyncio.create_task(loop.run())
     try:
-        await until(lambda: recorder.applied == [(None, 0)])
+        await wait_for(lambda: recorder.applied == [(None, 0)])
         await store.record_intents([state.Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
-        await until(lambda: recorder.applied[-1] == (0, 2))
+        await wait_for(lambda: recorder.applied[-1] == (0, 2))
         assert loop.decisions["ml/chat"].source is policy.Source.INTENT
         assert loop.decisions["ml/chat"].next_change == T0 + timedelta(seconds=60)  # sessions expire
 
         manual.advance(timedelta(seconds=60))  # sessions expire: the floor is held for 30 s
-        await until(lambda: loop.decisions["ml/chat"].decided_at == T0 + timedelta(seconds=60))
+        await wait_for(lambda: loop.decisions["ml/chat"].decided_at == T0 + timedelta(seconds=60))
         assert loop.decisions["ml/chat"].floor == 2
         manual.advance(timedelta(seconds=30))
-        await until(lambda: recorder.applied[-1] == (2, 0))
+        await wait_for(lambda: recorder.applied[-1] == (2, 0))
         assert recorder.applied == [(None, 0), (0, 2), (2, 0)]
         saved = await store.load_decision("ml/chat")
         assert saved is not None and saved.floor == 0
@@ -133,7 +122,7 @@ async def test_decider_resumes_from_stored_decision_and_actuates_once() -> None:
     task = asyncio.create_task(loop.run())
     try:
         # no sessions now, but the stored decision's floor is held: re-applied once, not lowered
-        await until(lambda: recorder.applied == [(1, 1)])
+        await wait_for(lambda: recorder.applied == [(1, 1)])
         assert loop.decisions["ml/chat"].reason.startswith("holding 1 (intent)")
     finally:
         task.cancel()
@@ -169,12 +158,12 @@ async def test_sessions_survive_a_restart_with_the_redis_store(tmp_path: Path, r
                 url = f"http://127.0.0.1:{service.http_port}/"
                 async with http.post(url, data=message.body, headers=message.headers) as response:
                     assert response.status == 202
-        await until(lambda: service.decider.decisions["ml/chat"].floor == 2)
+        await wait_for(lambda: service.decider.decisions["ml/chat"].floor == 2)
 
     manual.advance(timedelta(seconds=30))
     out = io.StringIO()
     async with cli.run_service(options, clock=manual, out=out) as service, aiohttp.ClientSession() as http:
-        await until(lambda: "ml/chat" in service.decider.decisions)
+        await wait_for(lambda: "ml/chat" in service.decider.decisions)
         async with http.get(f"http://127.0.0.1:{service.http_port}/targets") as response:
             view = await response.json()
     assert view["targets"][0]["sessions"] == 2

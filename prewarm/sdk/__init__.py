@@ -215,6 +215,13 @@ def _seconds(header: str | None) -> float | None:
         return None
 
 
+def check_phase(phase: str) -> str:
+    """`phase` if it is a known pod-start phase; raises ValueError otherwise (in the caller's thread)."""
+    if phase not in POD_PHASES:
+        raise ValueError(f"phase {phase!r} is not one of {POD_PHASES}")
+    return phase
+
+
 def new_session_id() -> str:
     """A random session id (128 bits)."""
     return secrets.token_hex(16)
@@ -274,9 +281,7 @@ class AsyncIntentClient:
     def phase(self, target: str, pod: str, phase: str) -> None:
         """Report that `pod` of `target` reached `phase` of its start (weights_loaded,
         runtime_ready, first_token, ...), for cold-start timelines."""
-        if phase not in POD_PHASES:
-            raise ValueError(f"phase {phase!r} is not one of {POD_PHASES}")
-        self._require().offer_phase(target, pod, phase)
+        self._require().offer_phase(target, pod, check_phase(phase))
 
     @contextlib.asynccontextmanager
     async def session(self, target: str, *, ttl: float | None = None) -> AsyncIterator[str]:
@@ -346,9 +351,7 @@ class IntentClient:
 
     def phase(self, target: str, pod: str, phase: str) -> None:
         """Report a phase of this pod's start (see AsyncIntentClient.phase)."""
-        if phase not in POD_PHASES:
-            raise ValueError(f"phase {phase!r} is not one of {POD_PHASES}")
-        self._loop.call_soon_threadsafe(self._client.phase, target, pod, phase)
+        self._loop.call_soon_threadsafe(self._client.phase, target, pod, check_phase(phase))
 
     @contextlib.contextmanager
     def session(self, target: str, *, ttl: float | None = None) -> Iterator[str]:

@@ -85,26 +85,19 @@ def test_refuses_what_it_cannot_do(text: str, message: str) -> None:
         inject.inject_cache(text, claim="prewarm-cache")
 
 
+def run_inject(path: Path, claim: str) -> subprocess.CompletedProcess[str]:
+    command = [sys.executable, "-m", "prewarm.cli", "knative", "inject", str(path), "--claim", claim]
+    return subprocess.run(command, capture_output=True, text=True, timeout=60, check=False)
+
+
 def test_cli_prints_the_service_and_exits_2_on_errors(tmp_path: Path) -> None:
     good = tmp_path / "svc.yaml"
     good.write_text(SERVICE)
-    result = subprocess.run(
-        [sys.executable, "-m", "prewarm.cli", "knative", "inject", str(good), "--claim", "prewarm-cache"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_inject(good, "prewarm-cache")
     assert result.returncode == 0
     assert result.stdout == inject.inject_cache(SERVICE, claim="prewarm-cache")
     bad = tmp_path / "bad.yaml"
     bad.write_text(SERVICE.replace("kind: Service", "kind: Deployment"))
-    result = subprocess.run(
-        [sys.executable, "-m", "prewarm.cli", "knative", "inject", str(bad), "--claim", "x"],
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    result = run_inject(bad, "x")
     assert result.returncode == 2
     assert "not a Knative Service" in result.stderr

@@ -8,10 +8,8 @@ from __future__ import annotations
 
 import io
 import time
-from collections.abc import AsyncIterator
 from pathlib import Path
 
-import pytest
 from aiohttp import web
 from support import Chromium, RedisServer, free_port, wait_for
 
@@ -25,16 +23,6 @@ PAGE = """<!doctype html>
   window.session = prewarm.open({{ endpoint: "{listener}", target: "ml/chat", heartbeatSeconds: 0.2 }});
 </script>
 """
-
-
-@pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
-    chromium = Chromium(tmp_path / "profile")
-    await chromium.start()
-    try:
-        yield chromium
-    finally:
-        await chromium.stop()
 
 
 async def test_page_open_raises_the_floor_hidden_pauses_and_close_sends_closed(

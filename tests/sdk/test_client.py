@@ -3,8 +3,9 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 
 import pytest
@@ -113,6 +114,20 @@ async def test_503_is_retried_until_the_store_returns(live: cli.RunningService, 
     assert await sessions(live) == 1
 
 
+@contextlib.asynccontextmanager
+async def client_of(
+    handler: Callable[[web.Request], Awaitable[web.Response]],
+) -> AsyncIterator[tuple[sdk.AsyncIntentClient, Ticks]]:
+    """An AsyncIntentClient (heartbeats every 30 s of injected time) against a stub listener."""
+    app = web.Application()
+    app.router.add_post("/events", handler)
+    async with TestServer(app) as server:
+        ticks = Ticks(heartbeat_seconds=30)
+        settings = sdk.SenderSettings(heartbeat_seconds=30)
+        async with sdk.AsyncIntentClient(str(server.make_url("/")), settings=settings, sleep=ticks) as client:
+            yield client, ticks
+
+
 async def test_429_waits_for_retry_after() -> None:
     answers = [web.Response(status=429, headers={"Retry-After": "7"}), web.Response(status=202)]
     received: list[bytes] = []
@@ -121,14 +136,9 @@ async def test_429_waits_for_retry_after() -> None:
         received.append(await request.read())
         return answers.pop(0)
 
-    app = web.Application()
-    app.router.add_post("/events", handler)
-    async with TestServer(app) as server:
-        ticks = Ticks(heartbeat_seconds=30)
-        settings = sdk.SenderSettings(heartbeat_seconds=30)
-        async with sdk.AsyncIntentClient(str(server.make_url("/")), settings=settings, sleep=ticks) as client:
-            client.open("ml/chat", session="s1")
-            await client.flush()
+    async with client_of(handler) as (client, ticks):
+        client.open("ml/chat", session="s1")
+        await client.flush()
     assert ticks.delays == [7.0]
     assert client.stats.sent == 1
     assert len(received) == 2 and received[0] == received[1]  # the same batch, retried as it was
@@ -138,14 +148,9 @@ async def test_4xx_is_dropped_without_retry() -> None:
     async def handler(request: web.Request) -> web.Response:
         return web.Response(status=422, text="unknown target")
 
-    app = web.Application()
-    app.router.add_post("/events", handler)
-    async with TestServer(app) as server:
-        ticks = Ticks(heartbeat_seconds=30)
-        settings = sdk.SenderSettings(heartbeat_seconds=30)
-        async with sdk.AsyncIntentClient(str(server.make_url("/")), settings=settings, sleep=ticks) as client:
-            client.open("ml/nope")
-            await client.flush()
+    async with client_of(handler) as (client, ticks):
+        client.open("ml/nope")
+        await client.flush()
     assert (client.stats.rejected, client.stats.attempts, ticks.delays) == (1, 1, [])
 
 

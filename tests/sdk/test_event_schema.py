@@ -74,16 +74,6 @@ async def test_python_sdk_events_match_the_schema() -> None:
 
 
 @pytest.fixture
-async def browser(tmp_path: Path) -> AsyncIterator[Chromium]:
-    chromium = Chromium(tmp_path / "profile")
-    await chromium.start()
-    try:
-        yield chromium
-    finally:
-        await chromium.stop()
-
-
-@pytest.fixture
 async def sdk_page(browser: Chromium) -> AsyncIterator[str]:
     """A page with the browser SDK's Session class on `window`; yields its DevTools session."""
     sdk_source = (Path(sdk.__file__).parent / "prewarm.js").read_text()
