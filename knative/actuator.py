@@ -1,0 +1,112 @@
+"""The `knative` actuator: a decided floor becomes the min-scale of a Service's routed revisions.
+
+It patches the Revision's annotation (Knative >= 1.21) or the PodAutoscaler's (<= 1.20), never
+the Service template (that would mint a Revision and restart GPU pods), only when the value
+changes, and only what the webhook will accept.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from collections.abc import Awaitable, Callable
+from typing import Any
+
+from knative import annotations as keys
+from knative import floors, kube_api
+from prewarm import policy
+
+log = logging.getLogger(__name__)
+
+Sleep = Callable[[float], Awaitable[None]]
+
+
+class KnativeActuator:
+    """Applies floors to Knative Services named by the decisions' targets (`namespace/name`)."""
+
+    name = "knative"
+
+    def __init__(
+        self,
+        api: kube_api.KubeAPI,
+        *,
+        floor_object: str | None = None,
+        max_attempts: int = 5,
+        sleep: Sleep = asyncio.sleep,
+        rng: random.Random | None = None,
+    ) -> None:
+        self._api = api
+        self._floor_object = floor_object  # None: detect from the installed version
+        self._max_attempts = max_attempts
+        self._sleep = sleep
+        self._rng = rng or random.Random()
+        self._invalid_logged: set[tuple[str, str, str]] = set()
+        self.counts: dict[str, int] = {"patched": 0, "unchanged": 0, "gone": 0, "invalid": 0, "failed": 0}
+
+    async def floor_object(self) -> str:
+        """`revision` or `podautoscaler`, detected once from the knative-serving namespace."""
+        if self._floor_object is None:
+            try:
+                version = await self._api.knative_version()
+            except kube_api.KubeAPIError as e:
+                log.warning("cannot read the Knative version (%s); patching Revisions", e)
+                version = None
+            self._floor_object = floors.floor_object_for(floors.parse_version(version))
+            log.info("Knative Serving %s: min-scale goes on %ss", version or "(unknown)", self._floor_object)
+        return self._floor_object
+
+    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+        namespace, _, name = decision.target.partition("/")
+        try:
+            service = await self._api.get_service(namespace, name)
+        except kube_api.NotFound:
+            self.counts["gone"] += 1
+            log.info("%s: no such Knative Service; nothing to patch", decision.target)
+            return
+        user_min = floors.user_min_scale(service)
+        kind = await self.floor_object()
+        for revision in floors.routed_revisions(service):
+            await self._apply_one(kind, namespace, revision, decision.floor, user_min)
+
+    async def _apply_one(self, kind: str, namespace: str, name: str, floor: int, user_min: int | None) -> None:
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                obj = await self._api.get_floor_object(kind, namespace, name)
+                patch = self._patch_for(obj, floor, user_min)
+                if patch is None:
+                    self.counts["unchanged"] += 1
+                    return
+                await self._api.patch_floor_object(kind, namespace, name, patch)
+                self.counts["patched"] += 1
+                return
+            except kube_api.NotFound:
+                self.counts["gone"] += 1  # the revision went away: forget it
+                return
+            except kube_api.Invalid as e:
+                self.counts["invalid"] += 1
+                key = (kind, namespace, name)
+                if key not in self._invalid_logged:  # once: it will not get better by retrying
+                    self._invalid_logged.add(key)
+                    log.error("%s %s/%s refused min-scale: %s", kind, namespace, name, e.message)
+                return
+            except kube_api.Conflict:
+                continue  # changed since read: read again and retry at once
+            except kube_api.KubeAPIError as e:
+                if attempt == self._max_attempts:
+                    break
+                delay = min(10.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + self._rng.random())
+                log.warning("%s %s/%s: %s; retry %d in %.2fs", kind, namespace, name, e, attempt, delay)
+                await self._sleep(delay)
+        self.counts["failed"] += 1
+        log.error("%s %s/%s: min-scale not applied after %d attempts", kind, namespace, name, self._max_attempts)
+
+    @staticmethod
+    def _patch_for(obj: dict[str, Any], floor: int, user_min: int | None) -> dict[str, Any] | None:
+        metadata = obj.get("metadata") or {}
+        current_annotations = metadata.get("annotations") or {}
+        desired = floors.desired_min_scale(floor, user_min=user_min, revision_annotations=current_annotations)
+        current = current_annotations.get(keys.MIN_SCALE)
+        if (None if desired is None else str(desired)) == current:
+            return None
+        return floors.min_scale_patch(desired, metadata.get("resourceVersion"))

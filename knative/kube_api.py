@@ -1,0 +1,129 @@
+"""The Kubernetes calls the Knative adapter makes, over the official client.
+
+The client is blocking, so every call runs in a bounded thread pool with `_request_timeout`, and
+its errors become a small hierarchy the actuator can act on.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import concurrent.futures
+import functools
+from collections.abc import Callable
+from typing import Any
+
+from kubernetes import client as k8s
+from kubernetes.client.exceptions import ApiException
+
+from knative import annotations as keys
+
+
+class KubeAPIError(RuntimeError):
+    """A call failed; `status` is the HTTP status (0 for a transport error or timeout)."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(f"{status}: {message}" if status else message)
+        self.status = status
+        self.message = message
+
+
+class NotFound(KubeAPIError):
+    """404: the object is gone."""
+
+
+class Conflict(KubeAPIError):
+    """409: the object changed since it was read."""
+
+
+class Invalid(KubeAPIError):
+    """422: the API server (or a webhook) refused the change; retrying will not help."""
+
+
+def _translate(error: ApiException) -> KubeAPIError:
+    status = int(error.status or 0)
+    message = str(error.reason or "")
+    body = getattr(error, "body", None)
+    if body:
+        try:
+            import json
+
+            message = json.loads(body).get("message", message)
+        except (ValueError, AttributeError):
+            message = str(body)[:500]
+    kind = {404: NotFound, 409: Conflict, 422: Invalid}.get(status, KubeAPIError)
+    return kind(status, message)
+
+
+class KubeAPI:
+    """Async facade over CoreV1Api and CustomObjectsApi for Services, Revisions and PodAutoscalers."""
+
+    def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 8, timeout: float = 10.0) -> None:
+        self._core = k8s.CoreV1Api(api_client)
+        self._custom = k8s.CustomObjectsApi(api_client)
+        self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kube")
+        self._timeout = timeout
+
+    async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        call = functools.partial(fn, *args, _request_timeout=self._timeout, **kwargs)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._pool, call)
+        except ApiException as e:
+            raise _translate(e) from e
+        except (OSError, TimeoutError) as e:
+            raise KubeAPIError(0, f"{type(e).__name__}: {e}") from e
+        except Exception as e:  # urllib3 errors (timeouts, protocol) do not share a base with OSError
+            if type(e).__module__.startswith("urllib3"):
+                raise KubeAPIError(0, f"{type(e).__name__}: {e}") from e
+            raise
+
+    async def _object(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> dict[str, Any]:
+        result = await self._call(fn, *args, **kwargs)
+        if not isinstance(result, dict):
+            raise KubeAPIError(0, f"expected an object, got {type(result).__name__}")
+        return result
+
+    async def knative_version(self) -> str | None:
+        """The installed Knative Serving version, from the knative-serving namespace's labels."""
+        namespace = await self._call(self._core.read_namespace, keys.KNATIVE_NAMESPACE)
+        labels = (namespace.metadata.labels if namespace.metadata is not None else None) or {}
+        return next((labels[label] for label in keys.VERSION_LABELS if labels.get(label)), None)
+
+    async def get_service(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._object(
+            self._custom.get_namespaced_custom_object,
+            keys.SERVING_GROUP,
+            keys.SERVING_VERSION,
+            namespace,
+            "services",
+            name,
+        )
+
+    async def get_floor_object(self, kind: str, namespace: str, name: str) -> dict[str, Any]:
+        """A Revision (`revision`) or PodAutoscaler (`podautoscaler`); both share the name."""
+        group, version, plural = self._coordinates(kind)
+        return await self._object(self._custom.get_namespaced_custom_object, group, version, namespace, plural, name)
+
+    async def patch_floor_object(self, kind: str, namespace: str, name: str, patch: dict[str, Any]) -> dict[str, Any]:
+        """JSON merge patch (never a full update: the rest of the object is not ours)."""
+        group, version, plural = self._coordinates(kind)
+        return await self._object(
+            self._custom.patch_namespaced_custom_object,
+            group,
+            version,
+            namespace,
+            plural,
+            name,
+            patch,
+            _content_type=keys.MERGE_PATCH,
+        )
+
+    @staticmethod
+    def _coordinates(kind: str) -> tuple[str, str, str]:
+        if kind == "revision":
+            return keys.SERVING_GROUP, keys.SERVING_VERSION, "revisions"
+        if kind == "podautoscaler":
+            return keys.AUTOSCALING_GROUP, keys.AUTOSCALING_VERSION, "podautoscalers"
+        raise ValueError(f"unknown floor object kind {kind!r}")
+
+    def close(self) -> None:
+        self._pool.shutdown(wait=False, cancel_futures=True)

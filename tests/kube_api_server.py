@@ -1,0 +1,142 @@
+"""An aiohttp server that speaks the Kubernetes API's semantics for the paths the Knative adapter
+uses: JSON merge patch (RFC 7386) with its content type, resourceVersion preconditions (409),
+404 and 422 as Status objects, Knative's webhook rules for min/max/activation-scale, and faults
+injected from the test side."""
+
+from __future__ import annotations
+
+import copy
+import json
+from typing import Any
+
+from aiohttp import web
+
+MERGE_PATCH = "application/merge-patch+json"
+
+
+def merge_patch(target: Any, patch: Any) -> Any:
+    """RFC 7386: objects merge recursively, null deletes, anything else replaces."""
+    if not isinstance(patch, dict):
+        return copy.deepcopy(patch)
+    result = dict(target) if isinstance(target, dict) else {}
+    for key, value in patch.items():
+        if value is None:
+            result.pop(key, None)
+        else:
+            result[key] = merge_patch(result.get(key), value)
+    return result
+
+
+def status(code: int, reason: str, message: str) -> web.Response:
+    body = {
+        "kind": "Status",
+        "apiVersion": "v1",
+        "status": "Failure",
+        "message": message,
+        "reason": reason,
+        "code": code,
+    }
+    return web.json_response(body, status=code)
+
+
+class KubeAPIServer:
+    """Objects live in memory keyed by (group/version, namespace, plural, name)."""
+
+    def __init__(self) -> None:
+        self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
+        self.namespaces: dict[str, dict[str, Any]] = {}
+        self.requests: list[tuple[str, str, str | None, Any]] = []
+        self.faults: list[tuple[str, int]] = []  # (method, status) answered before anything else
+        self._version = 100
+        self.app = web.Application()
+        self.app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
+        self.app.router.add_route("*", "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._object)
+
+    def add(self, group_version: str, plural: str, obj: dict[str, Any]) -> None:
+        obj = copy.deepcopy(obj)
+        meta = obj.setdefault("metadata", {})
+        meta["resourceVersion"] = self._next_version()
+        self.objects[(group_version, meta["namespace"], plural, meta["name"])] = obj
+
+    def get(self, group_version: str, namespace: str, plural: str, name: str) -> dict[str, Any]:
+        return self.objects[(group_version, namespace, plural, name)]
+
+    def bump(self, group_version: str, namespace: str, plural: str, name: str) -> None:
+        """Someone else wrote the object: its resourceVersion moves on."""
+        self.get(group_version, namespace, plural, name)["metadata"]["resourceVersion"] = self._next_version()
+
+    def patches(self) -> list[tuple[str, str | None, Any]]:
+        return [(path, ctype, body) for method, path, ctype, body in self.requests if method == "PATCH"]
+
+    def _next_version(self) -> str:
+        self._version += 1
+        return str(self._version)
+
+    def _fault(self, method: str) -> web.Response | None:
+        for index, (fault_method, code) in enumerate(self.faults):
+            if fault_method == method:
+                del self.faults[index]
+                reason = {409: "Conflict", 422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
+                return status(code, reason.get(code, "Unknown"), f"injected {code}")
+        return None
+
+    async def _get_namespace(self, request: web.Request) -> web.Response:
+        self.requests.append(("GET", request.path, None, None))
+        namespace = self.namespaces.get(request.match_info["name"])
+        if namespace is None:
+            return status(404, "NotFound", f'namespaces "{request.match_info["name"]}" not found')
+        return web.json_response(namespace)
+
+    async def _object(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        key = (f"{info['group']}/{info['version']}", info["ns"], info["plural"], info["name"])
+        body = await request.json() if request.method == "PATCH" and request.can_read_body else None
+        self.requests.append((request.method, request.path, request.headers.get("Content-Type"), body))
+        fault = self._fault(request.method)
+        if fault is not None:
+            return fault
+        obj = self.objects.get(key)
+        if obj is None:
+            return status(404, "NotFound", f'{info["plural"]}.{info["group"]} "{info["name"]}" not found')
+        if request.method == "GET":
+            return web.json_response(obj)
+        if request.method != "PATCH":
+            return status(405, "MethodNotAllowed", request.method)
+        if request.headers.get("Content-Type", "").split(";")[0] != MERGE_PATCH:
+            return status(415, "UnsupportedMediaType", f"unsupported patch type {request.headers.get('Content-Type')}")
+        wanted = ((body or {}).get("metadata") or {}).get("resourceVersion")
+        if wanted is not None and wanted != obj["metadata"]["resourceVersion"]:
+            return status(
+                409, "Conflict", "the object has been modified; please apply your changes to the latest version"
+            )
+        if info["plural"] == "revisions" and "spec" in (body or {}):
+            return status(422, "Invalid", "Revision spec is immutable")
+        updated = merge_patch(obj, body)
+        problem = knative_webhook(updated)
+        if problem is not None:
+            return status(
+                422,
+                "Invalid",
+                f'admission webhook "validation.webhook.serving.knative.dev" denied the request: {problem}',
+            )
+        updated["metadata"]["resourceVersion"] = self._next_version()
+        self.objects[key] = updated
+        return web.json_response(updated)
+
+
+def knative_webhook(obj: dict[str, Any]) -> str | None:
+    """Knative's validation of the autoscaling annotations that matter here."""
+    annotations = (obj.get("metadata") or {}).get("annotations") or {}
+
+    def read(name: str) -> int | None:
+        raw = annotations.get(f"autoscaling.knative.dev/{name}")
+        return None if raw is None else int(json.loads(raw) if raw.isdigit() else -1)
+
+    low, high, activation = read("min-scale"), read("max-scale"), read("activation-scale")
+    if low is not None and low < 0:
+        return "expected 0 <= min-scale"
+    if low is not None and high and low > high:
+        return f"min-scale={low} is greater than max-scale={high}"
+    if activation is not None and (activation <= 1 or (low is not None and activation < low)):
+        return f"activation-scale={activation} must be > 1 and >= min-scale"
+    return None
