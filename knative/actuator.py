@@ -35,8 +35,10 @@ class KnativeActuator:
         max_attempts: int = 5,
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
+        applies_to: Callable[[str], bool] = lambda target: True,
     ) -> None:
         self._api = api
+        self._applies_to = applies_to
         self._floor_object = floor_object  # None: detect from the installed version
         self._max_attempts = max_attempts
         self._sleep = sleep
@@ -57,6 +59,8 @@ class KnativeActuator:
         return self._floor_object
 
     async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+        if not self._applies_to(decision.target):
+            return  # a KEDA target: its floor reaches KEDA through the scaler
         namespace, _, name = decision.target.partition("/")
         try:
             service = await self._api.get_service(namespace, name)

@@ -19,6 +19,8 @@ from pathlib import Path
 from typing import TextIO
 
 from aiohttp import web
+from kubernetes import client as k8s_client
+from kubernetes import config as k8s_config
 from opentelemetry.exporter.prometheus import PrometheusMetricReader
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import MetricReader, PeriodicExportingMetricReader
@@ -27,6 +29,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
+from knative import actuator as knative_actuator
+from knative import kube_api as knative_api
 from prewarm import actuation, clock, decider, listener, state, targets, telemetry
 from scaler import __main__ as scaler_main
 
@@ -41,7 +45,9 @@ class ServeOptions:
 
     config: Path | None
     store: str = "memory"
-    actuator: str = "log"
+    actuators: tuple[str, ...] = ("log",)
+    kubeconfig: Path | None = None  # for the knative actuator; in-cluster credentials when None
+    knative_floor_object: str | None = None  # revision | podautoscaler; detected when None
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
@@ -56,6 +62,21 @@ def load_config_file(path: Path) -> targets.ParsedTargets:
         problem = targets.Problem("--config", str(path), f"cannot be read: {e.strerror}")
         raise targets.ConfigError(str(path), [problem]) from e
     return targets.parse_config_document(text, source=str(path))
+
+
+def load_kube_client(kubeconfig: Path | None) -> k8s_client.ApiClient:
+    """A Kubernetes API client: from `kubeconfig`, else in-cluster credentials, else ~/.kube/config."""
+    api_client: k8s_client.ApiClient
+    if kubeconfig is not None:
+        api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
+        return api_client
+    try:
+        configuration = k8s_client.Configuration()
+        k8s_config.load_incluster_config(client_configuration=configuration)
+        return k8s_client.ApiClient(configuration)
+    except k8s_config.ConfigException:
+        api_client = k8s_config.new_client_from_config()
+        return api_client
 
 
 def build_store(url: str) -> state.MemoryStore | state.RedisStore:
@@ -141,7 +162,23 @@ async def run_service(
         tracer_provider=observability.tracer_provider,
         targets=[str(spec.ref) for spec in parsed.targets],
     )
-    actuators: list[actuation.Actuator] = [actuation.LogActuator(out)]
+    actuators: list[actuation.Actuator] = []
+    specs_by_target = {str(spec.ref): spec for spec in parsed.targets}
+    kube: knative_api.KubeAPI | None = None
+    if "log" in options.actuators:
+        actuators.append(actuation.LogActuator(out))
+    if "knative" in options.actuators:
+        kube = knative_api.KubeAPI(load_kube_client(options.kubeconfig))
+        actuators.append(
+            knative_actuator.KnativeActuator(
+                kube,
+                floor_object=options.knative_floor_object,
+                applies_to=lambda target: (
+                    specs_by_target.get(target) is not None
+                    and specs_by_target[target].kind is targets.TargetKind.KNATIVE
+                ),
+            )
+        )
     loop = decider.Decider(
         target_specs=parsed.targets, store=store, actuators=actuators, clock=clock, telemetry=instruments
     )
@@ -165,6 +202,8 @@ async def run_service(
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.callback(observability.shutdown)
+        if kube is not None:
+            stack.callback(kube.close)
         grpc_port = None
         if options.grpc is not None:
             embedded = await stack.enter_async_context(
@@ -187,7 +226,7 @@ async def run_service(
             port,
             "" if grpc_port is None else f" and gRPC port {grpc_port}",
             options.store.split("@")[-1],
-            options.actuator,
+            ",".join(options.actuators),
         )
         running = asyncio.create_task(loop.run(), name="decider")
         try:
@@ -286,7 +325,18 @@ def build_parser() -> argparse.ArgumentParser:
     serve_cmd = commands.add_parser("serve", help="run the decision loop")
     serve_cmd.add_argument("--config", type=Path, required=True, help="YAML file with a `targets:` list")
     serve_cmd.add_argument("--store", default="memory", help="memory (default) or redis://host:port/db")
-    serve_cmd.add_argument("--actuator", default="log", choices=["log"], help="how floors are applied")
+    serve_cmd.add_argument(
+        "--actuator",
+        action="append",
+        choices=["log", "knative"],
+        help="how floors are applied (repeat for several; default: log)",
+    )
+    serve_cmd.add_argument("--kubeconfig", type=Path, help="for --actuator knative (default: in-cluster)")
+    serve_cmd.add_argument(
+        "--knative-floor-object",
+        choices=["revision", "podautoscaler"],
+        help="where min-scale goes (default: detected from the installed Knative version)",
+    )
     serve_cmd.add_argument("--http", type=parse_address, default=("0.0.0.0", 8080), help="listener HOST:PORT")
     serve_cmd.add_argument("--token-file", type=Path, help="bearer tokens for server-side emitters, one a line")
     serve_cmd.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeat)")
@@ -354,7 +404,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             options = ServeOptions(
                 config=args.config,
                 store=args.store,
-                actuator=args.actuator,
+                actuators=tuple(args.actuator or ["log"]),
+                kubeconfig=args.kubeconfig,
+                knative_floor_object=args.knative_floor_object,
                 http_host=args.http[0],
                 http_port=args.http[1],
                 listener=settings,

@@ -1,0 +1,77 @@
+"""`prewarm serve --actuator knative` end to end: an intent event moves a routed revision's min-scale
+on an API server with Kubernetes' semantics, reached through a kubeconfig file."""
+
+from __future__ import annotations
+
+import io
+from pathlib import Path
+
+import aiohttp
+from aiohttp.test_utils import TestServer
+from kube_api_server import KubeAPIServer
+from support import wait_for
+
+from prewarm import __main__ as cli
+from prewarm import clock
+
+SERVING = "serving.knative.dev/v1"
+MIN = "autoscaling.knative.dev/min-scale"
+
+
+async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: Path) -> None:
+    fake = KubeAPIServer()
+    fake.namespaces["knative-serving"] = {
+        "metadata": {"name": "knative-serving", "labels": {"app.kubernetes.io/version": "1.23.0"}}
+    }
+    fake.add(
+        SERVING,
+        "services",
+        {
+            "metadata": {"name": "chat", "namespace": "llm"},
+            "spec": {"template": {"metadata": {}}},
+            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
+        },
+    )
+    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    fake.add(SERVING, "services", {"metadata": {"name": "sdxl", "namespace": "vision"}})  # a KEDA target's name
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets:\n"
+        "  - {name: llm/chat, kind: knative, max: 4, sessionsPerReplica: 1, hold: 0s}\n"
+        "  - {name: vision/sdxl, kind: keda, max: 2}\n"
+    )
+    async with TestServer(fake.app) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+            f"clusters: [{{name: fake, cluster: {{server: '{str(api.make_url('')).rstrip('/')}'}}}}]\n"
+            "users: [{name: fake, user: {token: not-checked}}]\n"
+            "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+        )
+        options = cli.ServeOptions(
+            config=config, http_host="127.0.0.1", http_port=0, actuators=("log", "knative"), kubeconfig=kubeconfig
+        )
+        out = io.StringIO()
+        async with cli.run_service(options, clock=clock.SystemClock(), out=out) as service:
+            await wait_for(lambda: out.getvalue().count("\n") == 2)
+            event = {
+                "specversion": "1.0",
+                "type": "dev.prewarm.session.opened",
+                "source": "/t",
+                "id": "1",
+                "data": {"target": "llm/chat", "session": "a"},
+            }
+            async with (
+                aiohttp.ClientSession() as http,
+                http.post(
+                    f"http://127.0.0.1:{service.http_port}/events",
+                    json=event,
+                    headers={"Content-Type": "application/cloudevents+json"},
+                ) as response,
+            ):
+                assert response.status == 202
+            revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
+            await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=10)
+    # the KEDA target's floor never went to the Kubernetes API
+    assert not [path for path, _, _ in fake.patches() if "/namespaces/vision/" in path]
+    assert [path for method, path, _, _ in fake.requests if "sdxl" in path] == []
