@@ -6,6 +6,7 @@ from __future__ import annotations
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -19,6 +20,7 @@ from prewarm import policy, targets
 
 SERVING, AUTOSCALING = "serving.knative.dev/v1", "autoscaling.internal.knative.dev/v1alpha1"
 MIN = "autoscaling.knative.dev/min-scale"
+RBAC = (Path(__file__).resolve().parents[2] / "manifests" / "knative" / "rbac.yaml").read_text()
 SPEC = targets.TargetSpec(
     ref=targets.TargetRef("llm", "chat"), kind=targets.TargetKind.KNATIVE, max=8, sessions_per_replica=1
 )
@@ -230,3 +232,35 @@ def test_desired_min_scale(floor: int, user_min: int | None, annotations: dict[s
 )
 def test_floor_object_for_version(version: str | None, kind: str) -> None:
     assert floors.floor_object_for(floors.parse_version(version)) == kind
+
+
+def rules_used(server: KubeAPIServer) -> set[tuple[str, str, str]]:
+    """(apiGroup, resource, verb) of every request the server saw."""
+    used = set()
+    for method, path, _, _ in server.requests:
+        parts = path.strip("/").split("/")
+        verb = {"GET": "get", "PATCH": "patch"}[method]
+        if parts[0] == "api":  # /api/v1/namespaces/{name}
+            used.add(("", "namespaces", verb))
+        else:  # /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}
+            used.add((parts[1], parts[5], verb))
+    return used
+
+
+async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
+    import yaml
+
+    used: set[tuple[str, str, str]] = set()
+    for version in ("1.23.0", "1.20.0"):
+        async for cluster in make_cluster(version):
+            await cluster.actuator.apply(decision(2), None)
+            used |= rules_used(cluster.server)
+    role = next(d for d in yaml.safe_load_all(RBAC) if d["kind"] == "ClusterRole")
+    granted = {
+        (group, resource, verb)
+        for rule in role["rules"]
+        for group in rule["apiGroups"]
+        for resource in rule["resources"]
+        for verb in rule["verbs"]
+    }
+    assert granted == used
