@@ -61,17 +61,25 @@ class KnativeActuator:
     async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
         if not self._applies_to(decision.target):
             return  # a KEDA target: its floor reaches KEDA through the scaler
-        namespace, _, name = decision.target.partition("/")
+        await self.apply_floor(decision.target, decision.floor)
+
+    async def release(self, target: str) -> None:
+        """Pre-warming ended for `target`: give its routed revisions back the user's own min-scale."""
+        await self.apply_floor(target, 0)
+
+    async def apply_floor(self, target: str, floor: int) -> None:
+        """Make `floor` the min-scale of `target`'s routed revisions (re-read from the Service)."""
+        namespace, _, name = target.partition("/")
         try:
             service = await self._api.get_service(namespace, name)
         except kube_api.NotFound:
             self.counts["gone"] += 1
-            log.info("%s: no such Knative Service; nothing to patch", decision.target)
+            log.info("%s: no such Knative Service; nothing to patch", target)
             return
         user_min = floors.user_min_scale(service)
         kind = await self.floor_object()
         for revision in floors.routed_revisions(service):
-            await self._apply_one(kind, namespace, revision, decision.floor, user_min)
+            await self._apply_one(kind, namespace, revision, floor, user_min)
 
     async def _apply_one(self, kind: str, namespace: str, name: str, floor: int, user_min: int | None) -> None:
         for attempt in range(1, self._max_attempts + 1):

@@ -9,10 +9,12 @@ from __future__ import annotations
 import asyncio
 import concurrent.futures
 import functools
-from collections.abc import Callable
+import threading
+from collections.abc import AsyncIterator, Callable
 from typing import Any
 
 from kubernetes import client as k8s
+from kubernetes import watch as k8s_watch
 from kubernetes.client.exceptions import ApiException
 
 from knative import annotations as keys
@@ -39,6 +41,10 @@ class Invalid(KubeAPIError):
     """422: the API server (or a webhook) refused the change; retrying will not help."""
 
 
+class Gone(KubeAPIError):
+    """410: the resourceVersion to watch from is too old; list again."""
+
+
 def _translate(error: ApiException) -> KubeAPIError:
     status = int(error.status or 0)
     message = str(error.reason or "")
@@ -50,7 +56,7 @@ def _translate(error: ApiException) -> KubeAPIError:
             message = json.loads(body).get("message", message)
         except (ValueError, AttributeError):
             message = str(body)[:500]
-    kind = {404: NotFound, 409: Conflict, 422: Invalid}.get(status, KubeAPIError)
+    kind = {404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}.get(status, KubeAPIError)
     return kind(status, message)
 
 
@@ -116,6 +122,61 @@ class KubeAPI:
             patch,
             _content_type=keys.MERGE_PATCH,
         )
+
+    async def list_services(self) -> tuple[list[dict[str, Any]], str]:
+        """Every Knative Service in the cluster, and the list's resourceVersion to watch from."""
+        listing = await self._object(
+            self._custom.list_cluster_custom_object, keys.SERVING_GROUP, keys.SERVING_VERSION, "services"
+        )
+        return list(listing.get("items") or []), str((listing.get("metadata") or {}).get("resourceVersion") or "")
+
+    async def watch_services(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
+        """Service events after `resource_version`, until the server ends the watch (bounded by
+        `timeout_seconds`). Raises Gone when the version is too old. The blocking stream runs on a
+        thread of its own, so a long watch never holds one of the pool's workers."""
+        loop = asyncio.get_running_loop()
+        queue: asyncio.Queue[dict[str, Any] | BaseException | None] = asyncio.Queue()
+        watcher = k8s_watch.Watch()
+
+        def hand_over(item: dict[str, Any] | BaseException | None) -> bool:
+            try:
+                loop.call_soon_threadsafe(queue.put_nowait, item)
+            except RuntimeError:  # the loop is closed: nobody listens any more
+                return False
+            return True
+
+        def stream() -> None:
+            try:
+                for event in watcher.stream(
+                    self._custom.list_cluster_custom_object,
+                    keys.SERVING_GROUP,
+                    keys.SERVING_VERSION,
+                    "services",
+                    resource_version=resource_version,
+                    timeout_seconds=timeout_seconds,
+                    _request_timeout=timeout_seconds + self._timeout,
+                ):
+                    if not hand_over(event):
+                        return
+            except BaseException as e:  # handed to the loop, raised there
+                hand_over(e)
+            else:
+                hand_over(None)
+
+        thread = threading.Thread(target=stream, name="kube-watch", daemon=True)
+        thread.start()
+        try:
+            while True:
+                item = await queue.get()
+                if item is None:
+                    return
+                if isinstance(item, ApiException):
+                    raise _translate(item) from item
+                if isinstance(item, BaseException):
+                    raise KubeAPIError(0, f"{type(item).__name__}: {item}") from item
+                yield item
+        finally:
+            watcher.stop()
 
     @staticmethod
     def _coordinates(kind: str) -> tuple[str, str, str]:

@@ -16,7 +16,7 @@ import signal
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
-from typing import TextIO
+from typing import Any, TextIO
 
 from aiohttp import web
 from kubernetes import client as k8s_client
@@ -30,6 +30,7 @@ from opentelemetry.sdk.trace.export import BatchSpanProcessor
 from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_latest
 
 from knative import actuator as knative_actuator
+from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
 from prewarm import actuation, clock, decider, listener, state, targets, telemetry
 from scaler import __main__ as scaler_main
@@ -62,6 +63,33 @@ def load_config_file(path: Path) -> targets.ParsedTargets:
         problem = targets.Problem("--config", str(path), f"cannot be read: {e.strerror}")
         raise targets.ConfigError(str(path), [problem]) from e
     return targets.parse_config_document(text, source=str(path))
+
+
+def knative_listeners(
+    loop: decider.Decider, actuator: knative_actuator.KnativeActuator, stack: contextlib.AsyncExitStack
+) -> knative_discovery.Listeners:
+    """What discovered Services do: become targets, get the floor re-applied when a new revision is
+    routed (the decider only acts on floor changes), and get the user's min-scale back on leaving."""
+    tasks: set[asyncio.Task[None]] = set()
+
+    def spawn(coroutine: Any) -> None:
+        task = asyncio.get_running_loop().create_task(coroutine)
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    def traffic_changed(target: str) -> None:
+        decision = loop.decisions.get(target)
+        if decision is not None:
+            spawn(actuator.apply_floor(target, decision.floor))
+
+    def target_gone(target: str) -> None:
+        loop.remove_target(target)
+        spawn(actuator.release(target))
+
+    stack.callback(lambda: [task.cancel() for task in tasks])
+    return knative_discovery.Listeners(
+        target_seen=loop.add_target, traffic_changed=traffic_changed, target_gone=target_gone
+    )
 
 
 def load_kube_client(kubeconfig: Path | None) -> k8s_client.ApiClient:
@@ -163,22 +191,21 @@ async def run_service(
         targets=[str(spec.ref) for spec in parsed.targets],
     )
     actuators: list[actuation.Actuator] = []
-    specs_by_target = {str(spec.ref): spec for spec in parsed.targets}
     kube: knative_api.KubeAPI | None = None
+    knative: knative_actuator.KnativeActuator | None = None
     if "log" in options.actuators:
         actuators.append(actuation.LogActuator(out))
     if "knative" in options.actuators:
         kube = knative_api.KubeAPI(load_kube_client(options.kubeconfig))
-        actuators.append(
-            knative_actuator.KnativeActuator(
-                kube,
-                floor_object=options.knative_floor_object,
-                applies_to=lambda target: (
-                    specs_by_target.get(target) is not None
-                    and specs_by_target[target].kind is targets.TargetKind.KNATIVE
-                ),
-            )
+        knative = knative_actuator.KnativeActuator(
+            kube,
+            floor_object=options.knative_floor_object,
+            # configured or discovered Knative targets only: KEDA targets are served by the scaler
+            applies_to=lambda target: (
+                (spec := loop.specs.get(target)) is not None and spec.kind is targets.TargetKind.KNATIVE
+            ),
         )
+        actuators.append(knative)
     loop = decider.Decider(
         target_specs=parsed.targets, store=store, actuators=actuators, clock=clock, telemetry=instruments
     )
@@ -228,6 +255,10 @@ async def run_service(
             options.store.split("@")[-1],
             ",".join(options.actuators),
         )
+        if kube is not None and knative is not None:
+            finder = knative_discovery.ServiceDiscovery(kube, knative_listeners(loop, knative, stack))
+            discovering = asyncio.create_task(finder.run(), name="knative-discovery")
+            stack.callback(discovering.cancel)
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(

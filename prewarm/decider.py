@@ -69,6 +69,14 @@ class Decider:
             self._telemetry.add_target(target)
         self.mark_changed(target)
 
+    def remove_target(self, target: str) -> None:
+        """Stop deciding `target` (its stored decision stays for a later return)."""
+        self._specs.pop(target, None)
+        self._decisions.pop(target, None)
+        self._dirty.discard(target)
+        self._actuated.discard(target)
+        self._traces.pop(target, None)
+
     def note_trace(self, target: str, traceparent: str) -> None:
         """Remember the trace of the event that changed `target`, so its decision continues it."""
         if target in self._specs:

@@ -5,6 +5,8 @@ injected from the test side."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
 import copy
 import json
 from typing import Any
@@ -48,15 +50,40 @@ class KubeAPIServer:
         self.requests: list[tuple[str, str, str | None, Any]] = []
         self.faults: list[tuple[str, int]] = []  # (method, status) answered before anything else
         self._version = 100
+        self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, plural, type, object)
+        self.oldest_watchable = 0  # resourceVersions below this are compacted: a watch gets 410
+        self._changed = asyncio.Condition()
         self.app = web.Application()
         self.app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
+        self.app.router.add_get("/apis/{group}/{version}/{plural}", self._list_or_watch)
         self.app.router.add_route("*", "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._object)
 
     def add(self, group_version: str, plural: str, obj: dict[str, Any]) -> None:
         obj = copy.deepcopy(obj)
         meta = obj.setdefault("metadata", {})
         meta["resourceVersion"] = self._next_version()
-        self.objects[(group_version, meta["namespace"], plural, meta["name"])] = obj
+        key = (group_version, meta["namespace"], plural, meta["name"])
+        self._record(plural, "MODIFIED" if key in self.objects else "ADDED", obj)
+        self.objects[key] = obj
+
+    def delete(self, group_version: str, namespace: str, plural: str, name: str) -> None:
+        obj = self.objects.pop((group_version, namespace, plural, name))
+        obj["metadata"]["resourceVersion"] = self._next_version()
+        self._record(plural, "DELETED", obj)
+
+    def compact(self) -> None:
+        """Forget the event history: watches from any earlier resourceVersion get 410 Gone."""
+        self.oldest_watchable = self._version + 1
+
+    def _record(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
+        self.events.append((int(obj["metadata"]["resourceVersion"]), plural, kind, copy.deepcopy(obj)))
+
+        async def notify() -> None:
+            async with self._changed:
+                self._changed.notify_all()
+
+        with contextlib.suppress(RuntimeError):  # no running loop yet: nobody is watching
+            asyncio.get_running_loop().create_task(notify())
 
     def get(self, group_version: str, namespace: str, plural: str, name: str) -> dict[str, Any]:
         return self.objects[(group_version, namespace, plural, name)]
@@ -121,7 +148,55 @@ class KubeAPIServer:
             )
         updated["metadata"]["resourceVersion"] = self._next_version()
         self.objects[key] = updated
+        self._record(info["plural"], "MODIFIED", updated)
         return web.json_response(updated)
+
+    async def _list_or_watch(self, request: web.Request) -> web.StreamResponse:
+        plural = request.match_info["plural"]
+        self.requests.append(
+            (
+                "WATCH" if request.query.get("watch") in ("true", "1", "True") else "LIST",
+                request.path,
+                None,
+                dict(request.query),
+            )
+        )
+        if request.query.get("watch") not in ("true", "1", "True"):
+            items = [obj for (gv, _, p, _), obj in sorted(self.objects.items()) if p == plural]
+            return web.json_response(
+                {"kind": "List", "metadata": {"resourceVersion": str(self._version)}, "items": items}
+            )
+        since = int(request.query.get("resourceVersion") or 0)
+        timeout = float(request.query.get("timeoutSeconds") or 30)
+        response = web.StreamResponse(headers={"Content-Type": "application/json"})
+        await response.prepare(request)
+        if since < self.oldest_watchable - 1:
+            gone = {
+                "kind": "Status",
+                "apiVersion": "v1",
+                "status": "Failure",
+                "reason": "Expired",
+                "code": 410,
+                "message": f"too old resource version: {since} ({self.oldest_watchable})",
+            }
+            await response.write(json.dumps({"type": "ERROR", "object": gone}).encode() + b"\n")
+            return response
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        sent = since
+        while True:
+            for rv, event_plural, kind, obj in list(self.events):
+                if rv > sent and event_plural == plural:
+                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    sent = rv
+            remaining = deadline - loop.time()
+            if remaining <= 0:
+                return response
+            try:
+                async with self._changed:
+                    await asyncio.wait_for(self._changed.wait(), remaining)
+            except TimeoutError:
+                return response
 
 
 def knative_webhook(obj: dict[str, Any]) -> str | None:

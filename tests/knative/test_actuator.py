@@ -13,6 +13,7 @@ import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import MERGE_PATCH, KubeAPIServer
 from kubernetes import client as k8s
+from support import wait_for
 
 from knative import floors, kube_api
 from knative.actuator import KnativeActuator
@@ -64,8 +65,10 @@ def revision(name: str, **annotations: str) -> dict[str, Any]:
 
 
 class Cluster:
-    def __init__(self, server: KubeAPIServer, actuator: KnativeActuator, delays: list[float]) -> None:
-        self.server, self.actuator, self.delays = server, actuator, delays
+    def __init__(
+        self, server: KubeAPIServer, api: kube_api.KubeAPI, actuator: KnativeActuator, delays: list[float]
+    ) -> None:
+        self.server, self.api, self.actuator, self.delays = server, api, actuator, delays
 
     def annotations(self, name: str, plural: str = "revisions") -> dict[str, str]:
         group = SERVING if plural == "revisions" else AUTOSCALING
@@ -91,7 +94,7 @@ async def make_cluster(version: str, *, template_min: str | None = None) -> Asyn
             delays.append(seconds)
 
         try:
-            yield Cluster(fake, KnativeActuator(api, sleep=record), delays)
+            yield Cluster(fake, api, KnativeActuator(api, sleep=record), delays)
         finally:
             api.close()
 
@@ -239,21 +242,37 @@ def rules_used(server: KubeAPIServer) -> set[tuple[str, str, str]]:
     used = set()
     for method, path, _, _ in server.requests:
         parts = path.strip("/").split("/")
-        verb = {"GET": "get", "PATCH": "patch"}[method]
+        verb = {"GET": "get", "PATCH": "patch", "LIST": "list", "WATCH": "watch"}[method]
         if parts[0] == "api":  # /api/v1/namespaces/{name}
             used.add(("", "namespaces", verb))
+        elif len(parts) == 4:  # /apis/{group}/{version}/{plural}: list or watch, cluster-wide
+            used.add((parts[1], parts[3], verb))
         else:  # /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}
             used.add((parts[1], parts[5], verb))
     return used
 
 
 async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
+    import asyncio
+
     import yaml
+
+    from knative import discovery
 
     used: set[tuple[str, str, str]] = set()
     for version in ("1.23.0", "1.20.0"):
         async for cluster in make_cluster(version):
             await cluster.actuator.apply(decision(2), None)
+            finder = discovery.ServiceDiscovery(
+                cluster.api,
+                discovery.Listeners(
+                    target_seen=lambda spec: None, traffic_changed=lambda t: None, target_gone=lambda t: None
+                ),
+                timeout_seconds=1,
+            )
+            task = asyncio.create_task(finder.run())
+            await wait_for(lambda c=cluster: any(m == "WATCH" for m, *_ in c.server.requests))  # type: ignore[misc]
+            task.cancel()
             used |= rules_used(cluster.server)
     role = next(d for d in yaml.safe_load_all(RBAC) if d["kind"] == "ClusterRole")
     granted = {

@@ -75,3 +75,65 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
     # the KEDA target's floor never went to the Kubernetes API
     assert not [path for path, _, _ in fake.patches() if "/namespaces/vision/" in path]
     assert [path for method, path, _, _ in fake.requests if "sdxl" in path] == []
+
+
+async def test_annotated_services_are_discovered_and_followed(tmp_path: Path) -> None:
+    fake = KubeAPIServer()
+    fake.namespaces["knative-serving"] = {
+        "metadata": {"name": "knative-serving", "labels": {"app.kubernetes.io/version": "1.23.0"}}
+    }
+
+    def agent(traffic: str, *, enabled: bool = True) -> dict[str, object]:
+        own = {"prewarm.dev/enabled": "true", "prewarm.dev/sessions-per-replica": "1", "prewarm.dev/hold": "0s"}
+        return {
+            "metadata": {"name": "agent", "namespace": "llm", "annotations": own if enabled else {}},
+            "spec": {
+                "template": {"metadata": {"annotations": {"autoscaling.knative.dev/max-scale": "3", MIN: "1"}}}
+            },  # the user's own min-scale
+            "status": {"traffic": [{"revisionName": traffic, "percent": 100}]},
+        }
+
+    fake.add(SERVING, "services", agent("agent-00001"))
+    for name in ("agent-00001", "agent-00002"):
+        fake.add(SERVING, "revisions", {"metadata": {"name": name, "namespace": "llm"}})
+
+    def min_scale(name: str) -> str | None:
+        return (fake.get(SERVING, "llm", "revisions", name)["metadata"].get("annotations") or {}).get(MIN)
+
+    async with TestServer(fake.app) as api:
+        kubeconfig = tmp_path / "kubeconfig"
+        kubeconfig.write_text(
+            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+            f"clusters: [{{name: fake, cluster: {{server: '{str(api.make_url('')).rstrip('/')}'}}}}]\n"
+            "users: [{name: fake, user: {token: not-checked}}]\n"
+            "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+        )
+        options = cli.ServeOptions(
+            config=None, http_host="127.0.0.1", http_port=0, actuators=("knative",), kubeconfig=kubeconfig
+        )
+        async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
+            await wait_for(lambda: "llm/agent" in service.decider.specs, within=10)
+            await wait_for(lambda: min_scale("agent-00001") == "1", within=10)  # the user's value, kept
+            for session in ("a", "b"):
+                event = {
+                    "specversion": "1.0",
+                    "type": "dev.prewarm.session.opened",
+                    "source": "/t",
+                    "id": session,
+                    "data": {"target": "llm/agent", "session": session},
+                }
+                async with (
+                    aiohttp.ClientSession() as http,
+                    http.post(
+                        f"http://127.0.0.1:{service.http_port}/events",
+                        json=event,
+                        headers={"Content-Type": "application/cloudevents+json"},
+                    ) as response,
+                ):
+                    assert response.status == 202
+            await wait_for(lambda: min_scale("agent-00001") == "2", within=10)
+            fake.add(SERVING, "services", agent("agent-00002"))  # a new revision takes the traffic
+            await wait_for(lambda: min_scale("agent-00002") == "2", within=10)
+            fake.add(SERVING, "services", agent("agent-00002", enabled=False))  # pre-warming switched off
+            await wait_for(lambda: "llm/agent" not in service.decider.specs, within=10)
+            await wait_for(lambda: min_scale("agent-00002") == "1", within=10)  # the user's min-scale again

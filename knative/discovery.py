@@ -1,0 +1,130 @@
+"""Discovery: Knative Services annotated `prewarm.dev/enabled: "true"` become targets.
+
+List once, then watch from the list's resourceVersion; each watch is bounded (`timeout_seconds`)
+and the next one resumes from the last version seen; a 410 Gone lists again. Targets are parsed
+from the Service's own `prewarm.dev/*` annotations (which never mint a Revision) with the shared
+schema; `max` falls back to the template's max-scale.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import logging
+from collections.abc import Awaitable, Callable, Mapping
+from typing import Any
+
+from knative import annotations as keys
+from knative import floors, kube_api
+from prewarm import targets
+
+log = logging.getLogger(__name__)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Listeners:
+    """What discovery reports: a target appeared or changed, its traffic moved, it went away."""
+
+    target_seen: Callable[[targets.TargetSpec], None]
+    traffic_changed: Callable[[str], None]
+    target_gone: Callable[[str], None]
+
+
+def spec_of(service: Mapping[str, Any]) -> targets.TargetSpec | None:
+    """The target a Service asks for, or None when it is not enabled. Raises ConfigError."""
+    metadata = service.get("metadata") or {}
+    own = metadata.get("annotations") or {}
+    if str(own.get(keys.PREWARM_ENABLED, "")).lower() != "true":
+        return None
+    template = (((service.get("spec") or {}).get("template") or {}).get("metadata") or {}).get("annotations") or {}
+    merged = {k: v for k, v in template.items() if k in keys.MAX_SCALE_READ} | dict(own)
+    ref = targets.TargetRef(namespace=metadata["namespace"], name=metadata["name"])
+    spec, warnings = targets.parse_annotations(merged, ref=ref, kind=targets.TargetKind.KNATIVE)
+    for warning in warnings:
+        log.warning("%s", warning)
+    return spec
+
+
+class ServiceDiscovery:
+    """Keeps `listeners` told about annotated Services; `run()` until cancelled."""
+
+    def __init__(
+        self,
+        api: kube_api.KubeAPI,
+        listeners: Listeners,
+        *,
+        timeout_seconds: int = 300,
+        sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+    ) -> None:
+        self._api = api
+        self._listeners = listeners
+        self._timeout = timeout_seconds
+        self._sleep = sleep
+        self._known: dict[str, tuple[targets.TargetSpec, list[str]]] = {}  # target -> (spec, routed revisions)
+        self._refused: set[tuple[str, str]] = set()  # (target, resourceVersion) already logged
+        self.lists = 0
+
+    async def run(self) -> None:
+        backoff = 0.5
+        while True:
+            try:
+                items, version = await self._api.list_services()
+                self.lists += 1
+                self._sync(items)
+                while True:  # bounded watches, each resuming where the last ended
+                    async for event in self._api.watch_services(version, self._timeout):
+                        version = self._handle(event) or version
+                    backoff = 0.5
+            except kube_api.Gone:
+                log.info("watch expired (410); listing Knative Services again")
+            except kube_api.KubeAPIError as e:
+                log.warning("Knative Service discovery: %s; retrying in %.1fs", e, backoff)
+                await self._sleep(backoff)
+                backoff = min(backoff * 2, 30.0)
+
+    def _sync(self, services: list[dict[str, Any]]) -> None:
+        seen = set()
+        for service in services:
+            target = self._update(service)
+            if target is not None:
+                seen.add(target)
+        for target in set(self._known) - seen:
+            del self._known[target]
+            self._listeners.target_gone(target)
+
+    def _handle(self, event: Mapping[str, Any]) -> str | None:
+        service = event.get("raw_object") or event.get("object") or {}
+        if not isinstance(service, dict):
+            return None
+        metadata = service.get("metadata") or {}
+        target = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        if event.get("type") == "DELETED":
+            if self._known.pop(target, None) is not None:
+                self._listeners.target_gone(target)
+        elif self._update(service) is None and target in self._known:
+            del self._known[target]
+            self._listeners.target_gone(target)
+        return str(metadata.get("resourceVersion") or "") or None
+
+    def _update(self, service: dict[str, Any]) -> str | None:
+        """Report a new or changed target; returns its name when the Service is a target."""
+        metadata = service.get("metadata") or {}
+        target = f"{metadata.get('namespace')}/{metadata.get('name')}"
+        try:
+            spec = spec_of(service)
+        except targets.ConfigError as e:
+            key = (target, str(metadata.get("resourceVersion")))
+            if key not in self._refused:
+                self._refused.add(key)
+                log.error("%s", e)
+            return target if target in self._known else None  # keep the last valid spec
+        if spec is None:
+            return None
+        routed = floors.routed_revisions(service)
+        previous = self._known.get(target)
+        self._known[target] = (spec, routed)
+        if previous is None or previous[0] != spec:
+            self._listeners.target_seen(spec)
+        elif previous[1] != routed:
+            self._listeners.traffic_changed(target)
+        return target
