@@ -20,6 +20,18 @@ from prewarm import policy
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
+Wake = Callable[[str, str], Awaitable[int]]  # (method, url) -> HTTP status
+
+
+def parse_wake(value: str | None) -> tuple[str, str] | None:
+    """`GET /healthz` -> ("GET", "/healthz"); None when absent or not METHOD /path."""
+    if not value:
+        return None
+    method, _, path = value.strip().partition(" ")
+    path = path.strip()
+    if method.upper() not in ("GET", "HEAD", "POST") or not path.startswith("/"):
+        return None
+    return method.upper(), path
 
 
 class KnativeActuator:
@@ -36,8 +48,10 @@ class KnativeActuator:
         sleep: Sleep = asyncio.sleep,
         rng: random.Random | None = None,
         applies_to: Callable[[str], bool] = lambda target: True,
+        wake: Wake | None = None,
     ) -> None:
         self._api = api
+        self._wake = wake
         self._applies_to = applies_to
         self._floor_object = floor_object  # None: detect from the installed version
         self._max_attempts = max_attempts
@@ -61,14 +75,19 @@ class KnativeActuator:
     async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
         if not self._applies_to(decision.target):
             return  # a KEDA target: its floor reaches KEDA through the scaler
-        await self.apply_floor(decision.target, decision.floor)
+        leaving_zero = decision.floor > 0 and (previous is None or previous.floor == 0)
+        await self.apply_floor(decision.target, decision.floor, wake=leaving_zero)
 
     async def release(self, target: str) -> None:
         """Pre-warming ended for `target`: give its routed revisions back the user's own min-scale."""
         await self.apply_floor(target, 0)
 
-    async def apply_floor(self, target: str, floor: int) -> None:
-        """Make `floor` the min-scale of `target`'s routed revisions (re-read from the Service)."""
+    async def apply_floor(self, target: str, floor: int, *, wake: bool = False) -> None:
+        """Make `floor` the min-scale of `target`'s routed revisions (re-read from the Service).
+
+        With `wake`, also send the Service's `prewarm.dev/wake` request once: a revision at zero
+        whose autoscaler has no metrics (desired scale -1) can ignore a raised min-scale.
+        """
         namespace, _, name = target.partition("/")
         try:
             service = await self._api.get_service(namespace, name)
@@ -80,6 +99,28 @@ class KnativeActuator:
         kind = await self.floor_object()
         for revision in floors.routed_revisions(service):
             await self._apply_one(kind, namespace, revision, floor, user_min)
+        if wake:
+            await self._send_wake(target, service)
+
+    async def _send_wake(self, target: str, service: dict[str, Any]) -> None:
+        annotations = (service.get("metadata") or {}).get("annotations") or {}
+        request = parse_wake(annotations.get(keys.PREWARM_WAKE))
+        url = (service.get("status") or {}).get("url")
+        if request is None or self._wake is None or not url:
+            if annotations.get(keys.PREWARM_WAKE) and request is None:
+                log.warning(
+                    "%s: %s=%r is not 'METHOD /path'", target, keys.PREWARM_WAKE, annotations[keys.PREWARM_WAKE]
+                )
+            return
+        method, path = request
+        try:
+            code = await self._wake(method, str(url).rstrip("/") + path)
+        except Exception as e:  # a wake is a nudge: failing it must not fail the actuation
+            self.counts["wake_failed"] = self.counts.get("wake_failed", 0) + 1
+            log.warning("%s: wake %s %s failed: %s", target, method, path, e)
+            return
+        self.counts["woken"] = self.counts.get("woken", 0) + 1
+        log.info("%s: wake %s %s -> %d", target, method, path, code)
 
     async def _apply_one(self, kind: str, namespace: str, name: str, floor: int, user_min: int | None) -> None:
         for attempt in range(1, self._max_attempts + 1):

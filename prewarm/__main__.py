@@ -18,6 +18,7 @@ from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
 from typing import Any, TextIO
 
+import aiohttp
 from aiohttp import web
 from kubernetes import client as k8s_client
 from kubernetes import config as k8s_config
@@ -63,6 +64,13 @@ def load_config_file(path: Path) -> targets.ParsedTargets:
         problem = targets.Problem("--config", str(path), f"cannot be read: {e.strerror}")
         raise targets.ConfigError(str(path), [problem]) from e
     return targets.parse_config_document(text, source=str(path))
+
+
+async def send_wake(method: str, url: str) -> int:
+    """One wake request through a Service's URL (short timeout; the response body is not read)."""
+    timeout = aiohttp.ClientTimeout(total=10)
+    async with aiohttp.ClientSession(timeout=timeout) as http, http.request(method, url) as response:
+        return response.status
 
 
 def knative_listeners(
@@ -200,6 +208,7 @@ async def run_service(
         knative = knative_actuator.KnativeActuator(
             kube,
             floor_object=options.knative_floor_object,
+            wake=send_wake,
             # configured or discovered Knative targets only: KEDA targets are served by the scaler
             applies_to=lambda target: (
                 (spec := loop.specs.get(target)) is not None and spec.kind is targets.TargetKind.KNATIVE

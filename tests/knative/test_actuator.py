@@ -283,3 +283,35 @@ async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
         for verb in rule["verbs"]
     }
     assert granted == used
+
+
+async def test_wake_request_is_sent_once_when_the_floor_leaves_zero(current: Cluster) -> None:
+    from aiohttp import web
+
+    from prewarm.__main__ import send_wake
+
+    hits: list[str] = []
+
+    async def healthz(request: web.Request) -> web.Response:
+        hits.append(request.method + " " + request.path)
+        return web.Response(text="ok")
+
+    app = web.Application()
+    app.router.add_get("/healthz", healthz)
+    async with TestServer(app) as model:
+        chat = current.server.get(SERVING, "llm", "services", "chat")
+        chat["metadata"]["annotations"]["prewarm.dev/wake"] = "GET /healthz"
+        chat["status"]["url"] = str(model.make_url("")).rstrip("/")
+        actuator = KnativeActuator(current.api, wake=send_wake)
+        first = decision(2)
+        await actuator.apply(first, None)
+        assert hits == ["GET /healthz"]
+        await actuator.apply(decision(3), first)  # still above zero: no wake
+        assert hits == ["GET /healthz"]
+        await actuator.apply(decision(0), decision(3))
+        await actuator.apply(decision(1), decision(0))  # leaves zero again
+        assert hits == ["GET /healthz", "GET /healthz"]
+        chat["metadata"]["annotations"]["prewarm.dev/wake"] = "ping please"
+        await actuator.apply(decision(1), decision(0))
+        assert len(hits) == 2
+    assert actuator.counts["woken"] == 2
