@@ -49,8 +49,10 @@ class KnativeActuator:
         rng: random.Random | None = None,
         applies_to: Callable[[str], bool] = lambda target: True,
         wake: Wake | None = None,
+        is_leader: Callable[[], bool] = lambda: True,
     ) -> None:
         self._api = api
+        self._is_leader = is_leader
         self._wake = wake
         self._applies_to = applies_to
         self._floor_object = floor_object  # None: detect from the installed version
@@ -87,7 +89,10 @@ class KnativeActuator:
 
         With `wake`, also send the Service's `prewarm.dev/wake` request once: a revision at zero
         whose autoscaler has no metrics (desired scale -1) can ignore a raised min-scale.
+        Replicas that do not hold the lease patch nothing (see knative/leader.py).
         """
+        if not self._is_leader():
+            return
         namespace, _, name = target.partition("/")
         try:
             service = await self._api.get_service(namespace, name)

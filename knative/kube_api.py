@@ -178,6 +178,23 @@ class KubeAPI:
         finally:
             watcher.stop()
 
+    async def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
+        return await self._object(
+            self._custom.get_namespaced_custom_object, "coordination.k8s.io", "v1", namespace, "leases", name
+        )
+
+    async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Create a Lease; Conflict (409 AlreadyExists) when another replica created it first."""
+        return await self._object(
+            self._custom.create_namespaced_custom_object, "coordination.k8s.io", "v1", namespace, "leases", body
+        )
+
+    async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
+        """Replace a Lease; Conflict when its resourceVersion moved since it was read."""
+        return await self._object(
+            self._custom.replace_namespaced_custom_object, "coordination.k8s.io", "v1", namespace, "leases", name, body
+        )
+
     @staticmethod
     def _coordinates(kind: str) -> tuple[str, str, str]:
         if kind == "revision":

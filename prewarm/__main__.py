@@ -12,7 +12,9 @@ import contextlib
 import dataclasses
 import logging
 import os
+import secrets
 import signal
+import socket
 import sys
 from collections.abc import AsyncIterator, Callable, Mapping, Sequence
 from pathlib import Path
@@ -33,6 +35,7 @@ from prometheus_client import CONTENT_TYPE_LATEST, CollectorRegistry, generate_l
 from knative import actuator as knative_actuator
 from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
+from knative import leader as knative_leader
 from prewarm import actuation, clock, decider, listener, state, targets, telemetry
 from scaler import __main__ as scaler_main
 
@@ -50,6 +53,8 @@ class ServeOptions:
     actuators: tuple[str, ...] = ("log",)
     kubeconfig: Path | None = None  # for the knative actuator; in-cluster credentials when None
     knative_floor_object: str | None = None  # revision | podautoscaler; detected when None
+    leader_lease: str | None = None  # namespace/name of the Lease; None: this replica always patches
+    identity: str = "prewarm"
     http_host: str = "0.0.0.0"
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
@@ -64,6 +69,17 @@ def load_config_file(path: Path) -> targets.ParsedTargets:
         problem = targets.Problem("--config", str(path), f"cannot be read: {e.strerror}")
         raise targets.ConfigError(str(path), [problem]) from e
     return targets.parse_config_document(text, source=str(path))
+
+
+def reapply_floors(loop: decider.Decider, actuator: knative_actuator.KnativeActuator | None) -> None:
+    """A replica that just became leader makes every Knative target's current floor effective:
+    the previous leader may have died between a decision and its patch."""
+    if actuator is None:
+        return
+    for target, decision in list(loop.decisions.items()):
+        spec = loop.specs.get(target)
+        if spec is not None and spec.kind is targets.TargetKind.KNATIVE:
+            asyncio.get_running_loop().create_task(actuator.apply_floor(target, decision.floor))
 
 
 async def send_wake(method: str, url: str) -> int:
@@ -203,12 +219,24 @@ async def run_service(
     knative: knative_actuator.KnativeActuator | None = None
     if "log" in options.actuators:
         actuators.append(actuation.LogActuator(out))
+    elector: knative_leader.LeaseElector | None = None
     if "knative" in options.actuators:
         kube = knative_api.KubeAPI(load_kube_client(options.kubeconfig))
+        if options.leader_lease is not None:
+            lease_namespace, _, lease_name = options.leader_lease.partition("/")
+            elector = knative_leader.LeaseElector(
+                kube,
+                namespace=lease_namespace,
+                name=lease_name,
+                identity=options.identity,
+                clock=clock,
+                on_change=lambda leading: reapply_floors(loop, knative) if leading else None,
+            )
         knative = knative_actuator.KnativeActuator(
             kube,
             floor_object=options.knative_floor_object,
             wake=send_wake,
+            is_leader=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
             # configured or discovered Knative targets only: KEDA targets are served by the scaler
             applies_to=lambda target: (
                 (spec := loop.specs.get(target)) is not None and spec.kind is targets.TargetKind.KNATIVE
@@ -264,6 +292,9 @@ async def run_service(
             options.store.split("@")[-1],
             ",".join(options.actuators),
         )
+        if elector is not None:
+            campaigning = asyncio.create_task(elector.run(), name="leader-election")
+            stack.callback(campaigning.cancel)
         if kube is not None and knative is not None:
             finder = knative_discovery.ServiceDiscovery(kube, knative_listeners(loop, knative, stack))
             discovering = asyncio.create_task(finder.run(), name="knative-discovery")
@@ -373,6 +404,11 @@ def build_parser() -> argparse.ArgumentParser:
     )
     serve_cmd.add_argument("--kubeconfig", type=Path, help="for --actuator knative (default: in-cluster)")
     serve_cmd.add_argument(
+        "--leader-election",
+        metavar="NAMESPACE/NAME",
+        help="with several replicas: only the holder of this Lease patches Knative objects",
+    )
+    serve_cmd.add_argument(
         "--knative-floor-object",
         choices=["revision", "podautoscaler"],
         help="where min-scale goes (default: detected from the installed Knative version)",
@@ -447,6 +483,8 @@ def main(argv: Sequence[str] | None = None) -> int:
                 actuators=tuple(args.actuator or ["log"]),
                 kubeconfig=args.kubeconfig,
                 knative_floor_object=args.knative_floor_object,
+                leader_lease=args.leader_election,
+                identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}",
                 http_host=args.http[0],
                 http_port=args.http[1],
                 listener=settings,

@@ -56,6 +56,7 @@ class KubeAPIServer:
         self.app = web.Application()
         self.app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
         self.app.router.add_get("/apis/{group}/{version}/{plural}", self._list_or_watch)
+        self.app.router.add_post("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._create)
         self.app.router.add_route("*", "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._object)
 
     def add(self, group_version: str, plural: str, obj: dict[str, Any]) -> None:
@@ -117,7 +118,7 @@ class KubeAPIServer:
     async def _object(self, request: web.Request) -> web.Response:
         info = request.match_info
         key = (f"{info['group']}/{info['version']}", info["ns"], info["plural"], info["name"])
-        body = await request.json() if request.method == "PATCH" and request.can_read_body else None
+        body = await request.json() if request.method in ("PATCH", "PUT") and request.can_read_body else None
         self.requests.append((request.method, request.path, request.headers.get("Content-Type"), body))
         fault = self._fault(request.method)
         if fault is not None:
@@ -127,6 +128,8 @@ class KubeAPIServer:
             return status(404, "NotFound", f'{info["plural"]}.{info["group"]} "{info["name"]}" not found')
         if request.method == "GET":
             return web.json_response(obj)
+        if request.method == "PUT":
+            return self._replace(key, obj, body if body is not None else await request.json())
         if request.method != "PATCH":
             return status(405, "MethodNotAllowed", request.method)
         if request.headers.get("Content-Type", "").split(";")[0] != MERGE_PATCH:
@@ -150,6 +153,34 @@ class KubeAPIServer:
         self.objects[key] = updated
         self._record(info["plural"], "MODIFIED", updated)
         return web.json_response(updated)
+
+    async def _create(self, request: web.Request) -> web.Response:
+        info = request.match_info
+        body = await request.json()
+        self.requests.append(("POST", request.path, request.headers.get("Content-Type"), body))
+        fault = self._fault("POST")
+        if fault is not None:
+            return fault
+        key = (f"{info['group']}/{info['version']}", info["ns"], info["plural"], body["metadata"]["name"])
+        if key in self.objects:
+            return status(409, "AlreadyExists", f'{info["plural"]} "{body["metadata"]["name"]}" already exists')
+        body["metadata"]["namespace"] = info["ns"]
+        body["metadata"]["resourceVersion"] = self._next_version()
+        self.objects[key] = body
+        self._record(info["plural"], "ADDED", body)
+        return web.json_response(body, status=201)
+
+    def _replace(self, key: tuple[str, str, str, str], current: dict[str, Any], body: dict[str, Any]) -> web.Response:
+        """PUT: the whole object, applied only at the resourceVersion it was read at."""
+        wanted = (body.get("metadata") or {}).get("resourceVersion")
+        if wanted != current["metadata"]["resourceVersion"]:
+            return status(
+                409, "Conflict", "the object has been modified; please apply your changes to the latest version"
+            )
+        body["metadata"]["resourceVersion"] = self._next_version()
+        self.objects[key] = body
+        self._record(key[2], "MODIFIED", body)
+        return web.json_response(body)
 
     async def _list_or_watch(self, request: web.Request) -> web.StreamResponse:
         plural = request.match_info["plural"]

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import AsyncIterator
-from datetime import UTC, datetime
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
@@ -15,9 +15,9 @@ from kube_api_server import MERGE_PATCH, KubeAPIServer
 from kubernetes import client as k8s
 from support import wait_for
 
-from knative import floors, kube_api
+from knative import floors, kube_api, leader
 from knative.actuator import KnativeActuator
-from prewarm import policy, targets
+from prewarm import clock, policy, targets
 
 SERVING, AUTOSCALING = "serving.knative.dev/v1", "autoscaling.internal.knative.dev/v1alpha1"
 MIN = "autoscaling.knative.dev/min-scale"
@@ -242,11 +242,15 @@ def rules_used(server: KubeAPIServer) -> set[tuple[str, str, str]]:
     used = set()
     for method, path, _, _ in server.requests:
         parts = path.strip("/").split("/")
-        verb = {"GET": "get", "PATCH": "patch", "LIST": "list", "WATCH": "watch"}[method]
+        verb = {"GET": "get", "PATCH": "patch", "LIST": "list", "WATCH": "watch", "POST": "create", "PUT": "update"}[
+            method
+        ]
         if parts[0] == "api":  # /api/v1/namespaces/{name}
             used.add(("", "namespaces", verb))
         elif len(parts) == 4:  # /apis/{group}/{version}/{plural}: list or watch, cluster-wide
             used.add((parts[1], parts[3], verb))
+        elif len(parts) == 6:  # /apis/{group}/{version}/namespaces/{ns}/{plural}: create
+            used.add((parts[1], parts[5], verb))
         else:  # /apis/{group}/{version}/namespaces/{ns}/{plural}/{name}
             used.add((parts[1], parts[5], verb))
     return used
@@ -273,10 +277,19 @@ async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
             task = asyncio.create_task(finder.run())
             await wait_for(lambda c=cluster: any(m == "WATCH" for m, *_ in c.server.requests))  # type: ignore[misc]
             task.cancel()
+            manual = clock.ManualClock(datetime(2026, 5, 1, tzinfo=UTC))
+            electors = [
+                leader.LeaseElector(cluster.api, namespace="prewarm", name="prewarm-knative", identity=i, clock=manual)
+                for i in ("a", "b")
+            ]
+            await electors[0].try_once()  # create
+            manual.advance(timedelta(seconds=2))
+            await electors[0].try_once()  # get + update
             used |= rules_used(cluster.server)
-    role = next(d for d in yaml.safe_load_all(RBAC) if d["kind"] == "ClusterRole")
+    roles = [d for d in yaml.safe_load_all(RBAC) if d["kind"] in ("ClusterRole", "Role")]
     granted = {
         (group, resource, verb)
+        for role in roles
         for rule in role["rules"]
         for group in rule["apiGroups"]
         for resource in rule["resources"]

@@ -49,7 +49,13 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
             "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
         )
         options = cli.ServeOptions(
-            config=config, http_host="127.0.0.1", http_port=0, actuators=("log", "knative"), kubeconfig=kubeconfig
+            config=config,
+            http_host="127.0.0.1",
+            http_port=0,
+            actuators=("log", "knative"),
+            kubeconfig=kubeconfig,
+            leader_lease="prewarm/prewarm-knative",
+            identity="replica-1",
         )
         out = io.StringIO()
         async with cli.run_service(options, clock=clock.SystemClock(), out=out) as service:
@@ -72,6 +78,10 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
                 assert response.status == 202
             revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
             await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=10)
+    # this replica campaigned for the Lease and held it while it patched
+    assert fake.get("coordination.k8s.io/v1", "prewarm", "leases", "prewarm-knative")["spec"]["holderIdentity"] == (
+        "replica-1"
+    )
     # the KEDA target's floor never went to the Kubernetes API
     assert not [path for path, _, _ in fake.patches() if "/namespaces/vision/" in path]
     assert [path for method, path, _, _ in fake.requests if "sdxl" in path] == []
