@@ -55,8 +55,10 @@ class ServiceDiscovery:
         *,
         timeout_seconds: int = 300,
         sleep: Callable[[float], Awaitable[None]] = asyncio.sleep,
+        namespaces: frozenset[str] = frozenset(),
     ) -> None:
         self._api = api
+        self._namespaces = namespaces  # empty: every namespace
         self._listeners = listeners
         self._timeout = timeout_seconds
         self._sleep = sleep
@@ -109,6 +111,8 @@ class ServiceDiscovery:
     def _update(self, service: dict[str, Any]) -> str | None:
         """Report a new or changed target; returns its name when the Service is a target."""
         metadata = service.get("metadata") or {}
+        if self._namespaces and metadata.get("namespace") not in self._namespaces:
+            return None
         target = f"{metadata.get('namespace')}/{metadata.get('name')}"
         try:
             spec = spec_of(service)

@@ -54,6 +54,7 @@ class ServeOptions:
     kubeconfig: Path | None = None  # for the knative actuator; in-cluster credentials when None
     knative_floor_object: str | None = None  # revision | podautoscaler; detected when None
     leader_lease: str | None = None  # namespace/name of the Lease; None: this replica always patches
+    knative_namespaces: tuple[str, ...] = ()  # where to discover annotated Services; () is everywhere
     identity: str = "prewarm"
     http_host: str = "0.0.0.0"
     http_port: int = 8080
@@ -296,7 +297,9 @@ async def run_service(
             campaigning = asyncio.create_task(elector.run(), name="leader-election")
             stack.callback(campaigning.cancel)
         if kube is not None and knative is not None:
-            finder = knative_discovery.ServiceDiscovery(kube, knative_listeners(loop, knative, stack))
+            finder = knative_discovery.ServiceDiscovery(
+                kube, knative_listeners(loop, knative, stack), namespaces=frozenset(options.knative_namespaces)
+            )
             discovering = asyncio.create_task(finder.run(), name="knative-discovery")
             stack.callback(discovering.cancel)
         running = asyncio.create_task(loop.run(), name="decider")
@@ -394,7 +397,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--log-level", default="INFO", choices=["DEBUG", "INFO", "WARNING", "ERROR"])
     commands = parser.add_subparsers(dest="command", required=True)
     serve_cmd = commands.add_parser("serve", help="run the decision loop")
-    serve_cmd.add_argument("--config", type=Path, required=True, help="YAML file with a `targets:` list")
+    serve_cmd.add_argument(
+        "--config", type=Path, help="YAML file with a `targets:` list (optional with --actuator knative)"
+    )
     serve_cmd.add_argument("--store", default="memory", help="memory (default) or redis://host:port/db")
     serve_cmd.add_argument(
         "--actuator",
@@ -403,6 +408,12 @@ def build_parser() -> argparse.ArgumentParser:
         help="how floors are applied (repeat for several; default: log)",
     )
     serve_cmd.add_argument("--kubeconfig", type=Path, help="for --actuator knative (default: in-cluster)")
+    serve_cmd.add_argument(
+        "--knative-namespace",
+        action="append",
+        default=[],
+        help="discover annotated Services only here (repeat; default: every namespace)",
+    )
     serve_cmd.add_argument(
         "--leader-election",
         metavar="NAMESPACE/NAME",
@@ -468,6 +479,12 @@ def main(argv: Sequence[str] | None = None) -> int:
         level=args.log_level, format="%(asctime)s %(levelname)s %(name)s: %(message)s", stream=sys.stderr
     )
     if args.command == "serve":
+        if args.config is None and "knative" not in (args.actuator or []):
+            print(
+                "prewarm: --config is required (targets come from annotated Services only with --actuator knative)",
+                file=sys.stderr,
+            )
+            return EXIT_CONFIG_ERROR
         try:
             settings = listener.ListenerSettings(
                 tokens=read_tokens(args.token_file, os.environ),
@@ -484,6 +501,7 @@ def main(argv: Sequence[str] | None = None) -> int:
                 kubeconfig=args.kubeconfig,
                 knative_floor_object=args.knative_floor_object,
                 leader_lease=args.leader_election,
+                knative_namespaces=tuple(args.knative_namespace),
                 identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}",
                 http_host=args.http[0],
                 http_port=args.http[1],

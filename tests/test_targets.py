@@ -308,3 +308,9 @@ def test_example_config_parses() -> None:
     parsed = targets.parse_config_document((REPO / "examples" / "targets.yaml").read_text(), source="example")
     assert [str(t.ref) for t in parsed.targets] == ["llm/chat-8b", "vision/sdxl"]
     assert parsed.warnings == ()
+
+
+def test_serve_without_config_needs_the_knative_actuator() -> None:
+    result = run_prewarm("serve")
+    assert result.returncode == 2
+    assert "--config is required" in result.stderr

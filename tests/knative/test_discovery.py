@@ -124,3 +124,13 @@ def test_spec_of_reads_own_annotations_and_template_max_scale() -> None:
         300.0,
     )
     assert discovery.spec_of(knative_service("chat", enabled=False)) is None
+
+
+def test_namespace_filter() -> None:
+    seen = Seen()
+    finder = discovery.ServiceDiscovery(api=None, listeners=seen.listeners(), namespaces=frozenset({"other"}))  # type: ignore[arg-type]
+    finder._sync([knative_service("chat", min="1")])
+    assert seen.events == []
+    everywhere = discovery.ServiceDiscovery(api=None, listeners=seen.listeners())  # type: ignore[arg-type]
+    everywhere._sync([knative_service("chat", min="1")])
+    assert seen.events == [("seen", ("llm/chat", 6, 1))]
