@@ -18,11 +18,29 @@ SERVING = "serving.knative.dev/v1"
 MIN = "autoscaling.knative.dev/min-scale"
 
 
-async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: Path) -> None:
+def knative_api_server() -> KubeAPIServer:
+    """An API test server with Knative Serving 1.23 installed (its namespace's version label)."""
     fake = KubeAPIServer()
     fake.namespaces["knative-serving"] = {
         "metadata": {"name": "knative-serving", "labels": {"app.kubernetes.io/version": "1.23.0"}}
     }
+    return fake
+
+
+def write_kubeconfig(directory: Path, api: TestServer) -> Path:
+    """A kubeconfig whose only cluster is the test server."""
+    path = directory / "kubeconfig"
+    path.write_text(
+        "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
+        f"clusters: [{{name: fake, cluster: {{server: '{str(api.make_url('')).rstrip('/')}'}}}}]\n"
+        "users: [{name: fake, user: {token: not-checked}}]\n"
+        "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
+    )
+    return path
+
+
+async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: Path) -> None:
+    fake = knative_api_server()
     fake.add(
         SERVING,
         "services",
@@ -41,13 +59,7 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
         "  - {name: vision/sdxl, kind: keda, max: 2}\n"
     )
     async with TestServer(fake.app) as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-            f"clusters: [{{name: fake, cluster: {{server: '{str(api.make_url('')).rstrip('/')}'}}}}]\n"
-            "users: [{name: fake, user: {token: not-checked}}]\n"
-            "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
-        )
+        kubeconfig = write_kubeconfig(tmp_path, api)
         options = cli.ServeOptions(
             config=config,
             http_host="127.0.0.1",
@@ -88,10 +100,7 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
 
 
 async def test_annotated_services_are_discovered_and_followed(tmp_path: Path) -> None:
-    fake = KubeAPIServer()
-    fake.namespaces["knative-serving"] = {
-        "metadata": {"name": "knative-serving", "labels": {"app.kubernetes.io/version": "1.23.0"}}
-    }
+    fake = knative_api_server()
 
     def agent(traffic: str, *, enabled: bool = True) -> dict[str, object]:
         own = {"prewarm.dev/enabled": "true", "prewarm.dev/sessions-per-replica": "1", "prewarm.dev/hold": "0s"}
@@ -111,13 +120,7 @@ async def test_annotated_services_are_discovered_and_followed(tmp_path: Path) ->
         return (fake.get(SERVING, "llm", "revisions", name)["metadata"].get("annotations") or {}).get(MIN)
 
     async with TestServer(fake.app) as api:
-        kubeconfig = tmp_path / "kubeconfig"
-        kubeconfig.write_text(
-            "apiVersion: v1\nkind: Config\ncurrent-context: fake\n"
-            f"clusters: [{{name: fake, cluster: {{server: '{str(api.make_url('')).rstrip('/')}'}}}}]\n"
-            "users: [{name: fake, user: {token: not-checked}}]\n"
-            "contexts: [{name: fake, context: {cluster: fake, user: fake}}]\n"
-        )
+        kubeconfig = write_kubeconfig(tmp_path, api)
         options = cli.ServeOptions(
             config=None, http_host="127.0.0.1", http_port=0, actuators=("knative",), kubeconfig=kubeconfig
         )
