@@ -201,7 +201,10 @@ class KubeAPIServer:
         timeout = float(request.query.get("timeoutSeconds") or 30)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})
         await response.prepare(request)
-        if since < self.oldest_watchable - 1:
+        injected_gone = ("WATCH", 410) in self.faults
+        if injected_gone:
+            self.faults.remove(("WATCH", 410))
+        if injected_gone or since < self.oldest_watchable - 1:
             gone = {
                 "kind": "Status",
                 "apiVersion": "v1",
