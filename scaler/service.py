@@ -30,6 +30,7 @@ log = logging.getLogger(__name__)
 
 METRIC_NAME = "prewarm-floor"
 SERVICE_NAME = "externalscaler.ExternalScaler"
+_RESOLVED_CAPACITY = 10_000  # distinct (ScaledObject, metadata) pairs remembered; oldest dropped first
 _STREAM_QUEUE = 4  # pending pushes per stream; older ones are superseded by newer state
 
 # grpc.aio.ServicerContext; grpcio ships no type information, so the context is untyped here.
@@ -117,27 +118,47 @@ class FloorScaler(pb_grpc.ExternalScalerServicer):
         self._specs = specs
         self._cache = cache
         self._register = register
+        self._resolved: dict[tuple[Any, ...], str | tuple[grpc.StatusCode, str]] = {}
 
     async def _resolve(self, ref: pb.ScaledObjectRef, context: Context) -> str:
-        """The target a ScaledObject asks about; aborts with INVALID_ARGUMENT or NOT_FOUND."""
-        scaled_object = targets.TargetRef(namespace=ref.namespace, name=ref.name)
-        metadata = dict(ref.scalerMetadata)
+        """The target a ScaledObject asks about; aborts with INVALID_ARGUMENT or NOT_FOUND.
+
+        KEDA sends the same metadata on every poll, so the outcome is cached per (ScaledObject,
+        metadata, configured target): parsing (cron validation included) happens once.
+        """
+        metadata = tuple(sorted(ref.scalerMetadata.items()))
+        name = ref.scalerMetadata.get("target") or f"{ref.namespace}/{ref.name}"
+        key = (ref.namespace, ref.name, metadata, self._specs.get(name))
+        outcome = self._resolved.get(key)
+        if outcome is None:
+            outcome = self._resolved[key] = self._resolve_uncached(ref.namespace, ref.name, dict(metadata))
+            if len(self._resolved) > _RESOLVED_CAPACITY:
+                self._resolved.pop(next(iter(self._resolved)))
+        if isinstance(outcome, tuple):
+            await abort(context, *outcome)
+        return outcome
+
+    def _resolve_uncached(
+        self, namespace: str, name: str, metadata: dict[str, str]
+    ) -> str | tuple[grpc.StatusCode, str]:
+        """The target, or the status to answer with; registers an inline-configured target."""
+        scaled_object = targets.TargetRef(namespace=namespace, name=name)
+        target_name = metadata.get("target") or str(scaled_object)
+        base = self._specs.get(target_name)
+        inline = set(metadata) - targets.SCALER_METADATA_CONTROL_KEYS
+        if base is None and not inline:
+            return grpc.StatusCode.NOT_FOUND, f"unknown target {target_name!r}: not configured"
         try:
-            name = metadata.get("target") or str(scaled_object)
-            base = self._specs.get(name)
-            inline = set(metadata) - targets.SCALER_METADATA_CONTROL_KEYS
-            if base is None and not inline:
-                await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown target {name!r}: not configured")
             spec, warnings = targets.parse_scaler_metadata(metadata, scaled_object=scaled_object, base=base)
         except targets.ConfigError as e:
-            await abort(context, grpc.StatusCode.INVALID_ARGUMENT, str(e))
+            return grpc.StatusCode.INVALID_ARGUMENT, str(e)
         for warning in warnings:
             log.warning("%s", warning)
         target = str(spec.ref)
         if base is None or spec != base:
             if self._register is None:
                 if base is None:
-                    await abort(context, grpc.StatusCode.NOT_FOUND, f"unknown target {target!r}: not configured")
+                    return grpc.StatusCode.NOT_FOUND, f"unknown target {target!r}: not configured"
                 log.warning("%s: inline scalerMetadata differs from the configured target; the decider's wins", target)
             else:
                 self._register(spec)

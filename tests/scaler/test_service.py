@@ -356,3 +356,17 @@ def test_committed_stubs_match_the_proto(tmp_path: Path) -> None:
     package = Path(generate_stubs.__file__).parent
     for name in ("externalscaler_pb2.py", "externalscaler_pb2.pyi", "externalscaler_pb2_grpc.py"):
         assert (tmp_path / name).read_text() == (package / name).read_text(), f"{name} is stale: regenerate"
+
+
+async def test_repeated_polls_resolve_the_metadata_once(scaler: Scaler, caplog: pytest.LogCaptureFixture) -> None:
+    import logging
+
+    await scaler.store.save_decision(decision(CHAT, 1))
+    with caplog.at_level(logging.WARNING):
+        for _ in range(3):
+            assert (await scaler.stub.IsActive(ref(sesionTTL="1m"))).result is True
+        with pytest.raises(grpc.aio.AioRpcError) as caught:
+            await scaler.stub.IsActive(ref(max="ten"))
+    assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # a cached refusal is still a refusal
+    typo = [r for r in caplog.records if "unknown scalerMetadata key 'sesionTTL'" in r.getMessage()]
+    assert len(typo) == 1
