@@ -301,7 +301,8 @@ class IntentListener:
             now = self._clock.now()
             translated = [translate_event(e, specs=self._specs, received_at=now) for e in events]
             intents = [t for t in translated if isinstance(t, state.Intent)]
-            floors = {i.target: self._current_floor(i.target) for i in intents}  # before this batch
+            # floors before this batch, for warm/cold starts: only read when someone records them
+            floors = {i.target: self._current_floor(i.target) for i in intents} if self._telemetry is not None else {}
             try:
                 result = await self._store.record_intents(intents)
             except state.StateUnavailable as e:
