@@ -27,6 +27,24 @@ def knative_api_server() -> KubeAPIServer:
     return fake
 
 
+async def open_session(port: int, target: str, session: str) -> None:
+    """Send one session.opened event to a live prewarm serve and expect it stored (202)."""
+    event = {
+        "specversion": "1.0",
+        "type": "dev.prewarm.session.opened",
+        "source": "/t",
+        "id": session,
+        "data": {"target": target, "session": session},
+    }
+    async with (
+        aiohttp.ClientSession() as http,
+        http.post(
+            f"http://127.0.0.1:{port}/events", json=event, headers={"Content-Type": "application/cloudevents+json"}
+        ) as response,
+    ):
+        assert response.status == 202
+
+
 def write_kubeconfig(directory: Path, api: TestServer) -> Path:
     """A kubeconfig whose only cluster is the test server."""
     path = directory / "kubeconfig"
@@ -72,22 +90,7 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
         out = io.StringIO()
         async with cli.run_service(options, clock=clock.SystemClock(), out=out) as service:
             await wait_for(lambda: out.getvalue().count("\n") == 2)
-            event = {
-                "specversion": "1.0",
-                "type": "dev.prewarm.session.opened",
-                "source": "/t",
-                "id": "1",
-                "data": {"target": "llm/chat", "session": "a"},
-            }
-            async with (
-                aiohttp.ClientSession() as http,
-                http.post(
-                    f"http://127.0.0.1:{service.http_port}/events",
-                    json=event,
-                    headers={"Content-Type": "application/cloudevents+json"},
-                ) as response,
-            ):
-                assert response.status == 202
+            await open_session(service.http_port, "llm/chat", "a")
             revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
             await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=10)
     # this replica campaigned for the Lease and held it while it patched
@@ -128,22 +131,7 @@ async def test_annotated_services_are_discovered_and_followed(tmp_path: Path) ->
             await wait_for(lambda: "llm/agent" in service.decider.specs, within=10)
             await wait_for(lambda: min_scale("agent-00001") == "1", within=10)  # the user's value, kept
             for session in ("a", "b"):
-                event = {
-                    "specversion": "1.0",
-                    "type": "dev.prewarm.session.opened",
-                    "source": "/t",
-                    "id": session,
-                    "data": {"target": "llm/agent", "session": session},
-                }
-                async with (
-                    aiohttp.ClientSession() as http,
-                    http.post(
-                        f"http://127.0.0.1:{service.http_port}/events",
-                        json=event,
-                        headers={"Content-Type": "application/cloudevents+json"},
-                    ) as response,
-                ):
-                    assert response.status == 202
+                await open_session(service.http_port, "llm/agent", session)
             await wait_for(lambda: min_scale("agent-00001") == "2", within=10)
             fake.add(SERVING, "services", agent("agent-00002"))  # a new revision takes the traffic
             await wait_for(lambda: min_scale("agent-00002") == "2", within=10)
