@@ -36,7 +36,7 @@ from knative import actuator as knative_actuator
 from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
 from knative import leader as knative_leader
-from prewarm import actuation, clock, decider, listener, state, targets, telemetry
+from prewarm import actuation, clock, config_file, decider, listener, state, targets, telemetry
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -60,16 +60,6 @@ class ServeOptions:
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
     grpc: scaler_main.ScalerOptions | None = None  # the embedded KEDA scaler, off when None
-
-
-def load_config_file(path: Path) -> targets.ParsedTargets:
-    """Read and parse a targets file; raise ConfigError (never OSError) when it cannot be used."""
-    try:
-        text = path.read_text(encoding="utf-8")
-    except OSError as e:
-        problem = targets.Problem("--config", str(path), f"cannot be read: {e.strerror}")
-        raise targets.ConfigError(str(path), [problem]) from e
-    return targets.parse_config_document(text, source=str(path))
 
 
 def reapply_floors(loop: decider.Decider, actuator: knative_actuator.KnativeActuator | None) -> None:
@@ -205,7 +195,7 @@ async def run_service(
 
     Raises ConfigError before starting anything when the configuration is invalid.
     """
-    parsed = load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
+    parsed = config_file.load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
     store = build_store(options.store)
@@ -334,7 +324,7 @@ async def run_standalone_scaler(
     *, store_url: str, config: Path | None, options: scaler_main.ScalerOptions, stop: asyncio.Event
 ) -> None:
     """`prewarm scaler`: serve stored decisions over gRPC, beside a `prewarm serve` that decides."""
-    parsed = load_config_file(config) if config is not None else targets.ParsedTargets(())
+    parsed = config_file.load_config_file(config) if config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
     store = build_store(store_url)

@@ -11,6 +11,10 @@ LIGHT_COMMANDS = ("cache", "knative")
 def main(argv: Sequence[str] | None = None) -> int:
     """Dispatch `prewarm ...`; a pod start (`prewarm cache exec`) never imports the server stack."""
     args = list(sys.argv[1:] if argv is None else argv)
+    if args[:1] == ["replay"]:
+        from prewarm import replay_command
+
+        return replay_command.main(args[1:])
     if args[:1] and args[0] in LIGHT_COMMANDS:
         from prewarm import cache_commands
 
