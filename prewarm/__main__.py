@@ -36,7 +36,7 @@ from knative import actuator as knative_actuator
 from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
 from knative import leader as knative_leader
-from prewarm import actuation, clock, config_file, decider, listener, state, targets, telemetry
+from prewarm import actuation, clock, config_file, decider, forecast_loop, listener, state, targets, telemetry
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -234,8 +234,20 @@ async def run_service(
             ),
         )
         actuators.append(knative)
+    forecaster = forecast_loop.ForecastLoop(
+        store=store,
+        clock=clock,
+        specs=lambda: loop.specs,
+        on_change=lambda target: loop.mark_changed(target),
+        telemetry=instruments,
+    )
     loop = decider.Decider(
-        target_specs=parsed.targets, store=store, actuators=actuators, clock=clock, telemetry=instruments
+        target_specs=parsed.targets,
+        store=store,
+        actuators=actuators,
+        clock=clock,
+        telemetry=instruments,
+        forecast=forecaster.current_forecast,
     )
 
     def current_floor(target: str) -> int | None:
@@ -292,6 +304,8 @@ async def run_service(
             )
             discovering = asyncio.create_task(finder.run(), name="knative-discovery")
             stack.callback(discovering.cancel)
+        forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
+        stack.callback(forecasting.cancel)
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(

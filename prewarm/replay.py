@@ -125,7 +125,7 @@ class ReplaySettings:
     quantile: float = targets.DEFAULT_FORECAST_QUANTILE
     forecast: forecast.ForecastConfig = dataclasses.field(default_factory=forecast.ForecastConfig)
     refit_minutes: int = 360
-    specs: Mapping[str, targets.TargetSpec] = dataclasses.field(default_factory=dict)  # by trace target name
+    cron_specs: Mapping[str, targets.TargetSpec] = dataclasses.field(default_factory=dict)  # by trace target name
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -405,13 +405,6 @@ class Replay:
                     self._sessions[request.name] = synthetic_sessions(request, lead, rng)
         return self._sessions
 
-    def spec(self, name: str, quantile: float) -> targets.TargetSpec:
-        spec = self.settings.specs.get(name)
-        if spec is None:
-            return default_spec(name, quantile, self.horizon_seconds, self.settings.concurrency)
-        settings = dataclasses.replace(spec.forecast, quantile=quantile)
-        return dataclasses.replace(spec, forecast=settings)
-
     def floor(self, choice: PolicyChoice, request: traces.TargetRequests, *, intent: bool) -> simulation.FloorSteps:
         kind = choice.kind
         if kind is PolicyKind.KNATIVE_DEFAULT:
@@ -422,13 +415,13 @@ class Replay:
             return hybrid_histogram_floor(request.arrivals, request.exec_seconds)
         start, end = self.trace.start, self.window.end
         if kind is PolicyKind.CRON:
-            spec = self.settings.specs.get(request.name)
+            spec = self.settings.cron_specs.get(request.name)
             if spec is None or not spec.cron:
                 return simulation.FloorSteps()
             cron_only = dataclasses.replace(spec, forecast=targets.ForecastSettings(enabled=False))
             return decision_floor(cron_only, start=start, end=end)
         quantile = choice.value if choice.value is not None else self.settings.quantile
-        spec = self.spec(request.name, quantile)
+        spec = default_spec(request.name, quantile, self.horizon_seconds, self.settings.concurrency)
         trace_forecast = self.prepare_forecast()
         replicas = trace_forecast.replicas(request.name, spec.forecast.quantile, self.settings.concurrency)
         predicted_from = self.forecast_predict_from

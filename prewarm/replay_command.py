@@ -34,7 +34,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--concurrency", type=int, default=1, help="requests one replica serves at once")
     parser.add_argument("--score-from", help='"YYYY-MM-DD HH:MM:SS" (UTC): earlier requests train and warm up only')
     parser.add_argument("--intent-lead", help="synthetic intent, lognormal:MEDIAN_S,SIGMA")
-    parser.add_argument("--config", type=Path, help="targets YAML: cron windows and settings by trace target name")
+    parser.add_argument(
+        "--cron-config", type=Path, help="targets YAML whose cron windows the cron policy uses (name = trace target)"
+    )
     parser.add_argument("--quantile", type=float, default=targets.DEFAULT_FORECAST_QUANTILE, help="prewarm's quantile")
     parser.add_argument("--forecast-model", choices=[k.value for k in forecast.ModelKind], default="boosting")
     parser.add_argument("--forecast-horizon", default="60s", help="how far ahead P(arrival) looks (default 60s)")
@@ -85,8 +87,8 @@ def _settings(args: argparse.Namespace) -> tuple[traces.Trace, replay.ReplaySett
     if problems:
         raise ValueError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
     specs: dict[str, targets.TargetSpec] = {}
-    if args.config is not None:
-        parsed = config_file.load_config_file(args.config)
+    if args.cron_config is not None:
+        parsed = config_file.load_config_file(args.cron_config)
         specs = {spec.ref.name: spec for spec in parsed.targets}
     trace = traces.read_trace(args.trace, traces.TraceFormat(args.format), seed=args.seed)
     if args.cold_start_dist is not None:
@@ -107,7 +109,7 @@ def _settings(args: argparse.Namespace) -> tuple[traces.Trace, replay.ReplaySett
             seed=args.seed,
         ),
         refit_minutes=max(1, round(durations["--refit"] / 60)),
-        specs=by_trace_name,
+        cron_specs=by_trace_name,
     )
     return trace, settings, choices
 

@@ -24,6 +24,7 @@ _MAX_PODS = 1000  # pod starts followed at once; the oldest is dropped beyond th
 # Bucket boundaries in seconds (the SDK's defaults suit milliseconds).
 FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
 COLD_START_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
+FORECAST_ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
 
 
 def _ns(at: datetime) -> int:
@@ -92,6 +93,12 @@ class Telemetry:
             unit="s",
             description="Pod start: container start to each phase",
             explicit_bucket_boundaries_advisory=COLD_START_BUCKETS,
+        )
+        self._forecast_error = meter.create_histogram(
+            "prewarm.forecast.error",
+            unit="1",
+            description="|P(arrival in the horizon) - observed| per prediction, once its horizon has passed",
+            explicit_bucket_boundaries_advisory=FORECAST_ERROR_BUCKETS,
         )
         meter.create_observable_gauge(
             "prewarm.pool.hit_ratio",
@@ -167,6 +174,10 @@ class Telemetry:
         for target, (used, total) in sorted(self._raise_outcomes.items()):
             if total:
                 yield Observation(used / total, {"target": target})
+
+    def record_forecast_error(self, target: str, error: float) -> None:
+        """One scored prediction: 0 is a confident hit, 1 a confident miss."""
+        self._forecast_error.record(error, {"target": self._target(target)})
 
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
         self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
