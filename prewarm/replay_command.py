@@ -166,6 +166,21 @@ def _versus_keepalive(result: replay.ReplayResult, scores: Sequence[replay.Polic
     return lines
 
 
+def _versus_histogram(histogram: replay.PolicyScore, result: replay.ReplayResult) -> list[str]:
+    """Each prewarm sweep point that spends no more warm hours than the hybrid histogram."""
+    lines = []
+    for sweep in (result.prewarm_frontier, result.prewarm_intent_frontier):
+        cheaper = [s for s in sweep if s.warm_replica_hours_per_day <= histogram.warm_replica_hours_per_day]
+        if cheaper:
+            best = min(cheaper, key=lambda s: s.cold_starts)
+            lines.append(
+                f"- {best.policy}: {best.cold_starts} cold starts at {best.warm_replica_hours_per_day:.1f} warm "
+                f"replica-h/day; hybrid-histogram: {histogram.cold_starts} at "
+                f"{histogram.warm_replica_hours_per_day:.1f} ({best.cold_starts / max(histogram.cold_starts, 1):.2f}x)"
+            )
+    return lines or ["- no prewarm sweep point spends as little as the hybrid histogram"]
+
+
 def render_report(result: replay.ReplayResult, args: argparse.Namespace, trace: traces.Trace) -> str:
     """report.md: what was replayed, every score, and prewarm against the keep-alive frontier."""
     window = result.window
@@ -209,6 +224,9 @@ def render_report(result: replay.ReplayResult, args: argparse.Namespace, trace: 
             *_table(result.keepalive_frontier),
             "",
         ]
+    histogram = next((s for s in result.scores if s.policy == "hybrid-histogram"), None)
+    if histogram is not None and result.prewarm_frontier:
+        lines += ["## Against the hybrid histogram", "", *_versus_histogram(histogram, result), ""]
     if result.prewarm_frontier:
         lines += ["## prewarm quantile sweep", "", *_table(result.prewarm_frontier), ""]
     if result.prewarm_intent_frontier:
