@@ -9,7 +9,7 @@ import yaml
 
 from prewarm import targets
 
-EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "keda" / "examples").glob("scaledobject-*.yaml"))
+EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples" / "keda").glob("scaledobject-*.yaml"))
 
 
 @pytest.mark.parametrize("path", EXAMPLES, ids=[p.name for p in EXAMPLES])

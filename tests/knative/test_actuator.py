@@ -21,7 +21,7 @@ from prewarm import clock, policy, targets
 
 SERVING, AUTOSCALING = "serving.knative.dev/v1", "autoscaling.internal.knative.dev/v1alpha1"
 MIN = "autoscaling.knative.dev/min-scale"
-RBAC = (Path(__file__).resolve().parents[2] / "manifests" / "knative" / "rbac.yaml").read_text()
+RBAC = (Path(__file__).resolve().parents[2] / "manifests" / "overlays" / "knative" / "rbac.yaml").read_text()
 SPEC = targets.TargetSpec(
     ref=targets.TargetRef("llm", "chat"), kind=targets.TargetKind.KNATIVE, max=8, sessions_per_replica=1
 )
