@@ -60,6 +60,7 @@ class KnativeActuator:
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._invalid_logged: set[tuple[str, str, str]] = set()
+        self._locks: dict[str, asyncio.Lock] = {}  # one apply per target at a time: the second reads the first's write
         self.counts: dict[str, int] = {"patched": 0, "unchanged": 0, "gone": 0, "invalid": 0, "failed": 0}
 
     async def floor_object(self) -> str:
@@ -93,17 +94,18 @@ class KnativeActuator:
         """
         if not self._is_leader():
             return
-        namespace, _, name = target.partition("/")
-        try:
-            service = await self._api.get_service(namespace, name)
-        except kube_api.NotFound:
-            self.counts["gone"] += 1
-            log.info("%s: no such Knative Service; nothing to patch", target)
-            return
-        user_min = floors.user_min_scale(service)
-        kind = await self.floor_object()
-        for revision in floors.routed_revisions(service):
-            await self._apply_one(kind, namespace, revision, floor, user_min)
+        async with self._locks.setdefault(target, asyncio.Lock()):
+            namespace, _, name = target.partition("/")
+            try:
+                service = await self._api.get_service(namespace, name)
+            except kube_api.NotFound:
+                self.counts["gone"] += 1
+                log.info("%s: no such Knative Service; nothing to patch", target)
+                return
+            user_min = floors.user_min_scale(service)
+            kind = await self.floor_object()
+            for revision in floors.routed_revisions(service):
+                await self._apply_one(kind, namespace, revision, floor, user_min)
         if wake:
             await self._send_wake(target, service)
 

@@ -64,25 +64,55 @@ class ServiceDiscovery:
         self._sleep = sleep
         self._known: dict[str, tuple[targets.TargetSpec, list[str]]] = {}  # target -> (spec, routed revisions)
         self._refused: set[tuple[str, str]] = set()  # (target, resourceVersion) already logged
-        self.lists = 0
+        self.lists: dict[str, int] = {"services": 0, "revisions": 0}  # full lists made, by plural
 
     async def run(self) -> None:
+        """Follow annotated Services and their Revisions until cancelled."""
+        await asyncio.gather(
+            self._follow("services", "", self._sync, self._handle),
+            self._follow("revisions", keys.SERVICE_LABEL, lambda items: None, self._handle_revision),
+        )
+
+    async def _follow(
+        self,
+        plural: str,
+        label_selector: str,
+        sync: Callable[[list[dict[str, Any]]], None],
+        handle: Callable[[Mapping[str, Any]], str | None],
+    ) -> None:
+        """List, then bounded watches that each resume where the last ended; relist on 410 Gone."""
         backoff = 0.5
         while True:
             try:
-                items, version = await self._api.list_services()
-                self.lists += 1
-                self._sync(items)
-                while True:  # bounded watches, each resuming where the last ended
-                    async for event in self._api.watch_services(version, self._timeout):
-                        version = self._handle(event) or version
+                items, version = await self._api.list_serving(plural, label_selector)
+                self.lists[plural] += 1
+                sync(items)
+                while True:
+                    async for event in self._api.watch_serving(plural, version, self._timeout, label_selector):
+                        version = handle(event) or version
                     backoff = 0.5
             except kube_api.Gone:
-                log.info("watch expired (410); listing Knative Services again")
+                log.info("watch of Knative %s expired (410); listing again", plural)
             except kube_api.KubeAPIError as e:
-                log.warning("Knative Service discovery: %s; retrying in %.1fs", e, backoff)
+                log.warning("Knative %s discovery: %s; retrying in %.1fs", plural, e, backoff)
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
+
+    def _handle_revision(self, event: Mapping[str, Any]) -> str | None:
+        """A Revision changed (its min-scale drifted, say): re-apply its Service's floor, unless it is a
+        discovered target's unrouted Revision. Config-file targets are not followed here, so any of
+        their Revisions counts; the listener ignores Services that are not targets."""
+        revision = event.get("raw_object") or event.get("object") or {}
+        if not isinstance(revision, dict):
+            return None
+        metadata = revision.get("metadata") or {}
+        service = (metadata.get("labels") or {}).get(keys.SERVICE_LABEL)
+        target = f"{metadata.get('namespace')}/{service}"
+        known = self._known.get(target)
+        routed = known is None or metadata.get("name") in known[1]
+        if event.get("type") == "MODIFIED" and service and routed:
+            self._listeners.traffic_changed(target)
+        return str(metadata.get("resourceVersion") or "") or None
 
     def _sync(self, services: list[dict[str, Any]]) -> None:
         seen = set()

@@ -45,6 +45,11 @@ class Gone(KubeAPIError):
     """410: the resourceVersion to watch from is too old; list again."""
 
 
+def _selector(label_selector: str) -> dict[str, str]:
+    """`label_selector` for the client only when there is one (an empty one would still be sent)."""
+    return {"label_selector": label_selector} if label_selector else {}
+
+
 def _translate(error: ApiException) -> KubeAPIError:
     status = int(error.status or 0)
     message = str(error.reason or "")
@@ -123,15 +128,22 @@ class KubeAPI:
             _content_type=keys.MERGE_PATCH,
         )
 
-    async def list_services(self) -> tuple[list[dict[str, Any]], str]:
-        """Every Knative Service in the cluster, and the list's resourceVersion to watch from."""
+    async def list_serving(self, plural: str, label_selector: str = "") -> tuple[list[dict[str, Any]], str]:
+        """Every Knative Serving object of `plural` (`services`, `revisions`) in the cluster matching
+        `label_selector`, and the list's resourceVersion to watch from."""
         listing = await self._object(
-            self._custom.list_cluster_custom_object, keys.SERVING_GROUP, keys.SERVING_VERSION, "services"
+            self._custom.list_cluster_custom_object,
+            keys.SERVING_GROUP,
+            keys.SERVING_VERSION,
+            plural,
+            **_selector(label_selector),
         )
         return list(listing.get("items") or []), str((listing.get("metadata") or {}).get("resourceVersion") or "")
 
-    async def watch_services(self, resource_version: str, timeout_seconds: int) -> AsyncIterator[dict[str, Any]]:
-        """Service events after `resource_version`, until the server ends the watch (bounded by
+    async def watch_serving(
+        self, plural: str, resource_version: str, timeout_seconds: int, label_selector: str = ""
+    ) -> AsyncIterator[dict[str, Any]]:
+        """Events of `plural` after `resource_version`, until the server ends the watch (bounded by
         `timeout_seconds`). Raises Gone when the version is too old. The blocking stream runs on a
         thread of its own, so a long watch never holds one of the pool's workers."""
         loop = asyncio.get_running_loop()
@@ -151,10 +163,11 @@ class KubeAPI:
                     self._custom.list_cluster_custom_object,
                     keys.SERVING_GROUP,
                     keys.SERVING_VERSION,
-                    "services",
+                    plural,
                     resource_version=resource_version,
                     timeout_seconds=timeout_seconds,
                     _request_timeout=timeout_seconds + self._timeout,
+                    **_selector(label_selector),
                 ):
                     if not hand_over(event):
                         return

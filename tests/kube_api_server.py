@@ -53,7 +53,9 @@ class KubeAPIServer:
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, plural, type, object)
         self.oldest_watchable = 0  # resourceVersions below this are compacted: a watch gets 410
         self._changed = asyncio.Condition()
+        self._closing = False
         self.app = web.Application()
+        self.app.on_shutdown.append(self._end_watches)
         self.app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
         self.app.router.add_get("/apis/{group}/{version}/{plural}", self._list_or_watch)
         self.app.router.add_post("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._create)
@@ -75,6 +77,12 @@ class KubeAPIServer:
     def compact(self) -> None:
         """Forget the event history: watches from any earlier resourceVersion get 410 Gone."""
         self.oldest_watchable = self._version + 1
+
+    async def _end_watches(self, app: web.Application) -> None:
+        """On shutdown open watches end at once, as the API server closes them (no 60 s drain)."""
+        self._closing = True
+        async with self._changed:
+            self._changed.notify_all()
 
     def _record(self, plural: str, kind: str, obj: dict[str, Any]) -> None:
         self.events.append((int(obj["metadata"]["resourceVersion"]), plural, kind, copy.deepcopy(obj)))
@@ -192,8 +200,13 @@ class KubeAPIServer:
                 dict(request.query),
             )
         )
+        selector = request.query.get("labelSelector", "")
         if request.query.get("watch") not in ("true", "1", "True"):
-            items = [obj for (gv, _, p, _), obj in sorted(self.objects.items()) if p == plural]
+            items = [
+                obj
+                for (gv, _, p, _), obj in sorted(self.objects.items())
+                if p == plural and labels_match(obj, selector)
+            ]
             return web.json_response(
                 {"kind": "List", "metadata": {"resourceVersion": str(self._version)}, "items": items}
             )
@@ -221,16 +234,29 @@ class KubeAPIServer:
         while True:
             for rv, event_plural, kind, obj in list(self.events):
                 if rv > sent and event_plural == plural:
-                    await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
+                    if labels_match(obj, selector):
+                        await response.write(json.dumps({"type": kind, "object": obj}).encode() + b"\n")
                     sent = rv
             remaining = deadline - loop.time()
-            if remaining <= 0:
+            if remaining <= 0 or self._closing:
                 return response
             try:
                 async with self._changed:
+                    if self._closing:  # checked under the lock: a shutdown cannot slip in before the wait
+                        return response
                     await asyncio.wait_for(self._changed.wait(), remaining)
             except TimeoutError:
                 return response
+
+
+def labels_match(obj: dict[str, Any], selector: str) -> bool:
+    """Equality and existence label selectors (`a=b,c`), as the API server reads them."""
+    labels = (obj.get("metadata") or {}).get("labels") or {}
+    for term in filter(None, (t.strip() for t in selector.split(","))):
+        key, equals, value = term.partition("=")
+        if key not in labels or (equals and labels[key] != value):
+            return False
+    return True
 
 
 def knative_webhook(obj: dict[str, Any]) -> str | None:

@@ -275,7 +275,12 @@ async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
                 timeout_seconds=1,
             )
             task = asyncio.create_task(finder.run())
-            await wait_for(lambda c=cluster: any(m == "WATCH" for m, *_ in c.server.requests))  # type: ignore[misc]
+            await wait_for(
+                lambda c=cluster: (
+                    {p.rsplit("/", 1)[-1] for m, p, *_ in c.server.requests if m == "WATCH"}  # type: ignore[misc]
+                    == {"services", "revisions"}
+                )
+            )
             task.cancel()
             manual = clock.ManualClock(datetime(2026, 5, 1, tzinfo=UTC))
             electors = [

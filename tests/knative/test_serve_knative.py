@@ -138,3 +138,44 @@ async def test_annotated_services_are_discovered_and_followed(tmp_path: Path) ->
             fake.add(SERVING, "services", agent("agent-00002", enabled=False))  # pre-warming switched off
             await wait_for(lambda: "llm/agent" not in service.decider.specs, within=10)
             await wait_for(lambda: min_scale("agent-00002") == "1", within=10)  # the user's min-scale again
+
+
+async def test_a_drifted_routed_revision_gets_the_floor_back(tmp_path: Path) -> None:
+    fake = knative_api_server()
+    fake.add(
+        SERVING,
+        "services",
+        {
+            "metadata": {"name": "chat", "namespace": "llm", "annotations": {"prewarm.dev/enabled": "true"}},
+            "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/max-scale": "4"}}}},
+            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
+        },
+    )
+    labels = {"serving.knative.dev/service": "chat"}
+    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm", "labels": labels}})
+    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00000", "namespace": "llm", "labels": labels}})
+    async with TestServer(fake.app) as api:
+        options = cli.ServeOptions(
+            config=None,  # targets come from annotated Services only
+            http_host="127.0.0.1",
+            http_port=0,
+            actuators=("log", "knative"),
+            kubeconfig=write_kubeconfig(tmp_path, api),
+        )
+        async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
+            await wait_for(lambda: "llm/chat" in service.decider.specs, within=10)
+            await open_session(service.http_port, "llm/chat", "a")
+            revision = lambda name: fake.get(SERVING, "llm", "revisions", name)  # noqa: E731
+            min_scale = lambda name: (revision(name)["metadata"].get("annotations") or {}).get(MIN)  # noqa: E731
+            await wait_for(lambda: min_scale("chat-00001") == "1", within=10)
+            patches = len(fake.patches())
+            # Someone (a GitOps tool, a person) writes the routed Revision's min-scale back to 0.
+            drifted = revision("chat-00001")
+            drifted["metadata"]["annotations"][MIN] = "0"
+            fake.add(SERVING, "revisions", drifted)
+            await wait_for(lambda: min_scale("chat-00001") == "1", within=10)
+            assert len(fake.patches()) == patches + 1
+            # An unrouted Revision changing is none of our business.
+            fake.add(SERVING, "revisions", {**revision("chat-00000"), "spec": {"note": "touched"}})
+            await wait_for(lambda: revision("chat-00000").get("spec") == {"note": "touched"})
+    assert [p for p, _, _ in fake.patches() if p.endswith("/chat-00000")] == []
