@@ -3,8 +3,9 @@
 Each minute it reads every forecast-enabled target's arrival history, predicts the replicas worth
 keeping warm for the target's horizon, and tells the decider which targets' forecasts changed.
 It refits the pooled model every `refit` (15 min by default) in a worker thread, so the event
-loop never waits on scikit-learn. It also scores each past prediction once its horizon has
-passed (`prewarm.forecast.error`).
+loop never waits on scikit-learn; until a fit has both outcomes to learn from, targets use the
+hybrid-histogram fallback and the fit is tried again each minute. It also scores each past
+prediction once its horizon has passed (`prewarm.forecast.error`).
 """
 
 from __future__ import annotations
@@ -71,6 +72,8 @@ class ForecastLoop:
                 await self.update(now)
             except state.StateUnavailable as e:
                 log.warning("forecast skipped, store unavailable: %s", e)
+            except Exception:  # one bad minute must not end forecasting for good
+                log.exception("forecast update at %s failed", now)
             minute = math.floor(now.timestamp() / 60)
             await self._clock.wait_until(datetime.fromtimestamp((minute + 1) * 60, UTC), wake)
 
@@ -87,9 +90,12 @@ class ForecastLoop:
         horizons = {
             name: forecast.horizon_minutes(spec.forecast.horizon.total_seconds()) for name, spec in enabled.items()
         }
-        if self._fitted_at is None or now - self._fitted_at >= self._refit:
+        due = self._fitted_at is None or now - self._fitted_at >= self._refit
+        if due:
             self._fitted_at = now
-            for horizon in set(horizons.values()):
+        for horizon in set(horizons.values()):
+            fitted = self._models.get(horizon)
+            if due or fitted is None or fitted.estimator is None:  # no model yet: try again each minute
                 rows = [counts[n] for n, h in horizons.items() if h == horizon]
                 self._models[horizon] = await asyncio.get_running_loop().run_in_executor(
                     None, self._fit, rows, first, horizon
@@ -102,9 +108,10 @@ class ForecastLoop:
             self._score(name, history, first, minute)
             here = np.asarray([index])
             probability: float | None = None
-            if forecast.has_history(history) and horizon in self._models:
+            model = self._models.get(horizon)
+            if forecast.has_history(history) and model is not None and model.estimator is not None:
                 features = forecast.feature_matrix(history, here, first_minute=first, horizon=horizon)
-                probability = float(self._models[horizon].probability(features)[0])
+                probability = float(model.probability(features)[0])
                 tail = forecast.demand_tail(forecast.demand_in_horizon(history, horizon), pooled)
                 value = float(forecast.replicas_for(np.asarray([probability]), tail, spec.forecast.quantile)[0])
             else:

@@ -8,7 +8,7 @@ import shutil
 import socket
 import subprocess
 import time
-from collections.abc import Callable
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -82,6 +82,15 @@ async def wait_for(predicate: Callable[[], bool], *, within: float = 5.0) -> Non
     """Poll `predicate` while the event loop runs; fail after `within` seconds."""
     deadline = time.monotonic() + within
     while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError("condition not met before the deadline")
+        await asyncio.sleep(0.001)
+
+
+async def wait_for_async(predicate: Callable[[], Awaitable[bool]], *, within: float = 5.0) -> None:
+    """`wait_for` for a predicate that must await (a scrape, a query)."""
+    deadline = time.monotonic() + within
+    while not await predicate():
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.001)

@@ -16,13 +16,14 @@ from opentelemetry.sdk.trace import TracerProvider
 from opentelemetry.sdk.trace.export import SimpleSpanProcessor
 from opentelemetry.sdk.trace.export.in_memory_span_exporter import InMemorySpanExporter
 from prometheus_client.parser import text_string_to_metric_families
-from support import wait_for
+from support import wait_for, wait_for_async
 
 from prewarm import __main__ as cli
-from prewarm import clock
+from prewarm import clock, ledger, state
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 DASHBOARD = (Path(__file__).resolve().parents[1] / "manifests" / "grafana" / "kube-prewarm-dashboard.json").read_text()
+FORECAST_PANEL_METRICS = {"prewarm_forecast_error_sum", "prewarm_forecast_error_count"}
 TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
 TRACEPARENT = f"00-{TRACE_ID}-00f067aa0ba902b7-01"
 
@@ -140,7 +141,7 @@ async def test_metrics_and_traces_follow_events_decisions_and_phases(app: App) -
     assert not [key for key in metrics if "ml/evil-123" in str(key)]
 
     # every metric the shipped Grafana dashboard queries is one the app exports
-    queried = set(re.findall(r"prewarm_[a-z_]+", DASHBOARD))
+    queried = set(re.findall(r"prewarm_[a-z_]+", DASHBOARD)) - FORECAST_PANEL_METRICS  # no forecast target here
     exported = {name for name, _ in metrics}
     assert queried and queried <= exported, queried - exported
 
@@ -209,3 +210,49 @@ async def test_the_cache_wrapper_and_the_sdk_report_pod_phases(app: App, tmp_pat
     for name in ("cache_restored", "weights_loaded"):
         assert metrics[("prewarm_cold_start_duration_seconds_count", (("phase", name), *chat))] == 1
     assert metrics[("prewarm_events_total", (("outcome", "accepted"), ("type", "phase")))] == 3
+
+
+async def test_forecast_error_is_scraped_once_a_prediction_can_be_scored(tmp_path: Path) -> None:
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets: [{name: ml/chat, kind: keda, max: 3, forecast: {enabled: true, quantile: 0.9, horizon: 60s}}]\n"
+    )
+    manual = clock.ManualClock(T0)
+    options = cli.ServeOptions(config=config, http_host="127.0.0.1", http_port=0)
+    async with cli.run_service(options, clock=manual, out=io.StringIO()) as service:
+        # A history to learn from: a session in every minute of the last half hour, 12:00 included.
+        past = [T0 - timedelta(minutes=m) for m in range(31)]
+        await service.store.record_intents(
+            [
+                state.Intent(
+                    "ml/chat",
+                    "test",
+                    f"h{i}",
+                    ledger.SessionEvent(ledger.SessionEventType.OPENED, f"s{i}", at, timedelta(seconds=60)),
+                )
+                for i, at in enumerate(sorted(past))
+            ]
+        )
+        app = App(service, InMemorySpanExporter(), manual)
+        async with aiohttp.ClientSession() as http:
+            manual.advance(timedelta(minutes=1))  # predicts for [12:01, 12:02) from the history
+            await wait_for(
+                lambda: (
+                    service.decider.decisions.get("ml/chat") is not None
+                    and service.decider.decisions["ml/chat"].source.value == "forecast"
+                )
+            )
+            manual.advance(timedelta(minutes=1))  # that window has passed: the prediction is scored
+            error_count = ("prewarm_forecast_error_count", (("target", "ml/chat"),))
+            scraped: dict[Any, float] = {}
+
+            async def scored() -> bool:
+                scraped.update(await app.metrics(http))
+                return scraped.get(error_count, 0) >= 1
+
+            await wait_for_async(scored)
+    assert scraped[error_count] == 1
+    assert set(re.findall(r"prewarm_[a-z_]+", DASHBOARD)) >= FORECAST_PANEL_METRICS
+    assert {name for name, _ in scraped} >= FORECAST_PANEL_METRICS
+    # predicted a likely arrival after thirty busy minutes, and none came: a large error
+    assert 0.5 < scraped[("prewarm_forecast_error_sum", (("target", "ml/chat"),))] <= 1.0
