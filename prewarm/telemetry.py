@@ -68,7 +68,12 @@ class Telemetry:
         self._budget = meter.create_gauge(
             "prewarm.budget.used", unit="h", description="Pre-warm replica-hours spent today (UTC)"
         )
-        self._events = meter.create_counter("prewarm.events", unit="{event}", description="CloudEvents received")
+        # Counted per event on the ingest hot path: plain integers here, read by OpenTelemetry only
+        # when it collects (a scrape or an export), instead of an instrument call per event.
+        self._event_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        meter.create_observable_counter(
+            "prewarm.events", callbacks=[self._observe_events], unit="{event}", description="CloudEvents received"
+        )
         self._decision_duration = meter.create_histogram(
             "prewarm.decision.duration",
             unit="s",
@@ -82,11 +87,17 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
         self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
-        self._cold = meter.create_counter(
-            "prewarm.cold_starts", unit="{session}", description="Sessions that opened with no warm replica"
+        meter.create_observable_counter(
+            "prewarm.cold_starts",
+            callbacks=[self._observe_cold],
+            unit="{session}",
+            description="Sessions that opened with no warm replica",
         )
-        self._warm = meter.create_counter(
-            "prewarm.warm_starts", unit="{session}", description="Sessions that opened with a warm replica"
+        meter.create_observable_counter(
+            "prewarm.warm_starts",
+            callbacks=[self._observe_warm],
+            unit="{session}",
+            description="Sessions that opened with a warm replica",
         )
         self._phase_duration = meter.create_histogram(
             "prewarm.cold_start.duration",
@@ -129,18 +140,23 @@ class Telemetry:
 
     def record_events(self, kind: str, outcome: str, count: int = 1) -> None:
         """`kind`: opened/heartbeat/closed/phase or `unknown`; `outcome`: accepted, duplicate, rejected.<code>."""
-        self._events.add(count, {"type": kind, "outcome": outcome})
+        self._event_counts[(kind, outcome)] += count
+
+    def _observe_events(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (kind, outcome), count in sorted(self._event_counts.items()):
+            yield Observation(count, {"type": kind, "outcome": outcome})
 
     def record_session_opened(self, target: str, floor_before: int | None) -> None:
         """A session opened: warm if the target's floor already kept a replica, cold otherwise."""
-        label = {"target": self._target(target)}
-        counts = self._starts[label["target"]]
-        if floor_before:
-            self._warm.add(1, label)
-            counts[0] += 1
-        else:
-            self._cold.add(1, label)
-            counts[1] += 1
+        self._starts[self._target(target)][0 if floor_before else 1] += 1
+
+    def _observe_warm(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, (warm, _) in sorted(self._starts.items()):
+            yield Observation(warm, {"target": target})
+
+    def _observe_cold(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, (_, cold) in sorted(self._starts.items()):
+            yield Observation(cold, {"target": target})
 
     def _observe_hit_ratio(self, options: CallbackOptions) -> Iterable[Observation]:
         for target, (warm, cold) in sorted(self._starts.items()):
