@@ -125,6 +125,7 @@ class ReplaySettings:
     quantile: float = targets.DEFAULT_FORECAST_QUANTILE
     forecast: forecast.ForecastConfig = dataclasses.field(default_factory=forecast.ForecastConfig)
     refit_minutes: int = 360
+    hold: timedelta = targets.DEFAULT_HOLD  # the prewarm policy's scale-down hold
     cron_specs: Mapping[str, targets.TargetSpec] = dataclasses.field(default_factory=dict)  # by trace target name
 
     def __post_init__(self) -> None:
@@ -166,7 +167,9 @@ class PolicyScore:
         )
 
 
-def default_spec(name: str, quantile: float, horizon_seconds: float, concurrency: int) -> targets.TargetSpec:
+def default_spec(
+    name: str, quantile: float, horizon_seconds: float, concurrency: int, hold: timedelta = targets.DEFAULT_HOLD
+) -> targets.TargetSpec:
     """The spec a trace target gets without a config: no ceiling to speak of, forecast on, and one
     session per replica slot (a session's requests come one after another)."""
     return targets.TargetSpec(
@@ -174,6 +177,7 @@ def default_spec(name: str, quantile: float, horizon_seconds: float, concurrency
         kind=targets.TargetKind.KEDA,
         max=UNLIMITED_MAX,
         sessions_per_replica=concurrency,
+        hold=hold,
         forecast=targets.ForecastSettings(True, quantile, timedelta(seconds=horizon_seconds)),
     )
 
@@ -421,7 +425,7 @@ class Replay:
             cron_only = dataclasses.replace(spec, forecast=targets.ForecastSettings(enabled=False))
             return decision_floor(cron_only, start=start, end=end)
         quantile = choice.value if choice.value is not None else self.settings.quantile
-        spec = default_spec(request.name, quantile, self.horizon_seconds, self.settings.concurrency)
+        spec = default_spec(request.name, quantile, self.horizon_seconds, self.settings.concurrency, self.settings.hold)
         trace_forecast = self.prepare_forecast()
         replicas = trace_forecast.replicas(request.name, spec.forecast.quantile, self.settings.concurrency)
         predicted_from = self.forecast_predict_from

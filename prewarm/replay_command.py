@@ -8,6 +8,7 @@ import json
 import sys
 import time
 from collections.abc import Sequence
+from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
 
@@ -41,6 +42,7 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--forecast-model", choices=[k.value for k in forecast.ModelKind], default="boosting")
     parser.add_argument("--forecast-horizon", default="60s", help="how far ahead P(arrival) looks (default 60s)")
     parser.add_argument("--refit", default="6h", help="trace time between forecaster refits (default 6h)")
+    parser.add_argument("--hold", default="120s", help="prewarm's scale-down hold (default 120s, as serve's)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the keepalive and quantile sweeps")
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     return parser
@@ -55,7 +57,7 @@ def _settings(args: argparse.Namespace) -> tuple[traces.Trace, replay.ReplaySett
     except ValueError as e:
         problems.append(str(e))
     durations: dict[str, float] = {}
-    for flag, text in (("--forecast-horizon", args.forecast_horizon), ("--refit", args.refit)):
+    for flag, text in (("--forecast-horizon", args.forecast_horizon), ("--refit", args.refit), ("--hold", args.hold)):
         try:
             durations[flag] = targets.parse_duration(text).total_seconds()
         except ValueError as e:
@@ -109,6 +111,7 @@ def _settings(args: argparse.Namespace) -> tuple[traces.Trace, replay.ReplaySett
             seed=args.seed,
         ),
         refit_minutes=max(1, round(durations["--refit"] / 60)),
+        hold=timedelta(seconds=durations["--hold"]),
         cron_specs=by_trace_name,
     )
     return trace, settings, choices

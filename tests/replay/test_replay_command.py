@@ -171,12 +171,15 @@ def test_bad_arguments_are_reported_together(tmp_path: Path, capsys: pytest.Capt
         "normal:1",
         "--concurrency",
         "0",
+        "--hold",
+        "a while",
     )
     assert cli.main(args) == 2
     err = capsys.readouterr().err
     for expected in (
         "'warmest' is not a policy",
         "'keepalive:soon': keepalive needs a duration",
+        "--hold: 'a while' is not a duration",
         "--score-from: 'yesterday'",
         "--intent-lead: 'normal:1'",
         "--concurrency: 0 must be >= 1",
