@@ -297,6 +297,12 @@ class TraceForecast:
         return np.where(np.isnan(p), self.fallback[target], learned)
 
 
+def minute_grid(trace: traces.Trace) -> tuple[int, int]:
+    """The trace's first absolute minute and how many minutes the forecasts cover (one spare)."""
+    first_minute = int(trace.start // 60)
+    return first_minute, int(trace.end // 60) - first_minute + 2
+
+
 def forecast_trace(
     trace: traces.Trace,
     config: forecast.ForecastConfig,
@@ -306,8 +312,7 @@ def forecast_trace(
     on_refit: Callable[[], None] | None = None,
 ) -> TraceForecast:
     """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block."""
-    first_minute = int(trace.start // 60)
-    n_minutes = int(trace.end // 60) - first_minute + 2
+    first_minute, n_minutes = minute_grid(trace)
     minutes = np.arange(n_minutes)
     counts = {
         t.name: np.bincount((t.arrivals // 60).astype(np.int64) - first_minute, minlength=n_minutes)
@@ -349,8 +354,7 @@ def forecast_trace(
 
 def refit_count(trace: traces.Trace, predict_from: float, refit_minutes: int) -> int:
     """How many refits `forecast_trace` makes (for progress reporting)."""
-    first_minute = int(trace.start // 60)
-    n_minutes = int(trace.end // 60) - first_minute + 2
+    first_minute, n_minutes = minute_grid(trace)
     begin = max(0, int(predict_from // 60) - first_minute)
     return max(0, math.ceil((n_minutes - begin) / refit_minutes))
 

@@ -14,6 +14,7 @@ import math
 from collections.abc import Iterable, Iterator, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import TextIO
 
 import numpy as np
 
@@ -71,12 +72,16 @@ def parse_timestamp(text: str) -> float:
     return datetime.strptime(text.strip(), _TIMESTAMP_FORMAT).replace(tzinfo=UTC).timestamp()
 
 
-def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+def _open(path: Path) -> TextIO:
+    """A trace file opened for csv; TraceError (not OSError) when it cannot be."""
     try:
-        handle = path.open(newline="", encoding="utf-8")
+        return path.open(newline="", encoding="utf-8")
     except OSError as e:
         raise TraceError(path, [f"cannot open: {e.strerror}"]) from e
-    with handle:
+
+
+def _rows(path: Path, required: Sequence[str]) -> Iterator[tuple[int, dict[str, str]]]:
+    with _open(path) as handle:
         reader = csv.DictReader(handle)
         header = reader.fieldnames or []
         missing = [c for c in required if c not in header]
@@ -154,11 +159,7 @@ def read_azure_functions(path: Path, *, seed: int) -> Trace:
     rng = np.random.default_rng(seed)
     per_target: dict[str, list[tuple[float, float, str]]] = {}
     day_start = AZURE_DAY_START.timestamp()
-    try:
-        handle = path.open(newline="", encoding="utf-8")
-    except OSError as e:
-        raise TraceError(path, [f"cannot open: {e.strerror}"]) from e
-    with handle:
+    with _open(path) as handle:
         reader = csv.reader(handle)
         header = next(reader, [])
         if "HashFunction" not in header:

@@ -187,6 +187,14 @@ def test_bad_arguments_are_reported_together(tmp_path: Path, capsys: pytest.Capt
         assert expected in err
 
 
+def test_a_missing_trace_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(replay_args(tmp_path / "nowhere.csv", tmp_path / "out")) == 2
+    assert (
+        f"cannot read {tmp_path / 'nowhere.csv'}:\n  - cannot open: No such file or directory"
+        in capsys.readouterr().err
+    )
+
+
 def test_a_bad_cold_start_file_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
     trace = tmp_path / "requests.csv"
     write_alibaba(trace)
