@@ -101,7 +101,10 @@ class ForecastLoop:
                     None, self._fit, rows, first, horizon
                 )
         index = forecast.HISTORY_MINUTES  # `minute` relative to `first`
-        pooled = forecast.demand_tail(np.concatenate([forecast.demand_in_horizon(c, 1) for c in counts.values()]))
+        pooled = {  # every target's demand per horizon window: the prior for a target's own tail
+            h: forecast.demand_tail(np.concatenate([forecast.demand_in_horizon(counts[n], h) for n in counts]))
+            for h in set(horizons.values())
+        }
         for name, spec in enabled.items():
             horizon = horizons[name]
             history = counts[name]
@@ -112,7 +115,7 @@ class ForecastLoop:
             if forecast.has_history(history) and model is not None and model.estimator is not None:
                 features = forecast.feature_matrix(history, here, first_minute=first, horizon=horizon)
                 probability = float(model.probability(features)[0])
-                tail = forecast.demand_tail(forecast.demand_in_horizon(history, horizon), pooled)
+                tail = forecast.demand_tail(forecast.demand_in_horizon(history, horizon), pooled[horizon])
                 value = float(forecast.replicas_for(np.asarray([probability]), tail, spec.forecast.quantile)[0])
             else:
                 value = float(forecast.fallback_replicas(history, here, learned_until=index)[0])
