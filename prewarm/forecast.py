@@ -17,14 +17,12 @@ import dataclasses
 import enum
 import math
 from collections.abc import Sequence
+from typing import Any
 
 import numpy as np
-from scipy import signal
-from sklearn.base import ClassifierMixin
-from sklearn.ensemble import HistGradientBoostingClassifier
-from sklearn.linear_model import LogisticRegression
-from sklearn.pipeline import make_pipeline
-from sklearn.preprocessing import StandardScaler
+
+# scikit-learn and SciPy are imported where first used: they take seconds to import, and
+# `prewarm serve` without forecast-enabled targets never needs them.
 
 MINUTES_PER_DAY = 1440
 MINUTES_PER_WEEK = 7 * MINUTES_PER_DAY
@@ -103,6 +101,8 @@ def feature_matrix(counts: np.ndarray, minutes: np.ndarray, *, first_minute: int
     absolute = minutes + first_minute
     day_angle = 2 * np.pi * (absolute % MINUTES_PER_DAY) / MINUTES_PER_DAY
     week_angle = 2 * np.pi * (((absolute // MINUTES_PER_DAY) + _EPOCH_WEEKDAY) % 7) / 7
+    from scipy import signal
+
     ewma = signal.lfilter([1 - 0.5 ** (1 / 10)], [1, -(0.5 ** (1 / 10))], counts) if counts.size else counts
     before = minutes - 1
     ewma_now = np.where(before >= 0, ewma[np.clip(before, 0, max(counts.size - 1, 0))] if counts.size else 0.0, 0.0)
@@ -177,8 +177,13 @@ def replicas_for(p_arrival: np.ndarray, tail: np.ndarray, quantile: float, concu
     return np.asarray(np.ceil(requests / concurrency), dtype=np.float64)
 
 
-def build_model(kind: ModelKind, seed: int) -> ClassifierMixin:
-    """A fresh, unfitted classifier of `kind`."""
+def build_model(kind: ModelKind, seed: int) -> Any:
+    """A fresh, unfitted scikit-learn classifier of `kind`."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
     if kind is ModelKind.LOGISTIC:
         return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
     return HistGradientBoostingClassifier(
@@ -199,7 +204,7 @@ class ArrivalModel:
     `odds_scale` (negative rate / positive rate) maps the model's odds back to the population's.
     """
 
-    estimator: ClassifierMixin | None
+    estimator: Any  # a fitted scikit-learn classifier, or None
     constant: float
     odds_scale: float = 1.0
 
