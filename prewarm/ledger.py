@@ -8,6 +8,7 @@ Tombstones are kept for the session TTL after the close, longer than any late co
 
 from __future__ import annotations
 
+import bisect
 import dataclasses
 import enum
 from collections.abc import Iterable
@@ -57,40 +58,44 @@ class SessionLedger:
 
     `capacity` bounds memory: when full, an `opened` for a new id evicts the entry that expires
     first (dead entries before live ones) and `dropped` counts live sessions lost that way.
+    Live sessions and tombstones are also kept sorted by expiry, so counting, pruning and
+    eviction cost O(log n) searches instead of a walk over every session.
     """
 
-    __slots__ = ("_entries", "capacity", "dropped")
+    __slots__ = ("_dead", "_entries", "_live", "capacity", "dropped")
 
     def __init__(self, *, capacity: int = 10_000) -> None:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._entries: dict[str, _Entry] = {}
+        self._live: list[tuple[datetime, str]] = []  # (expires_at, session) of open sessions, sorted
+        self._dead: list[tuple[datetime, str]] = []  # the same for tombstones (closed sessions)
         self.capacity = capacity
         self.dropped = 0
 
     def apply(self, event: SessionEvent) -> bool:
         """Apply one event; return True when it changed what the ledger holds."""
         expires_at = event.at + event.ttl
-        entry = self._entries.get(event.session)
+        session = event.session
+        entry = self._entries.get(session)
         if event.type is SessionEventType.CLOSED:
             if entry is None:
                 self._make_room(event.at)
-                self._entries[event.session] = _Entry(expires_at=expires_at, closed=True)
+                self._add(session, _Entry(expires_at=expires_at, closed=True))
                 return True
             if entry.closed:
                 if expires_at > entry.expires_at:
-                    entry.expires_at = expires_at
+                    self._move(session, entry, expires_at, closed=True)
                 return False
-            entry.closed = True
-            entry.expires_at = max(entry.expires_at, expires_at)
+            self._move(session, entry, max(entry.expires_at, expires_at), closed=True)
             return True
         if entry is None:
             self._make_room(event.at)
-            self._entries[event.session] = _Entry(expires_at=expires_at, closed=False)
+            self._add(session, _Entry(expires_at=expires_at, closed=False))
             return True
         if entry.closed or expires_at <= entry.expires_at:
             return False
-        entry.expires_at = expires_at
+        self._move(session, entry, expires_at, closed=False)
         return True
 
     def apply_all(self, events: Iterable[SessionEvent]) -> bool:
@@ -102,24 +107,34 @@ class SessionLedger:
 
     def count(self, now: datetime) -> SessionCount:
         """Live sessions at `now` (alive while now < expires_at) and the earliest expiry among them."""
-        active = 0
-        next_expiry: datetime | None = None
-        for entry in self._entries.values():
-            if not entry.closed and now < entry.expires_at:
-                active += 1
-                if next_expiry is None or entry.expires_at < next_expiry:
-                    next_expiry = entry.expires_at
-        return SessionCount(active=active, next_expiry=next_expiry)
+        first_alive = bisect.bisect_right(self._live, now, key=_expiry)
+        if first_alive == len(self._live):
+            return SessionCount(active=0, next_expiry=None)
+        return SessionCount(active=len(self._live) - first_alive, next_expiry=self._live[first_alive][0])
 
     def prune(self, now: datetime) -> int:
         """Forget entries (live or tombstones) that expired at or before `now`; return how many."""
-        expired = [sid for sid, e in self._entries.items() if e.expires_at <= now]
-        for sid in expired:
-            del self._entries[sid]
-        return len(expired)
+        forgotten = 0
+        for ordered in (self._live, self._dead):
+            gone = bisect.bisect_right(ordered, now, key=_expiry)
+            for _, session in ordered[:gone]:
+                del self._entries[session]
+            del ordered[:gone]
+            forgotten += gone
+        return forgotten
 
     def __len__(self) -> int:
         return len(self._entries)
+
+    def _add(self, session: str, entry: _Entry) -> None:
+        self._entries[session] = entry
+        bisect.insort(self._dead if entry.closed else self._live, (entry.expires_at, session))
+
+    def _move(self, session: str, entry: _Entry, expires_at: datetime, *, closed: bool) -> None:
+        ordered = self._dead if entry.closed else self._live
+        del ordered[bisect.bisect_left(ordered, (entry.expires_at, session))]
+        entry.expires_at, entry.closed = expires_at, closed
+        bisect.insort(self._dead if closed else self._live, (expires_at, session))
 
     def _make_room(self, now: datetime) -> None:
         if len(self._entries) < self.capacity:
@@ -127,7 +142,13 @@ class SessionLedger:
         self.prune(now)
         if len(self._entries) < self.capacity:
             return
-        victim = min(self._entries, key=lambda sid: (not self._entries[sid].closed, self._entries[sid].expires_at))
-        if not self._entries[victim].closed:
+        if self._dead:
+            _, victim = self._dead.pop(0)
+        else:
+            _, victim = self._live.pop(0)
             self.dropped += 1
         del self._entries[victim]
+
+
+def _expiry(item: tuple[datetime, str]) -> datetime:
+    return item[0]

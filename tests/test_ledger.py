@@ -5,6 +5,8 @@ from __future__ import annotations
 from datetime import UTC, datetime, timedelta
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from prewarm.ledger import SessionCount, SessionEvent, SessionEventType, SessionLedger
 
@@ -108,3 +110,62 @@ def test_event_validation(kwargs: dict[str, object], message: str) -> None:
     with pytest.raises(ValueError) as caught:
         SessionEvent(type=OPENED, session="a", **kwargs)  # type: ignore[arg-type]
     assert str(caught.value) == message
+
+
+class ReferenceLedger:
+    """The ledger's rules written the slow, obvious way: every operation walks every entry."""
+
+    def __init__(self, capacity: int) -> None:
+        self.entries: dict[str, list[object]] = {}  # session -> [expires_at, closed]
+        self.capacity = capacity
+        self.dropped = 0
+
+    def apply(self, event: SessionEvent) -> None:
+        expires_at = event.at + event.ttl
+        entry = self.entries.get(event.session)
+        if entry is None:
+            if len(self.entries) >= self.capacity:
+                for sid in [s for s, e in self.entries.items() if e[0] <= event.at]:  # type: ignore[operator]
+                    del self.entries[sid]
+            if len(self.entries) >= self.capacity:
+                victim = min(self.entries, key=lambda s: (not self.entries[s][1], self.entries[s][0], s))
+                self.dropped += not self.entries[victim][1]
+                del self.entries[victim]
+            self.entries[event.session] = [expires_at, event.type is CLOSED]
+        elif event.type is CLOSED:
+            entry[0], entry[1] = max(entry[0], expires_at), True  # type: ignore[call-overload]
+        elif not entry[1]:
+            entry[0] = max(entry[0], expires_at)  # type: ignore[call-overload]
+
+    def count(self, now: datetime) -> SessionCount:
+        alive = sorted(e[0] for e in self.entries.values() if not e[1] and now < e[0])  # type: ignore[operator]
+        return SessionCount(active=len(alive), next_expiry=alive[0] if alive else None)  # type: ignore[arg-type]
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    st.lists(
+        st.tuples(
+            st.sampled_from([OPENED, BEAT, CLOSED]),
+            st.sampled_from("abcdefg"),
+            st.integers(0, 1000),
+            st.integers(1, 400),
+        ),
+        max_size=60,
+    ),
+    st.integers(1, 5),
+    st.lists(st.integers(0, 1500), min_size=1, max_size=5),
+)
+def test_sorted_bookkeeping_matches_the_obvious_rules(
+    raw: list[tuple[SessionEventType, str, int, int]], capacity: int, probes: list[int]
+) -> None:
+    book, reference = SessionLedger(capacity=capacity), ReferenceLedger(capacity)
+    for kind, session, at_s, ttl_s in raw:
+        event = ev(kind, session, at_s, ttl_s)
+        book.apply(event)
+        reference.apply(event)
+        assert len(book) == len(reference.entries)
+    assert book.dropped == reference.dropped
+    for at_s in sorted(probes):
+        now = T0 + timedelta(seconds=at_s)
+        assert book.count(now) == reference.count(now)
