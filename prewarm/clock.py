@@ -32,8 +32,11 @@ class SystemClock:
 
     async def wait_until(self, deadline: datetime | None, wake: asyncio.Event) -> None:
         timeout = None if deadline is None else max(0.0, (deadline - self.now()).total_seconds())
+        # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that lands as
+        # the event is set, and a cancelled decider then slept on until its next deadline.
         with contextlib.suppress(TimeoutError):
-            await asyncio.wait_for(wake.wait(), timeout=timeout)
+            async with asyncio.timeout(timeout):
+                await wake.wait()
 
 
 class ManualClock:

@@ -78,7 +78,8 @@ class DecisionCache:
         if decision is not None:
             return decision
         try:
-            loaded = await asyncio.wait_for(self._load(target), timeout=self._load_timeout)
+            async with asyncio.timeout(self._load_timeout):  # not wait_for: it can lose a cancellation on 3.11
+                loaded = await self._load(target)
         except (TimeoutError, OSError, RuntimeError) as e:
             log.warning("cannot load the decision of %s: %s", target, e)
             return None
@@ -249,7 +250,8 @@ async def report_store_health(
     last: int | None = None
     while True:
         try:
-            await asyncio.wait_for(ping(), timeout=interval)
+            async with asyncio.timeout(interval):
+                await ping()
             status = health_pb2.HealthCheckResponse.SERVING
         except Exception as e:  # any failure to reach the store means not serving
             status = health_pb2.HealthCheckResponse.NOT_SERVING

@@ -170,3 +170,24 @@ async def test_sessions_survive_a_restart_with_the_redis_store(tmp_path: Path, r
     assert view["targets"][0]["floor"] == 2
     # the restarted process applies the stored floor once: its log starts from the stored value
     assert out.getvalue().startswith("2026-05-01T12:00:30Z ml/chat 2 -> 2 [intent]")
+
+
+async def test_a_swallowed_cancellation_still_stops_a_loop_before_it_sleeps() -> None:
+    slept_on = asyncio.Event()
+
+    async def loop_with_a_library_that_eats_cancellation() -> None:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            pass  # as a client library's cleanup path may do
+        decider.stop_if_cancelled()
+        slept_on.set()
+        await asyncio.sleep(30)
+
+    task = asyncio.create_task(loop_with_a_library_that_eats_cancellation())
+    await asyncio.sleep(0)
+    task.cancel()
+    with pytest.raises(asyncio.CancelledError):
+        async with asyncio.timeout(5):
+            await task
+    assert not slept_on.is_set()
