@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import io
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
@@ -176,10 +177,8 @@ async def test_a_swallowed_cancellation_still_stops_a_loop_before_it_sleeps() ->
     slept_on = asyncio.Event()
 
     async def loop_with_a_library_that_eats_cancellation() -> None:
-        try:
+        with contextlib.suppress(asyncio.CancelledError):  # as a client library's cleanup path may do
             await asyncio.sleep(30)
-        except asyncio.CancelledError:
-            pass  # as a client library's cleanup path may do
         decider.stop_if_cancelled()
         slept_on.set()
         await asyncio.sleep(30)
