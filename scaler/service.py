@@ -197,9 +197,15 @@ class FloorScaler(pb_grpc.ExternalScalerServicer):
         queue = self._cache.subscribe(target)  # before reading the state, so no change slips between
         try:
             decision = await self._decision(target, context)
-            yield pb.IsActiveResponse(result=decision.floor > 0)
+            last = decision.floor > 0
+            yield pb.IsActiveResponse(result=last)
             while True:
-                yield pb.IsActiveResponse(result=await queue.get())
+                # Only changes: the queue may repeat the state just read (the read itself can fill
+                # an empty cache, which notifies every subscriber of the target, this one too).
+                active = await queue.get()
+                if active != last:
+                    last = active
+                    yield pb.IsActiveResponse(result=active)
         finally:
             self._cache.unsubscribe(target, queue)
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 import asyncio
 import io
 import subprocess
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -370,3 +370,43 @@ async def test_repeated_polls_resolve_the_metadata_once(scaler: Scaler, caplog: 
     assert caught.value.code() is grpc.StatusCode.INVALID_ARGUMENT  # a cached refusal is still a refusal
     typo = [r for r in caplog.records if "unknown scalerMetadata key 'sesionTTL'" in r.getMessage()]
     assert len(typo) == 1
+
+
+class LaggingFeed:
+    """A store whose new decision can be read before its announcement arrives (pub/sub lag)."""
+
+    def __init__(self) -> None:
+        self.stored: policy.FloorDecision | None = None
+        self.listeners: list[Callable[[policy.FloorDecision], None]] = []
+
+    async def load_decision(self, target: str) -> policy.FloorDecision | None:
+        return self.stored
+
+    def add_decision_listener(self, listener: Callable[[policy.FloorDecision], None]) -> None:
+        self.listeners.append(listener)
+
+    async def ping(self) -> None:
+        return None
+
+    def announce(self, decision: policy.FloorDecision) -> None:
+        self.stored = decision
+        for listener in self.listeners:
+            listener(decision)
+
+
+async def test_a_stream_pushes_changes_only_when_its_own_read_fills_the_cache() -> None:
+    feed = LaggingFeed()
+    options = scaler_main.ScalerOptions(address="127.0.0.1:0", health_interval=0.05)
+    async with (
+        scaler_main.run_scaler(feed=feed, specs={"ml/chat": CHAT}, options=options) as running,
+        grpc.aio.insecure_channel(f"127.0.0.1:{running.port}") as channel,
+    ):
+        feed.stored = decision(CHAT, 0)  # decided and stored; the announcement is still on its way
+        stub = pb_grpc.ExternalScalerStub(channel)  # type: ignore[no-untyped-call]
+        stream = stub.StreamIsActive(ref())
+        assert (await stream.read()).result is False  # read from the store: fills the cache
+        feed.announce(decision(CHAT, 0))  # the late announcement of the same state
+        feed.announce(decision(CHAT, 1, T0 + timedelta(seconds=1)))
+        pushed = await asyncio.wait_for(stream.read(), 5)
+        assert pushed.result is True  # the change, not a repeat of the state already sent
+        stream.cancel()
