@@ -88,6 +88,15 @@ def _window_sums(cumulative: np.ndarray, minutes: np.ndarray, lo: int, hi: int) 
     return np.asarray(cumulative[b] - cumulative[a], dtype=np.float64)
 
 
+def last_arrival_before(counts: np.ndarray, minutes: np.ndarray) -> np.ndarray:
+    """For each minute index m, the last index below m with arrivals, or -1 when there is none."""
+    if counts.size == 0:
+        return np.full(minutes.size, -1, dtype=np.int64)
+    index = np.arange(counts.size)
+    last_active = np.maximum.accumulate(np.where(counts > 0, index, -1))
+    return np.asarray(np.where(minutes >= 1, last_active[np.clip(minutes - 1, 0, counts.size - 1)], -1), dtype=np.int64)
+
+
 def feature_matrix(counts: np.ndarray, minutes: np.ndarray, *, first_minute: int, horizon: int) -> np.ndarray:
     """Features for a prediction at the start of each minute index in `minutes`.
 
@@ -106,11 +115,8 @@ def feature_matrix(counts: np.ndarray, minutes: np.ndarray, *, first_minute: int
     ewma = signal.lfilter([1 - 0.5 ** (1 / 10)], [1, -(0.5 ** (1 / 10))], counts) if counts.size else counts
     before = minutes - 1
     ewma_now = np.where(before >= 0, ewma[np.clip(before, 0, max(counts.size - 1, 0))] if counts.size else 0.0, 0.0)
-    index = np.arange(counts.size)
-    last_active = np.maximum.accumulate(np.where(counts > 0, index, -HISTORY_MINUTES)) if counts.size else index
-    seen = last_active[np.clip(before, 0, max(counts.size - 1, 0))] if counts.size else np.full(minutes.size, -1)
-    idle = np.where(before >= 0, minutes - 1 - seen, HISTORY_MINUTES)
-    idle = np.clip(idle, 0, HISTORY_MINUTES)
+    seen = last_arrival_before(counts, minutes)
+    idle = np.clip(np.where(seen >= 0, minutes - 1 - seen, HISTORY_MINUTES), 0, HISTORY_MINUTES)
     columns = [
         np.sin(day_angle),
         np.cos(day_angle),
@@ -339,10 +345,7 @@ def fallback_replicas(counts: np.ndarray, minutes: np.ndarray, *, learned_until:
     minutes = np.asarray(minutes, dtype=np.int64)
     active = np.flatnonzero(counts[:learned_until])
     windows = histogram_windows((np.diff(active) - 1) * 60.0)
-    index = np.arange(counts.size)
-    last_active = np.maximum.accumulate(np.where(counts > 0, index, -1)) if counts.size else index
-    before = np.clip(minutes - 1, 0, max(counts.size - 1, 0))
-    seen = np.where(minutes >= 1, last_active[before] if counts.size else -1, -1)
+    seen = last_arrival_before(counts, minutes)
     idle = (minutes - 1 - seen) * 60.0
     warm = (seen >= 0) & (idle >= windows.prewarm) & (idle < windows.prewarm + windows.keepalive)
     return warm.astype(np.float64)
