@@ -78,7 +78,7 @@ class ServiceDiscovery:
         plural: str,
         label_selector: str,
         sync: Callable[[list[dict[str, Any]]], None],
-        handle: Callable[[Mapping[str, Any]], str | None],
+        handle: Callable[[str, dict[str, Any]], None],
     ) -> None:
         """List, then bounded watches that each resume where the last ended; relist on 410 Gone."""
         backoff = 0.5
@@ -89,7 +89,10 @@ class ServiceDiscovery:
                 sync(items)
                 while True:
                     async for event in self._api.watch_serving(plural, version, self._timeout, label_selector):
-                        version = handle(event) or version
+                        obj = event.get("raw_object") or event.get("object") or {}
+                        if isinstance(obj, dict):
+                            handle(str(event.get("type")), obj)
+                            version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or version
                     backoff = 0.5
             except kube_api.Gone:
                 log.info("watch of Knative %s expired (410); listing again", plural)
@@ -98,21 +101,17 @@ class ServiceDiscovery:
                 await self._sleep(backoff)
                 backoff = min(backoff * 2, 30.0)
 
-    def _handle_revision(self, event: Mapping[str, Any]) -> str | None:
+    def _handle_revision(self, kind: str, revision: dict[str, Any]) -> None:
         """A Revision changed (its min-scale drifted, say): re-apply its Service's floor, unless it is a
         discovered target's unrouted Revision. Config-file targets are not followed here, so any of
         their Revisions counts; the listener ignores Services that are not targets."""
-        revision = event.get("raw_object") or event.get("object") or {}
-        if not isinstance(revision, dict):
-            return None
         metadata = revision.get("metadata") or {}
         service = (metadata.get("labels") or {}).get(keys.SERVICE_LABEL)
         target = f"{metadata.get('namespace')}/{service}"
         known = self._known.get(target)
         routed = known is None or metadata.get("name") in known[1]
-        if event.get("type") == "MODIFIED" and service and routed:
+        if kind == "MODIFIED" and service and routed:
             self._listeners.traffic_changed(target)
-        return str(metadata.get("resourceVersion") or "") or None
 
     def _sync(self, services: list[dict[str, Any]]) -> None:
         seen = set()
@@ -124,19 +123,15 @@ class ServiceDiscovery:
             del self._known[target]
             self._listeners.target_gone(target)
 
-    def _handle(self, event: Mapping[str, Any]) -> str | None:
-        service = event.get("raw_object") or event.get("object") or {}
-        if not isinstance(service, dict):
-            return None
+    def _handle(self, kind: str, service: dict[str, Any]) -> None:
         metadata = service.get("metadata") or {}
         target = f"{metadata.get('namespace')}/{metadata.get('name')}"
-        if event.get("type") == "DELETED":
+        if kind == "DELETED":
             if self._known.pop(target, None) is not None:
                 self._listeners.target_gone(target)
         elif self._update(service) is None and target in self._known:
             del self._known[target]
             self._listeners.target_gone(target)
-        return str(metadata.get("resourceVersion") or "") or None
 
     def _update(self, service: dict[str, Any]) -> str | None:
         """Report a new or changed target; returns its name when the Service is a target."""
