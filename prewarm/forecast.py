@@ -348,4 +348,4 @@ def fallback_replicas(counts: np.ndarray, minutes: np.ndarray, *, learned_until:
     seen = last_arrival_before(counts, minutes)
     idle = (minutes - 1 - seen) * 60.0
     warm = (seen >= 0) & (idle >= windows.prewarm) & (idle < windows.prewarm + windows.keepalive)
-    return warm.astype(np.float64)
+    return np.asarray(warm, dtype=np.float64)
