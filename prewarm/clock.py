@@ -20,8 +20,19 @@ class Clock(Protocol):
         ...
 
     async def wait_until(self, deadline: datetime | None, wake: asyncio.Event) -> None:
-        """Return when `deadline` has come (None: never) or `wake` is set, whichever is first."""
+        """Return when `deadline` has come (None: never) or `wake` is set, whichever is first.
+
+        Raises CancelledError at once when the calling task is being cancelled.
+        """
         ...
+
+
+def refuse_if_cancelling() -> None:
+    """Raise CancelledError when the current task was asked to stop: a library call that caught
+    the cancellation must not let a long-running loop go on to sleep until its next deadline."""
+    task = asyncio.current_task()
+    if task is not None and task.cancelling():
+        raise asyncio.CancelledError
 
 
 class SystemClock:
@@ -31,6 +42,7 @@ class SystemClock:
         return datetime.now(UTC)
 
     async def wait_until(self, deadline: datetime | None, wake: asyncio.Event) -> None:
+        refuse_if_cancelling()
         timeout = None if deadline is None else max(0.0, (deadline - self.now()).total_seconds())
         # asyncio.timeout, not wait_for: on Python 3.11 wait_for loses a cancellation that lands as
         # the event is set, and a cancelled decider then slept on until its next deadline.
@@ -65,6 +77,7 @@ class ManualClock:
                 waiter.set_result(None)
 
     async def wait_until(self, deadline: datetime | None, wake: asyncio.Event) -> None:
+        refuse_if_cancelling()
         if wake.is_set() or (deadline is not None and deadline <= self._now):
             return
         woken = asyncio.ensure_future(wake.wait())

@@ -23,14 +23,6 @@ log = logging.getLogger(__name__)
 ForecastSource = Callable[[targets.TargetSpec, datetime], float | None]
 
 
-def stop_if_cancelled() -> None:
-    """Raise CancelledError when this task was asked to stop: a library call that caught the
-    cancellation must not let a long-running loop go on to sleep until its next deadline."""
-    task = asyncio.current_task()
-    if task is not None and task.cancelling():
-        raise asyncio.CancelledError
-
-
 class Decider:
     """Owns the decision for each configured target; call `run()` once, `mark_changed()` from anywhere."""
 
@@ -113,7 +105,6 @@ class Decider:
                 except state.StateUnavailable as e:
                     log.warning("cannot decide %s, store unavailable: %s", target, e)
                     self._dirty.add(target)
-            stop_if_cancelled()
             await self._clock.wait_until(self._next_wake(), self._wake)
 
     async def decide(self, target: str, now: datetime) -> policy.FloorDecision:

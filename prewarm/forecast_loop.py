@@ -19,7 +19,7 @@ from datetime import UTC, datetime, timedelta
 
 import numpy as np
 
-from prewarm import clock, decider, forecast, state, targets, telemetry
+from prewarm import clock, forecast, state, targets, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -75,7 +75,6 @@ class ForecastLoop:
             except Exception:  # one bad minute must not end forecasting for good
                 log.exception("forecast update at %s failed", now)
             minute = math.floor(now.timestamp() / 60)
-            decider.stop_if_cancelled()
             await self._clock.wait_until(datetime.fromtimestamp((minute + 1) * 60, UTC), wake)
 
     async def update(self, now: datetime) -> None:

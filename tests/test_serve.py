@@ -173,15 +173,16 @@ async def test_sessions_survive_a_restart_with_the_redis_store(tmp_path: Path, r
     assert out.getvalue().startswith("2026-05-01T12:00:30Z ml/chat 2 -> 2 [intent]")
 
 
-async def test_a_swallowed_cancellation_still_stops_a_loop_before_it_sleeps() -> None:
+@pytest.mark.parametrize("kind", ["system", "manual"])
+async def test_a_swallowed_cancellation_still_stops_a_loop_before_it_sleeps(kind: str) -> None:
     slept_on = asyncio.Event()
+    waiting: clock.Clock = clock.SystemClock() if kind == "system" else clock.ManualClock(T0)
 
     async def loop_with_a_library_that_eats_cancellation() -> None:
         with contextlib.suppress(asyncio.CancelledError):  # as a client library's cleanup path may do
             await asyncio.sleep(30)
-        decider.stop_if_cancelled()
+        await waiting.wait_until(waiting.now() + timedelta(seconds=30), asyncio.Event())
         slept_on.set()
-        await asyncio.sleep(30)
 
     task = asyncio.create_task(loop_with_a_library_that_eats_cancellation())
     await asyncio.sleep(0)
