@@ -332,12 +332,15 @@ def forecast_trace(
         block_end = min(block + refit_minutes, n_minutes)
         lo, hi = max(0, block - config.training_minutes), block - config.horizon + 1
         learned = [name for name, c in counts.items() if forecast.has_history(c[:block])]
-        rows_x = [features[n][max(lo, first_seen[n]) : hi] for n in learned if hi > max(lo, first_seen[n])]
-        rows_y = [labels[n][max(lo, first_seen[n]) : hi] for n in learned if hi > max(lo, first_seen[n])]
+        spans = [(n, max(lo, first_seen[n])) for n in learned if hi > max(lo, first_seen[n])]
         model = forecast.ArrivalModel(None, 0.0)
-        if rows_x:
+        if spans:
             block_config = dataclasses.replace(config, seed=config.seed + block)
-            model = forecast.fit_arrival_model(np.concatenate(rows_x), np.concatenate(rows_y), block_config)
+            model = forecast.fit_arrival_model(
+                np.concatenate([features[n][a:hi] for n, a in spans]),
+                np.concatenate([labels[n][a:hi] for n, a in spans]),
+                block_config,
+            )
         demands = {n: forecast.demand_in_horizon(counts[n][:block], config.horizon) for n in counts}
         pooled = forecast.demand_tail(np.concatenate(list(demands.values())))
         for name, c in counts.items():
@@ -382,9 +385,6 @@ class Replay:
         self.days = (self.window.end - self.window.start) / 86400.0
         self._forecast: TraceForecast | None = None
         self._sessions: dict[str, list[tuple[float, float]]] | None = None
-        self.horizon_seconds = max(
-            float(np.median(settings.cold_starts)), targets.DEFAULT_FORECAST_HORIZON.total_seconds()
-        )
 
     @property
     def forecast_predict_from(self) -> float:
@@ -429,11 +429,10 @@ class Replay:
             cron_only = dataclasses.replace(spec, forecast=targets.ForecastSettings(enabled=False))
             return decision_floor(cron_only, start=start, end=end)
         quantile = choice.value if choice.value is not None else self.settings.quantile
-        spec = default_spec(request.name, quantile, self.horizon_seconds, self.settings.concurrency, self.settings.hold)
+        horizon_seconds = self.settings.forecast.horizon * 60.0  # what the forecaster predicts for
+        spec = default_spec(request.name, quantile, horizon_seconds, self.settings.concurrency, self.settings.hold)
         trace_forecast = self.prepare_forecast()
         replicas = trace_forecast.replicas(request.name, spec.forecast.quantile, self.settings.concurrency)
-        predicted_from = self.forecast_predict_from
-        replicas[: max(0, int(predicted_from // 60) - trace_forecast.first_minute)] = np.nan
         return decision_floor(
             spec,
             start=start,
