@@ -27,6 +27,8 @@ from pathlib import Path
 
 import numpy as np
 
+from prewarm import replay
+
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces" / "alibaba_genai_2026"
 TRACE = TRACES / "requests_until_2024-11-27.csv"
@@ -83,11 +85,10 @@ def run_replay(out: Path, *extra: str) -> dict[str, float]:
 
 
 def frontier_ratio(frontier: list[dict[str, float]], point: dict[str, float]) -> float | None:
-    points = sorted((r["warm_replica_hours_per_day"], r["cold_starts"]) for r in frontier)
-    hours = point["warm_replica_hours_per_day"]
-    if not points[0][0] <= hours <= points[-1][0]:
-        return None
-    return point["cold_starts"] / float(np.interp(hours, [p[0] for p in points], [p[1] for p in points]))
+    """Cold starts of `point` against the keep-alive frontier's at its warm hours (None outside it)."""
+    scores = [replay.PolicyScore(**row) for row in frontier]
+    reference = replay.frontier_cold_starts(scores, point["warm_replica_hours_per_day"])
+    return None if not reference else point["cold_starts"] / reference
 
 
 def quality(out: Path) -> dict[str, object]:
