@@ -101,10 +101,8 @@ class ForecastLoop:
                     None, self._fit, rows, first, horizon
                 )
         index = forecast.HISTORY_MINUTES  # `minute` relative to `first`
-        pooled = {  # every target's demand per horizon window: the prior for a target's own tail
-            h: forecast.demand_tail(np.concatenate([forecast.demand_in_horizon(counts[n], h) for n in counts]))
-            for h in set(horizons.values())
-        }
+        demands = {h: {n: forecast.demand_in_horizon(c, h) for n, c in counts.items()} for h in set(horizons.values())}
+        pooled = {h: forecast.demand_tail(np.concatenate(list(d.values()))) for h, d in demands.items()}  # the prior
         for name, spec in enabled.items():
             horizon = horizons[name]
             history = counts[name]
@@ -115,7 +113,7 @@ class ForecastLoop:
             if forecast.has_history(history) and model is not None and model.estimator is not None:
                 features = forecast.feature_matrix(history, here, first_minute=first, horizon=horizon)
                 probability = float(model.probability(features)[0])
-                tail = forecast.demand_tail(forecast.demand_in_horizon(history, horizon), pooled[horizon])
+                tail = forecast.demand_tail(demands[horizon][name], pooled[horizon])
                 value = float(forecast.replicas_for(np.asarray([probability]), tail, spec.forecast.quantile)[0])
             else:
                 value = float(forecast.fallback_replicas(history, here, learned_until=index)[0])
