@@ -9,7 +9,6 @@ COPY pyproject.toml README.md ./
 COPY prewarm ./prewarm
 COPY scaler ./scaler
 COPY knative ./knative
-COPY keda ./keda
 RUN pip wheel --no-deps --wheel-dir /wheels . \
  && python -m venv /opt/prewarm \
  && /opt/prewarm/bin/pip install --only-binary=:all: /wheels/*.whl \

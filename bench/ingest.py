@@ -56,7 +56,7 @@ def bare_server(port: int) -> None:
         await request.read()
         return web.Response(status=202)
 
-    from prewarm.__main__ import event_loop_factory
+    from prewarm.cli.process import event_loop_factory
 
     app = web.Application(client_max_size=64 * 1024)
     app.router.add_post("/", accept)

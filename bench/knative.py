@@ -83,7 +83,7 @@ async def measure(port: int, services: int, workers: int) -> dict[str, Any]:
 
     from knative import kube_api
     from knative.actuator import KnativeActuator
-    from prewarm import policy, targets
+    from prewarm.core import policy, targets
 
     api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{port}")), max_workers=workers)
     limit = asyncio.Semaphore(workers)

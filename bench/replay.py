@@ -27,7 +27,7 @@ from pathlib import Path
 
 import numpy as np
 
-from prewarm import replay
+from prewarm.replay import evaluator
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces" / "alibaba_genai_2026"
@@ -86,8 +86,8 @@ def run_replay(out: Path, *extra: str) -> dict[str, float]:
 
 def frontier_ratio(frontier: list[dict[str, float]], point: dict[str, float]) -> float | None:
     """Cold starts of `point` against the keep-alive frontier's at its warm hours (None outside it)."""
-    scores = [replay.PolicyScore(**row) for row in frontier]
-    reference = replay.frontier_cold_starts(scores, point["warm_replica_hours_per_day"])
+    scores = [evaluator.PolicyScore(**row) for row in frontier]
+    reference = evaluator.frontier_cold_starts(scores, point["warm_replica_hours_per_day"])
     return None if not reference else point["cold_starts"] / reference
 
 

@@ -52,7 +52,7 @@ def bare_scaler(port: int) -> None:
     """The baseline: GetMetrics answers a constant, no lookup at all."""
     import grpc
 
-    from prewarm.__main__ import event_loop_factory
+    from prewarm.cli.process import event_loop_factory
     from scaler import externalscaler_pb2 as pb
     from scaler import externalscaler_pb2_grpc as pb_grpc
 

@@ -15,7 +15,7 @@ from typing import Any
 
 from knative import annotations as keys
 from knative import floors, kube_api
-from prewarm import policy
+from prewarm.core import policy
 
 log = logging.getLogger(__name__)
 

@@ -16,7 +16,7 @@ from typing import Any
 
 from knative import annotations as keys
 from knative import floors, kube_api
-from prewarm import targets
+from prewarm.core import targets
 
 log = logging.getLogger(__name__)
 

@@ -13,10 +13,9 @@ import copy
 import logging
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
-from typing import Any
+from typing import Any, Protocol
 
 from knative import kube_api
-from prewarm import clock as clocks
 
 log = logging.getLogger(__name__)
 
@@ -31,6 +30,14 @@ def _parse_time(text: str | None) -> datetime | None:
     return datetime.fromisoformat(text.replace("Z", "+00:00"))
 
 
+class Clock(Protocol):
+    """What the elector needs of a clock; the service's system and manual clocks fit."""
+
+    def now(self) -> datetime: ...
+
+    async def wait_until(self, deadline: datetime | None, wake: asyncio.Event) -> None: ...
+
+
 class LeaseElector:
     """Campaigns for one Lease; `is_leader` says whether this replica holds it now."""
 
@@ -41,7 +48,7 @@ class LeaseElector:
         namespace: str,
         name: str,
         identity: str,
-        clock: clocks.Clock,
+        clock: Clock,
         lease_seconds: int = 15,
         retry_seconds: float = 2.0,
         on_change: Callable[[bool], None] = lambda leading: None,

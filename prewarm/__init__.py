@@ -3,10 +3,10 @@
 The public names are the pure core's; adapters are imported from their own modules.
 """
 
-from prewarm.ledger import SessionCount, SessionEvent, SessionEventType, SessionLedger
-from prewarm.policy import FloorDecision, Signals, Source, decide_floor
-from prewarm.schedule import CronState, CronWindow, evaluate_windows
-from prewarm.targets import (
+from prewarm.core.ledger import SessionCount, SessionEvent, SessionEventType, SessionLedger
+from prewarm.core.policy import FloorDecision, Signals, Source, decide_floor
+from prewarm.core.schedule import CronState, CronWindow, evaluate_windows
+from prewarm.core.targets import (
     ConfigError,
     ForecastSettings,
     TargetKind,

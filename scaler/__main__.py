@@ -16,7 +16,7 @@ from typing import Protocol
 import grpc
 from grpc_health.v1._async import HealthServicer
 
-from prewarm import policy, targets
+from prewarm.core import policy, targets
 from scaler import service
 
 

@@ -21,8 +21,8 @@ import pytest
 import yaml
 
 from knative import discovery
-from prewarm import __main__ as server_cli
-from prewarm import targets
+from prewarm import cli
+from prewarm.core import targets
 
 ROOT = Path(__file__).resolve().parents[1]
 MANIFESTS = ROOT / "manifests"
@@ -165,7 +165,7 @@ def test_the_deployment_runs_a_valid_prewarm_serve(folder: str) -> None:
     pod = deployment["spec"]["template"]["spec"]
     (container,) = pod["containers"]
     env = {e["name"]: e["value"] for e in container.get("env", []) if "value" in e}
-    args = server_cli.build_parser().parse_args([expand(a, env) for a in container["args"]])
+    args = cli.build_parser().parse_args([expand(a, env) for a in container["args"]])
     assert args.command == "serve" and args.store.startswith("redis://") and args.grpc == ("0.0.0.0", 9090)
     assert deployment["spec"]["replicas"] == 2
     config_volume = mounted(container, pod, str(args.config))

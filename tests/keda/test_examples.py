@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from prewarm import targets
+from prewarm.core import targets
 
 EXAMPLES = sorted((Path(__file__).resolve().parents[2] / "manifests" / "examples" / "keda").glob("scaledobject-*.yaml"))
 

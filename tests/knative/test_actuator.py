@@ -17,7 +17,8 @@ from support import wait_for
 
 from knative import floors, kube_api, leader
 from knative.actuator import KnativeActuator
-from prewarm import clock, policy, targets
+from prewarm.core import policy, targets
+from prewarm.service import clock
 
 SERVING, AUTOSCALING = "serving.knative.dev/v1", "autoscaling.internal.knative.dev/v1alpha1"
 MIN = "autoscaling.knative.dev/min-scale"
@@ -306,7 +307,7 @@ async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
 async def test_wake_request_is_sent_once_when_the_floor_leaves_zero(current: Cluster) -> None:
     from aiohttp import web
 
-    from prewarm.__main__ import send_wake
+    from prewarm.service.knative_targets import send_wake
 
     hits: list[str] = []
 

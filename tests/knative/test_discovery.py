@@ -15,7 +15,7 @@ from kubernetes import client as k8s
 from support import wait_for
 
 from knative import discovery, kube_api
-from prewarm import targets
+from prewarm.core import targets
 
 SERVING = "serving.knative.dev/v1"
 

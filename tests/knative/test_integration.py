@@ -20,7 +20,7 @@ from kubernetes import config as k8s_config
 
 from knative import kube_api
 from knative.actuator import KnativeActuator
-from prewarm import policy, targets
+from prewarm.core import policy, targets
 
 KUBECONFIG = os.environ.get("PREWARM_TEST_KUBECONFIG")
 pytestmark = pytest.mark.skipif(not KUBECONFIG, reason="PREWARM_TEST_KUBECONFIG is not set")

@@ -14,7 +14,7 @@ from kubernetes import client as k8s
 from support import wait_for
 
 from knative import kube_api, leader
-from prewarm import clock
+from prewarm.service import clock
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 LEASES = "coordination.k8s.io/v1"

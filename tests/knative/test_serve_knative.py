@@ -11,8 +11,7 @@ from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
 from support import wait_for
 
-from prewarm import __main__ as cli
-from prewarm import clock
+from prewarm.service import clock, composition
 
 SERVING = "serving.knative.dev/v1"
 MIN = "autoscaling.knative.dev/min-scale"
@@ -78,7 +77,7 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
     )
     async with TestServer(fake.app) as api:
         kubeconfig = write_kubeconfig(tmp_path, api)
-        options = cli.ServeOptions(
+        options = composition.ServeOptions(
             config=config,
             http_host="127.0.0.1",
             http_port=0,
@@ -88,7 +87,7 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
             identity="replica-1",
         )
         out = io.StringIO()
-        async with cli.run_service(options, clock=clock.SystemClock(), out=out) as service:
+        async with composition.run_service(options, clock=clock.SystemClock(), out=out) as service:
             await wait_for(lambda: out.getvalue().count("\n") == 2)
             await open_session(service.http_port, "llm/chat", "a")
             revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
@@ -124,10 +123,10 @@ async def test_annotated_services_are_discovered_and_followed(tmp_path: Path) ->
 
     async with TestServer(fake.app) as api:
         kubeconfig = write_kubeconfig(tmp_path, api)
-        options = cli.ServeOptions(
+        options = composition.ServeOptions(
             config=None, http_host="127.0.0.1", http_port=0, actuators=("knative",), kubeconfig=kubeconfig
         )
-        async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
+        async with composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
             await wait_for(lambda: "llm/agent" in service.decider.specs, within=10)
             await wait_for(lambda: min_scale("agent-00001") == "1", within=10)  # the user's value, kept
             for session in ("a", "b"):
@@ -155,14 +154,14 @@ async def test_a_drifted_routed_revision_gets_the_floor_back(tmp_path: Path) -> 
     fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm", "labels": labels}})
     fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00000", "namespace": "llm", "labels": labels}})
     async with TestServer(fake.app) as api:
-        options = cli.ServeOptions(
+        options = composition.ServeOptions(
             config=None,  # targets come from annotated Services only
             http_host="127.0.0.1",
             http_port=0,
             actuators=("log", "knative"),
             kubeconfig=write_kubeconfig(tmp_path, api),
         )
-        async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
+        async with composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
             await wait_for(lambda: "llm/chat" in service.decider.specs, within=10)
             await open_session(service.http_port, "llm/chat", "a")
             revision = lambda name: fake.get(SERVING, "llm", "revisions", name)  # noqa: E731

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from prewarm import replay, simulation, traces
+from prewarm.replay import evaluator, simulation, traces
 
 COLD = 5.0  # seconds; short enough that the KPA's 90 s tail is what decides in these traces
 
@@ -31,7 +31,7 @@ def run(
 
 def keepalive(arrivals: list[float], seconds: float, run_s: float = 1.0) -> simulation.FloorSteps:
     times = np.asarray(arrivals, dtype=np.float64)
-    return replay.keepalive_floor(times, np.full(times.size, run_s), seconds)
+    return evaluator.keepalive_floor(times, np.full(times.size, run_s), seconds)
 
 
 def test_two_requests_100s_apart_under_keepalive_60_are_both_cold() -> None:
@@ -111,7 +111,7 @@ def test_oracle_never_has_a_cold_start_and_never_costs_more_than_keepalive() -> 
         kept = simulation.simulate(
             arrivals,
             runs,
-            replay.keepalive_floor(arrivals, runs, seconds),
+            evaluator.keepalive_floor(arrivals, runs, seconds),
             simulation.ColdStarts(samples, 1, 0),
             concurrency=1,
             window=window,
@@ -157,7 +157,7 @@ def test_floor_steps_reject_bad_input() -> None:
 def test_hybrid_histogram_prewarms_a_periodic_target_just_before_its_next_request() -> None:
     arrivals = np.arange(0.0, 40 * 600.0, 600.0)  # every 10 minutes, 1 s each
     runs = np.ones(arrivals.size)
-    floor = replay.hybrid_histogram_floor(arrivals, runs)
+    floor = evaluator.hybrid_histogram_floor(arrivals, runs)
     # After ten idle times of ~599 s the histogram is representative: head bin 9 (540 s) less
     # 10% = 486 s, tail bin end 600 s plus 10% = 660 s, cut at the next arrival.
     last = arrivals[-2] + 1.0
@@ -178,5 +178,5 @@ def test_sessions_group_one_users_requests_with_gaps_under_ten_minutes() -> None
     arrivals = np.asarray([0.0, 60.0, 100.0, 2000.0, 2010.0])
     finishes = arrivals + 5.0
     groups = ("a", "a", "b", "a", "b")
-    sessions = traces.sessions_of(groups, arrivals, finishes, replay.SESSION_GAP)
+    sessions = traces.sessions_of(groups, arrivals, finishes, evaluator.SESSION_GAP)
     assert sessions == [(0.0, 65.0), (100.0, 105.0), (2000.0, 2005.0), (2010.0, 2015.0)]

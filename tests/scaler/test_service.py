@@ -15,8 +15,8 @@ import pytest
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import RedisServer, wait_for
 
-from prewarm import __main__ as cli
-from prewarm import clock, policy, state, targets
+from prewarm.core import policy, targets
+from prewarm.service import clock, composition, state
 from scaler import __main__ as scaler_main
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
@@ -201,11 +201,11 @@ async def test_two_scalers_on_one_redis_agree_and_both_streams_see_an_event(
     config = tmp_path / "targets.yaml"
     config.write_text("targets: [{name: ml/chat, kind: keda, max: 4, sessionsPerReplica: 1}]\n")
     grpc_options = scaler_main.ScalerOptions(address="127.0.0.1:0", health_interval=0.05)
-    options = cli.ServeOptions(
+    options = composition.ServeOptions(
         config=config, store=redis_server.url, http_host="127.0.0.1", http_port=0, grpc=grpc_options
     )
     feed = state.RedisStore.from_url(redis_server.url)
-    async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as serving:
+    async with composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as serving:
         await wait_for(lambda: "ml/chat" in serving.decider.decisions)
         async with scaler_main.run_scaler(
             feed=feed, specs=serving.decider.specs, options=grpc_options, prime=feed.start

@@ -13,8 +13,7 @@ from pathlib import Path
 from aiohttp import web
 from support import Chromium, RedisServer, free_port, wait_for
 
-from prewarm import __main__ as cli
-from prewarm import clock, listener
+from prewarm.service import clock, composition, listener
 
 PAGE = """<!doctype html>
 <title>chat</title>
@@ -34,10 +33,10 @@ async def test_page_open_raises_the_floor_hidden_pauses_and_close_sends_closed(
     settings = listener.ListenerSettings(
         tokens=("server-side-only",), cors_origins=(f"http://127.0.0.1:{page_port}",), rate_per_second=100
     )
-    options = cli.ServeOptions(
+    options = composition.ServeOptions(
         config=config, store=redis_server.url, http_host="127.0.0.1", http_port=0, listener=settings
     )
-    async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
+    async with composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
         origin = f"http://127.0.0.1:{service.http_port}"
         app = web.Application()
 

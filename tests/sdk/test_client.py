@@ -13,8 +13,8 @@ from aiohttp import web
 from aiohttp.test_utils import TestServer
 from support import RedisServer, wait_for
 
-from prewarm import __main__ as cli
-from prewarm import clock, listener, sdk
+from prewarm import sdk
+from prewarm.service import clock, composition, listener
 
 CONFIG = "targets: [{name: ml/chat, kind: keda, max: 3, sessionsPerReplica: 1, hold: 0s}]\n"
 
@@ -46,25 +46,25 @@ class Ticks:
 
 
 @pytest.fixture
-async def live(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[cli.RunningService]:
+async def live(tmp_path: Path, redis_server: RedisServer) -> AsyncIterator[composition.RunningService]:
     config = tmp_path / "targets.yaml"
     config.write_text(CONFIG)
-    options = cli.ServeOptions(
+    options = composition.ServeOptions(
         config=config,
         store=redis_server.url,
         http_host="127.0.0.1",
         http_port=0,
         listener=listener.ListenerSettings(tokens=("t0ken",)),
     )
-    async with cli.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
+    async with composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service:
         yield service
 
 
-async def sessions(service: cli.RunningService) -> int:
+async def sessions(service: composition.RunningService) -> int:
     return int((await service.decider.describe())[0]["sessions"])
 
 
-async def test_async_client_open_heartbeat_close_reach_the_state(live: cli.RunningService) -> None:
+async def test_async_client_open_heartbeat_close_reach_the_state(live: composition.RunningService) -> None:
     ticks = Ticks(heartbeat_seconds=30)
     settings = sdk.SenderSettings(heartbeat_seconds=30)
     url = f"http://127.0.0.1:{live.http_port}"
@@ -83,7 +83,7 @@ async def test_async_client_open_heartbeat_close_reach_the_state(live: cli.Runni
     assert live.listener.counts["accepted"] == 3
 
 
-async def test_sync_client_is_a_context_manager(live: cli.RunningService) -> None:
+async def test_sync_client_is_a_context_manager(live: composition.RunningService) -> None:
     url = f"http://127.0.0.1:{live.http_port}"
 
     def use_client() -> sdk.SenderStats:
@@ -97,7 +97,9 @@ async def test_sync_client_is_a_context_manager(live: cli.RunningService) -> Non
     assert await sessions(live) == 0
 
 
-async def test_503_is_retried_until_the_store_returns(live: cli.RunningService, redis_server: RedisServer) -> None:
+async def test_503_is_retried_until_the_store_returns(
+    live: composition.RunningService, redis_server: RedisServer
+) -> None:
     ticks = Ticks(heartbeat_seconds=30)
     url = f"http://127.0.0.1:{live.http_port}"
     redis_server.stop()

@@ -1,1 +1,0 @@
-"""KEDA adapter: ScaledObject examples and the scalerMetadata side of the target schema."""

@@ -1,0 +1,49 @@
+"""Argument types and flag groups shared by the long-running commands (`serve`, `scaler`)."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Mapping
+from pathlib import Path
+
+from prewarm.core import targets
+from scaler import __main__ as scaler_main
+
+
+def parse_address(text: str) -> tuple[str, int]:
+    """`HOST:PORT` (or `[v6]:PORT`) for argparse."""
+    host, sep, port = text.rpartition(":")
+    if not sep or not port.isdigit() or not 0 <= int(port) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not HOST:PORT")
+    return host.strip("[]") or "0.0.0.0", int(port)
+
+
+def read_tokens(token_file: Path | None, env: Mapping[str, str]) -> tuple[str, ...]:
+    """Bearer tokens from a file (one a line, # comments) and/or PREWARM_TOKENS (comma-separated)."""
+    tokens: list[str] = [t.strip() for t in env.get("PREWARM_TOKENS", "").split(",") if t.strip()]
+    if token_file is not None:
+        try:
+            lines = token_file.read_text(encoding="utf-8").splitlines()
+        except OSError as e:
+            problem = targets.Problem("--token-file", str(token_file), f"cannot be read: {e.strerror}")
+            raise targets.ConfigError(str(token_file), [problem]) from e
+        tokens += [line.strip() for line in lines if line.strip() and not line.lstrip().startswith("#")]
+    return tuple(tokens)
+
+
+def add_tls_arguments(parser: argparse.ArgumentParser) -> None:
+    """TLS for the gRPC server, matching KEDA's caCert / tlsClientCert / tlsClientKey trigger options."""
+    parser.add_argument("--grpc-cert", type=Path, help="server certificate (PEM); enables TLS")
+    parser.add_argument("--grpc-key", type=Path, help="server private key (PEM)")
+    parser.add_argument("--grpc-client-ca", type=Path, help="CA that signs client certificates; enables mTLS")
+
+
+def scaler_options(args: argparse.Namespace) -> scaler_main.ScalerOptions:
+    """The gRPC options shared by `serve --grpc` and `scaler`."""
+    host, port = args.grpc
+    return scaler_main.ScalerOptions(
+        address=f"[{host}]:{port}" if ":" in host else f"{host}:{port}",
+        tls_cert=args.grpc_cert,
+        tls_key=args.grpc_key,
+        tls_client_ca=args.grpc_client_ca,
+    )

@@ -1,0 +1,184 @@
+"""`prewarm replay`: read a trace, replay the policies, write summary.json, report.md and frontier.png."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from datetime import timedelta
+from pathlib import Path
+from typing import TextIO
+
+import numpy as np
+
+from prewarm.core import targets
+from prewarm.forecast import arrival_model, minute_features
+from prewarm.replay import evaluator, report, traces
+from prewarm.service import config_file
+
+DEFAULT_POLICIES = "knative-default,keepalive:600,hybrid-histogram,prewarm,oracle"
+EXIT_USAGE = 2
+
+
+HELP = "score pre-warming policies on a request trace"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`prewarm replay`'s flags."""
+    parser.description = "Score pre-warming policies on a request trace: cold starts against warm replica-hours."
+    parser.add_argument("--trace", type=Path, required=True, help="trace file")
+    parser.add_argument("--format", choices=[f.value for f in traces.TraceFormat], required=True)
+    parser.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
+    cold = parser.add_mutually_exclusive_group()
+    cold.add_argument("--cold-start", default="23s", help="fixed cold-start duration (default 23s)")
+    cold.add_argument("--cold-start-dist", type=Path, help="CSV with a `value` column (ms) to sample cold starts from")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--concurrency", type=int, default=1, help="requests one replica serves at once")
+    parser.add_argument("--score-from", help='"YYYY-MM-DD HH:MM:SS" (UTC): earlier requests train and warm up only')
+    parser.add_argument("--intent-lead", help="synthetic intent, lognormal:MEDIAN_S,SIGMA")
+    parser.add_argument(
+        "--cron-config", type=Path, help="targets YAML whose cron windows the cron policy uses (name = trace target)"
+    )
+    parser.add_argument("--quantile", type=float, default=targets.DEFAULT_FORECAST_QUANTILE, help="prewarm's quantile")
+    parser.add_argument("--forecast-model", choices=[k.value for k in arrival_model.ModelKind], default="boosting")
+    parser.add_argument("--forecast-horizon", default="60s", help="how far ahead P(arrival) looks (default 60s)")
+    parser.add_argument("--refit", default="6h", help="trace time between forecaster refits (default 6h)")
+    parser.add_argument("--hold", default="120s", help="prewarm's scale-down hold (default 120s, as serve's)")
+    parser.add_argument("--no-sweep", action="store_true", help="skip the keepalive and quantile sweeps")
+    parser.add_argument("--out", type=Path, required=True, help="output folder")
+    parser.set_defaults(run=run)
+
+
+def _settings(
+    args: argparse.Namespace,
+) -> tuple[traces.Trace, evaluator.ReplaySettings, tuple[evaluator.PolicyChoice, ...]]:
+    """Parse every argument and input file; ValueError (incl. TraceError, ConfigError) on any problem."""
+    problems: list[str] = []
+    choices: tuple[evaluator.PolicyChoice, ...] = ()
+    try:
+        choices = evaluator.parse_policies(args.policies)
+    except ValueError as e:
+        problems.append(str(e))
+    durations: dict[str, float] = {}
+    for flag, text in (("--forecast-horizon", args.forecast_horizon), ("--refit", args.refit), ("--hold", args.hold)):
+        try:
+            durations[flag] = targets.parse_duration(text).total_seconds()
+        except ValueError as e:
+            problems.append(f"{flag}: {text!r} {e}")
+    score_from = None
+    if args.score_from is not None:
+        try:
+            score_from = traces.parse_timestamp(args.score_from)
+        except ValueError:
+            problems.append(f"--score-from: {args.score_from!r} is not YYYY-MM-DD HH:MM:SS")
+    lead = None
+    if args.intent_lead is not None:
+        try:
+            lead = evaluator.parse_intent_lead(args.intent_lead)
+        except ValueError as e:
+            problems.append(str(e))
+    cold_fixed = None
+    if args.cold_start_dist is None:
+        try:
+            cold_fixed = targets.parse_duration(args.cold_start).total_seconds()
+            if cold_fixed <= 0:
+                problems.append(f"--cold-start: {args.cold_start!r} must be > 0")
+        except ValueError as e:
+            problems.append(f"--cold-start: {args.cold_start!r} {e}")
+    if args.concurrency < 1:
+        problems.append(f"--concurrency: {args.concurrency} must be >= 1")
+    if not 0.0 < args.quantile < 1.0:
+        problems.append(f"--quantile: {args.quantile} must be in (0, 1)")
+    if problems:
+        raise ValueError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+    specs: dict[str, targets.TargetSpec] = {}
+    if args.cron_config is not None:
+        parsed = config_file.load_config_file(args.cron_config)
+        specs = {spec.ref.name: spec for spec in parsed.targets}
+    trace = traces.read_trace(args.trace, traces.TraceFormat(args.format), seed=args.seed)
+    if args.cold_start_dist is not None:
+        cold_starts = traces.read_cold_start_distribution(args.cold_start_dist)
+    else:
+        cold_starts = np.asarray([cold_fixed], dtype=np.float64)
+    by_trace_name = {t.name: specs[t.name.lower()] for t in trace.targets if t.name.lower() in specs}
+    settings = evaluator.ReplaySettings(
+        cold_starts=cold_starts,
+        seed=args.seed,
+        concurrency=args.concurrency,
+        score_from=score_from,
+        intent_lead=lead,
+        quantile=args.quantile,
+        forecast=arrival_model.ForecastConfig(
+            horizon=minute_features.horizon_minutes(durations["--forecast-horizon"]),
+            model=arrival_model.ModelKind(args.forecast_model),
+            seed=args.seed,
+        ),
+        refit_minutes=max(1, round(durations["--refit"] / 60)),
+        hold=timedelta(seconds=durations["--hold"]),
+        cron_specs=by_trace_name,
+    )
+    return trace, settings, choices
+
+
+class ProgressBar:
+    """One redrawn line on a stream: a bar, the count and what just finished."""
+
+    def __init__(self, stream: TextIO, width: int = 30) -> None:
+        self._stream = stream
+        self._width = width
+        self._started = time.monotonic()
+
+    def __call__(self, label: str, done: int, total: int) -> None:
+        filled = self._width * done // max(total, 1)
+        elapsed = time.monotonic() - self._started
+        bar = "#" * filled + "." * (self._width - filled)
+        self._stream.write(f"\r[{bar}] {done}/{total} {elapsed:5.1f}s {label:<24}")
+        if done >= total:
+            self._stream.write("\n")
+        self._stream.flush()
+
+
+def describe_inputs(args: argparse.Namespace) -> report.ReplayInputs:
+    """What the report says was replayed."""
+    if args.cold_start_dist is not None:
+        cold = f"sampled from {args.cold_start_dist.name} (seed {args.seed})"
+    else:
+        cold = f"fixed {args.cold_start}"
+    return report.ReplayInputs(
+        trace_name=args.trace.name,
+        trace_format=args.format,
+        cold_start=cold,
+        concurrency=args.concurrency,
+        forecast_model=args.forecast_model,
+        forecast_horizon=args.forecast_horizon,
+        refit=args.refit,
+        intent_lead=args.intent_lead,
+    )
+
+
+def run(args: argparse.Namespace) -> int:
+    """Replay, write the outputs and print the policy table; 2 when an argument or input is bad."""
+    try:
+        trace, settings, choices = _settings(args)
+    except (ValueError, targets.ConfigError) as e:
+        print(f"prewarm replay: {e}", file=sys.stderr)
+        return EXIT_USAGE
+    if trace.skipped:
+        print(f"prewarm replay: {trace.skipped} rows name no target and were left out", file=sys.stderr)
+    result = evaluator.run_replay(
+        trace, settings, choices, sweep=not args.no_sweep, on_progress=ProgressBar(sys.stderr)
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    (args.out / "summary.json").write_text(json.dumps(report.summary_rows(result.scores), indent=2) + "\n")
+    frontier = {
+        "keepalive": report.summary_rows(result.keepalive_frontier),
+        "prewarm": report.summary_rows(result.prewarm_frontier),
+        "prewarm_intent": report.summary_rows(result.prewarm_intent_frontier),
+    }
+    (args.out / "frontier.json").write_text(json.dumps(frontier, indent=2) + "\n")
+    (args.out / "report.md").write_text(report.render_report(result, describe_inputs(args), trace) + "\n")
+    report.plot_frontier(result, args.out / "frontier.png")
+    for line in report.policy_table(result.scores):
+        print(line)
+    return 0

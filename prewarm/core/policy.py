@@ -1,0 +1,221 @@
+"""The decision core: signals for one target in, a replica floor with its reason out.
+
+Pure: no I/O, no clock; `now` is a parameter and the previous decision carries all memory.
+
+    wanted = clamp(max(min, ceil(sessions / sessionsPerReplica), cron, forecast), 0, max)
+
+Raises take effect at once. A lower floor waits until `hold` has passed since each higher level
+was last wanted (a sliding-window maximum, kept exact in `FloorDecision.held`). Replica-hours the
+floor spends above max(min, cron) count against the target's daily `budget` (UTC days); once it is
+spent, the floor is max(min, cron) until the next UTC midnight, and the hold does not apply.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import math
+from datetime import UTC, date, datetime, time, timedelta
+
+from prewarm.core import schedule, targets
+
+_BUDGET_EPSILON = 1e-9  # replica-hours; absorbs float error when spend lands exactly on the budget
+_FORECAST_EPSILON = 1e-9  # replicas; 2.0000000001 replicas is 2, not 3
+
+
+class Source(enum.Enum):
+    """The signal that set a floor."""
+
+    MIN = "min"
+    CRON = "cron"
+    FORECAST = "forecast"
+    INTENT = "intent"
+    BUDGET = "budget"
+
+
+# When several signals ask for the same level, name the most static one: the floor would be the
+# same without the others.
+_SOURCE_PRIORITY = (Source.MIN, Source.CRON, Source.FORECAST, Source.INTENT)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Signals:
+    """What the store knows about one target at `now`."""
+
+    sessions: int = 0
+    next_session_expiry: datetime | None = None
+    forecast: float | None = None  # replicas the forecaster would keep warm; None when it has none
+
+    def __post_init__(self) -> None:
+        if self.sessions < 0:
+            raise ValueError("Signals.sessions must be >= 0")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HeldLevel:
+    """A floor level that was wanted until `wanted_until`, held for `hold` after that."""
+
+    floor: int
+    source: Source
+    wanted_until: datetime
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FloorDecision:
+    """The floor for one target, why, and when it may next change without a new signal."""
+
+    target: str
+    floor: int
+    source: Source
+    reason: str
+    decided_at: datetime
+    next_change: datetime | None
+    wanted: int  # the floor the signals ask for now, before the hold
+    wanted_source: Source  # the signal behind `wanted`
+    baseline: int  # max(min, cron): what the budget never takes away
+    held: tuple[HeldLevel, ...]  # levels above `wanted` still held, highest first
+    budget_day: date
+    budget_used: float  # pre-warm replica-hours spent on budget_day up to decided_at
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class _Candidate:
+    floor: int
+    source: Source
+    detail: str
+
+
+def sanitize_forecast(value: float | None) -> int:
+    """Replicas a forecast asks for: NaN, infinite, negative or missing count as 0."""
+    if value is None or not math.isfinite(value) or value <= 0:
+        return 0
+    return math.ceil(value - _FORECAST_EPSILON)
+
+
+def _budget_spent_today(previous: FloorDecision | None, now: datetime, today: date) -> float:
+    if previous is None:
+        return 0.0
+    day_start = datetime.combine(today, time(), tzinfo=UTC)
+    used = previous.budget_used if previous.budget_day == today else 0.0
+    rate = max(0, previous.floor - previous.baseline)
+    since = max(previous.decided_at, day_start)
+    if rate and now > since:
+        used += rate * (now - since).total_seconds() / 3600.0
+    return used
+
+
+def decide_floor(
+    target: targets.TargetSpec,
+    signals: Signals,
+    now: datetime,
+    previous: FloorDecision | None,
+) -> FloorDecision:
+    """Decide the floor of `target` at `now` given `signals` and the previous decision (or None)."""
+    if now.tzinfo is None:
+        raise ValueError("now must be timezone-aware")
+    now = now.astimezone(UTC)
+    if previous is not None and now < previous.decided_at:
+        now = previous.decided_at  # a decision never goes back in time
+    today = now.date()
+    cron = schedule.evaluate_windows(target.cron, now)
+
+    intent = math.ceil(signals.sessions / target.sessions_per_replica)
+    forecast = sanitize_forecast(signals.forecast) if target.forecast.enabled else 0
+    candidates = [
+        _Candidate(target.min, Source.MIN, f"min {target.min}"),
+        _Candidate(cron.floor, Source.CRON, _describe_cron(cron)),
+        _Candidate(forecast, Source.FORECAST, f"forecast {forecast}"),
+        _Candidate(
+            intent,
+            Source.INTENT,
+            f"intent {intent} ({signals.sessions} sessions / {target.sessions_per_replica} per replica)",
+        ),
+    ]
+    top = max(c.floor for c in candidates)
+    chosen = next(c for src in _SOURCE_PRIORITY for c in candidates if c.source is src and c.floor == top)
+    wanted = min(top, target.max)
+    baseline = min(max(target.min, cron.floor), target.max)
+    clamp_note = f", clamped to max {target.max}" if top > target.max else ""
+
+    used = _budget_spent_today(previous, now, today)
+    budget = target.budget
+    changes: list[datetime] = [t for t in (cron.next_change, signals.next_session_expiry) if t is not None]
+    held = _hold_levels(previous, wanted, now, target.hold)
+    unbudgeted = held[0].floor if held else wanted
+
+    if budget is not None and used >= budget - _BUDGET_EPSILON and unbudgeted > baseline:
+        baseline_source = Source.CRON if cron.floor > target.min else Source.MIN
+        reason = (
+            f"budget {budget:g} replica-hours/day spent ({used:.2f} used); "
+            f"{chosen.detail} ignored, floor {baseline} from max(min, cron) until midnight UTC"
+        )
+        changes.append(datetime.combine(today + timedelta(days=1), time(), tzinfo=UTC))
+        return FloorDecision(
+            target=str(target.ref),
+            floor=baseline,
+            source=Source.BUDGET,
+            reason=reason,
+            decided_at=now,
+            next_change=min(changes),
+            wanted=baseline,
+            wanted_source=baseline_source,
+            baseline=baseline,
+            held=(),
+            budget_day=today,
+            budget_used=used,
+        )
+
+    if held:
+        floor, source = held[0].floor, held[0].source
+        release = held[0].wanted_until + target.hold
+        reason = (
+            f"holding {floor} ({source.value}) until {release:%Y-%m-%dT%H:%M:%SZ}; "
+            f"now wanted {wanted}: {chosen.detail}{clamp_note}"
+        )
+        changes.append(release)
+    else:
+        floor, source = wanted, chosen.source
+        reason = f"{chosen.detail}{clamp_note}"
+
+    if budget is not None and floor > baseline:
+        remaining = max(0.0, budget - used)
+        changes.append(now + timedelta(hours=remaining / (floor - baseline)))
+
+    return FloorDecision(
+        target=str(target.ref),
+        floor=floor,
+        source=source,
+        reason=reason,
+        decided_at=now,
+        next_change=min(changes) if changes else None,
+        wanted=wanted,
+        wanted_source=chosen.source,
+        baseline=baseline,
+        held=held,
+        budget_day=today,
+        budget_used=used,
+    )
+
+
+def _hold_levels(previous: FloorDecision | None, wanted: int, now: datetime, hold: timedelta) -> tuple[HeldLevel, ...]:
+    """Levels above `wanted` that were wanted within the last `hold`, highest first.
+
+    Invariant: higher levels were last wanted earlier, so the first level is released first.
+    """
+    if previous is None:
+        return ()
+    levels = list(previous.held)
+    if previous.wanted > wanted:
+        # The previous wanted level stayed wanted until now and dominates lower held levels.
+        levels = [lv for lv in levels if lv.floor > previous.wanted]
+        levels.append(HeldLevel(previous.wanted, previous.wanted_source, now))
+    return tuple(lv for lv in levels if lv.floor > wanted and now < lv.wanted_until + hold)
+
+
+def _describe_cron(cron: schedule.CronState) -> str:
+    if cron.window is None or cron.ends_at is None:
+        return "cron 0 (no window open)"
+    return (
+        f"cron {cron.floor} ('{cron.window.schedule}' in {cron.window.timezone} "
+        f"until {cron.ends_at:%Y-%m-%dT%H:%M:%SZ})"
+    )

@@ -1,0 +1,573 @@
+"""One target schema, parsed from YAML, Kubernetes annotations or KEDA scalerMetadata.
+
+Every source is flattened to canonical keys, then validated by the same code, so a value means the
+same thing wherever it is written. Parsing collects every problem and raises one `ConfigError`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+import functools
+import math
+import re
+from collections.abc import Callable, Mapping, Sequence
+from datetime import timedelta
+from typing import Any, TypeVar
+
+import yaml
+
+from prewarm.core import schedule
+
+T = TypeVar("T")
+
+ANNOTATION_PREFIX = "prewarm.dev/"
+# Annotations that belong to prewarm.dev/ but are not part of the target schema itself.
+ANNOTATION_CONTROL_KEYS = frozenset({"enabled", "wake"})
+# Knative's own ceiling, read when `max` is not given (canonical spelling first).
+KNATIVE_MAX_SCALE_KEYS = ("autoscaling.knative.dev/max-scale", "autoscaling.knative.dev/maxScale")
+
+DEFAULT_SESSIONS_PER_REPLICA = 4
+DEFAULT_SESSION_TTL = timedelta(seconds=300)
+DEFAULT_HOLD = timedelta(seconds=120)
+DEFAULT_FORECAST_QUANTILE = 0.9
+DEFAULT_FORECAST_HORIZON = timedelta(seconds=60)
+
+
+class TargetKind(enum.Enum):
+    """The platform object a floor is applied to."""
+
+    KNATIVE = "knative"
+    KEDA = "keda"
+
+
+@dataclasses.dataclass(frozen=True, slots=True, order=True)
+class TargetRef:
+    """A target's identity, `namespace/name`, the same string everywhere (events, store, logs)."""
+
+    namespace: str
+    name: str
+
+    def __str__(self) -> str:
+        return f"{self.namespace}/{self.name}"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForecastSettings:
+    """Whether a learned forecast feeds the floor, which quantile it keeps warm, how far ahead."""
+
+    enabled: bool = False
+    quantile: float = DEFAULT_FORECAST_QUANTILE
+    horizon: timedelta = DEFAULT_FORECAST_HORIZON
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TargetSpec:
+    """Everything the decision core needs to know about one target; built only by the parsers here."""
+
+    ref: TargetRef
+    kind: TargetKind
+    max: int
+    min: int = 0
+    sessions_per_replica: int = DEFAULT_SESSIONS_PER_REPLICA
+    session_ttl: timedelta = DEFAULT_SESSION_TTL
+    hold: timedelta = DEFAULT_HOLD
+    cron: tuple[schedule.CronWindow, ...] = ()
+    forecast: ForecastSettings = ForecastSettings()
+    budget: float | None = None  # pre-warm replica-hours per UTC day; None is unlimited
+
+    def __post_init__(self) -> None:
+        if not 0 <= self.min <= self.max:
+            raise ValueError(f"{self.ref}: need 0 <= min ({self.min}) <= max ({self.max})")
+        if self.sessions_per_replica < 1:
+            raise ValueError(f"{self.ref}: sessions_per_replica must be >= 1")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Problem:
+    """One invalid value: where it was written, what was written, and what is wrong with it."""
+
+    key: str
+    value: object
+    message: str
+
+    def __str__(self) -> str:
+        return f"{self.key}: {self.value!r} {self.message}"
+
+
+class ConfigError(ValueError):
+    """Raised once per parse with every problem found, each naming its key and bad value."""
+
+    def __init__(self, source: str, problems: Sequence[Problem]) -> None:
+        self.source = source
+        self.problems = tuple(problems)
+        lines = "\n".join(f"  - {p}" for p in self.problems)
+        count = len(self.problems)
+        noun = "problem" if count == 1 else "problems"
+        super().__init__(f"invalid configuration in {source} ({count} {noun}):\n{lines}")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ParsedTargets:
+    """Targets parsed from one source, with warnings (unknown keys) for the caller to log."""
+
+    targets: tuple[TargetSpec, ...]
+    warnings: tuple[str, ...] = ()
+
+
+# --- scalar parsers: each returns a value or raises ValueError with a message about the value ---
+
+_DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
+_DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
+
+
+def parse_duration(raw: object) -> timedelta:
+    """Parse `90s`, `5m`, `2h`, `1h30m`, or a bare number of seconds, into a non-negative timedelta."""
+    if isinstance(raw, bool):
+        raise ValueError("is not a duration (use 90s, 5m or 2h)")
+    if isinstance(raw, int | float):
+        seconds = float(raw)
+    elif isinstance(raw, str):
+        text = raw.strip()
+        if re.fullmatch(r"\d+(?:\.\d+)?", text):
+            seconds = float(text)
+        else:
+            parts = _DURATION_RE.findall(text)
+            if not parts or "".join(n + u for n, u in parts) != text:
+                raise ValueError("is not a duration (use 90s, 5m or 2h)")
+            seconds = sum(float(n) * _DURATION_UNITS[u] for n, u in parts)
+    else:
+        raise ValueError("is not a duration (use 90s, 5m or 2h)")
+    if not math.isfinite(seconds) or seconds < 0:
+        raise ValueError("is not a non-negative duration")
+    return timedelta(seconds=seconds)
+
+
+def parse_int(raw: object, *, minimum: int = 0) -> int:
+    """Parse an integer (int or decimal string) that is at least `minimum`."""
+    if isinstance(raw, bool):
+        raise ValueError("is not an integer")
+    if isinstance(raw, int):
+        value = raw
+    elif isinstance(raw, str) and re.fullmatch(r"\s*[+-]?\d+\s*", raw):
+        value = int(raw)
+    else:
+        raise ValueError("is not an integer")
+    if value < minimum:
+        raise ValueError(f"must be >= {minimum}")
+    return value
+
+
+def parse_float(raw: object, *, minimum: float = 0.0) -> float:
+    """Parse a finite number that is at least `minimum`."""
+    if isinstance(raw, bool):
+        raise ValueError("is not a number")
+    try:
+        value = float(raw) if isinstance(raw, int | float | str) else math.nan
+    except ValueError:
+        raise ValueError("is not a number") from None
+    if not math.isfinite(value):
+        raise ValueError("is not a finite number")
+    if value < minimum:
+        raise ValueError(f"must be >= {minimum:g}")
+    return value
+
+
+def parse_bool(raw: object) -> bool:
+    """Parse a YAML boolean or the strings true/false/yes/no/1/0."""
+    if isinstance(raw, bool):
+        return raw
+    if isinstance(raw, str) and raw.strip().lower() in ("true", "yes", "1", "on"):
+        return True
+    if isinstance(raw, str) and raw.strip().lower() in ("false", "no", "0", "off"):
+        return False
+    raise ValueError("is not a boolean (true or false)")
+
+
+def parse_quantile(raw: object) -> float:
+    """Parse a quantile strictly between 0 and 1."""
+    value = parse_float(raw)
+    if not 0.0 < value < 1.0:
+        raise ValueError("must be between 0 and 1 (exclusive)")
+    return value
+
+
+def parse_ref(raw: object) -> TargetRef:
+    """Parse `namespace/name` (both DNS-1123 labels or subdomains)."""
+    if not isinstance(raw, str):
+        raise ValueError("is not a namespace/name string")
+    namespace, sep, name = raw.partition("/")
+    if not sep or not _DNS_NAME.fullmatch(namespace) or not _DNS_NAME.fullmatch(name):
+        raise ValueError("is not namespace/name (lowercase DNS names)")
+    return TargetRef(namespace=namespace, name=name)
+
+
+_DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+
+
+# --- cron windows: a YAML list of mappings, or the compact text form for flat string maps ---
+
+_COMPACT_WINDOW_RE = re.compile(
+    r"^(?P<schedule>\S+(?:\s+\S+){4})\s+for\s+(?P<duration>\S+)\s*=\s*(?P<floor>\S+)"
+    r"(?:\s+in\s+(?P<timezone>\S+))?$"
+)
+COMPACT_CRON_FORM = "MIN HOUR DOM MON DOW for DURATION = FLOOR [in TIMEZONE]; ..."
+
+
+def _parse_window_duration(raw: object) -> timedelta:
+    duration = parse_duration(raw)
+    if duration <= timedelta(0):
+        raise ValueError("must be longer than 0s")
+    return duration
+
+
+def _parse_window_fields(
+    key: str, schedule_text: object, duration: object, floor: object, timezone: object
+) -> tuple[schedule.CronWindow | None, list[Problem]]:
+    problems: list[Problem] = []
+    values: dict[str, Any] = {}
+    checks: list[tuple[str, object, Callable[[object], Any]]] = [
+        ("schedule", schedule_text, schedule.parse_schedule),
+        ("duration", duration, _parse_window_duration),
+        ("floor", floor, parse_int),
+        ("timezone", timezone, schedule.parse_timezone),
+    ]
+    for field, raw, parse in checks:
+        try:
+            values[field] = parse(raw)
+        except ValueError as e:
+            problems.append(Problem(f"{key}.{field}", raw, str(e)))
+    if problems:
+        return None, problems
+    return schedule.CronWindow(
+        schedule=values["schedule"],
+        duration=values["duration"],
+        floor=values["floor"],
+        timezone=values["timezone"],
+    ), []
+
+
+def parse_compact_cron(key: str, text: str) -> tuple[tuple[schedule.CronWindow, ...], list[Problem]]:
+    """Parse `55 8 * * 1-5 for 13h = 2 in America/New_York; 0 22 * * * for 4h = 1` (UTC default)."""
+    windows: list[schedule.CronWindow] = []
+    problems: list[Problem] = []
+    for index, part in enumerate(p.strip() for p in text.split(";")):
+        if not part:
+            continue
+        match = _COMPACT_WINDOW_RE.fullmatch(part)
+        item_key = f"{key}[{index}]"
+        if match is None:
+            problems.append(Problem(item_key, part, f"is not a cron window ({COMPACT_CRON_FORM})"))
+            continue
+        window, window_problems = _parse_window_fields(
+            item_key,
+            match["schedule"],
+            match["duration"],
+            match["floor"],
+            match["timezone"] or "UTC",
+        )
+        problems.extend(window_problems)
+        if window is not None:
+            windows.append(window)
+    return tuple(windows), problems
+
+
+def _parse_cron_value(key: str, raw: object) -> tuple[tuple[schedule.CronWindow, ...], list[Problem]]:
+    if isinstance(raw, str):
+        return parse_compact_cron(key, raw)
+    if not isinstance(raw, list):
+        return (), [Problem(key, raw, f"is not a list of windows or '{COMPACT_CRON_FORM}'")]
+    windows: list[schedule.CronWindow] = []
+    problems: list[Problem] = []
+    for index, item in enumerate(raw):
+        item_key = f"{key}[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(Problem(item_key, item, "is not a mapping with schedule/duration/floor"))
+            continue
+        unknown = sorted(set(item) - {"schedule", "duration", "floor", "timezone"})
+        problems.extend(Problem(f"{item_key}.{k}", item[k], "is not a cron window key") for k in unknown)
+        missing = [k for k in ("schedule", "duration", "floor") if k not in item]
+        problems.extend(Problem(f"{item_key}.{k}", None, "is required") for k in missing)
+        if missing:
+            continue
+        window, window_problems = _parse_window_fields(
+            item_key, item["schedule"], item["duration"], item["floor"], item.get("timezone", "UTC")
+        )
+        problems.extend(window_problems)
+        if window is not None:
+            windows.append(window)
+    return tuple(windows), problems
+
+
+# --- the shared builder: canonical keys in, TargetSpec out ---
+
+# canonical key -> (annotation suffix, scalerMetadata key); YAML uses the canonical key itself.
+FLAT_KEYS: dict[str, tuple[str, str]] = {
+    "min": ("min", "min"),
+    "max": ("max", "max"),
+    "sessionsPerReplica": ("sessions-per-replica", "sessionsPerReplica"),
+    "sessionTTL": ("session-ttl", "sessionTTL"),
+    "hold": ("hold", "hold"),
+    "cron": ("cron", "cron"),
+    "forecast.enabled": ("forecast-enabled", "forecastEnabled"),
+    "forecast.quantile": ("forecast-quantile", "forecastQuantile"),
+    "forecast.horizon": ("forecast-horizon", "forecastHorizon"),
+    "budget": ("budget", "budget"),
+}
+
+_FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
+    "min": parse_int,
+    "max": parse_int,
+    "sessionsPerReplica": lambda raw: parse_int(raw, minimum=1),
+    "sessionTTL": parse_duration,
+    "hold": parse_duration,
+    "forecast.enabled": parse_bool,
+    "forecast.quantile": parse_quantile,
+    "forecast.horizon": parse_duration,
+    "budget": parse_float,
+}
+
+
+def _build_target(
+    *,
+    ref: TargetRef | None,
+    kind: TargetKind | None,
+    raw: Mapping[str, object],
+    spelled: Callable[[str], str],
+    platform_max: int | None,
+    problems: list[Problem],
+) -> TargetSpec | None:
+    """Validate canonical-keyed `raw` into a TargetSpec, appending problems named by `spelled(key)`."""
+    values: dict[str, Any] = {}
+    for key, parse in _FIELD_PARSERS.items():
+        if key not in raw or raw[key] is None or raw[key] == "":
+            continue
+        try:
+            values[key] = parse(raw[key])
+        except ValueError as e:
+            problems.append(Problem(spelled(key), raw[key], str(e)))
+    cron: tuple[schedule.CronWindow, ...] = ()
+    if raw.get("cron") not in (None, "", []):
+        cron, cron_problems = _parse_cron_value(spelled("cron"), raw["cron"])
+        problems.extend(cron_problems)
+
+    ceiling = values.get("max", platform_max)
+    if ceiling is None and "max" not in raw:
+        problems.append(Problem(spelled("max"), None, "is required (no platform max-scale to fall back on)"))
+    floor_min = values.get("min", 0)
+    if ceiling is not None and "min" in values and floor_min > ceiling:
+        problems.append(Problem(spelled("min"), raw["min"], f"is above max ({ceiling})"))
+    if ceiling is not None:
+        for index, window in enumerate(cron):
+            if window.floor > ceiling:
+                problems.append(Problem(f"{spelled('cron')}[{index}].floor", window.floor, f"is above max ({ceiling})"))
+    if problems or ref is None or kind is None or ceiling is None:
+        return None
+    return TargetSpec(
+        ref=ref,
+        kind=kind,
+        min=floor_min,
+        max=ceiling,
+        sessions_per_replica=values.get("sessionsPerReplica", DEFAULT_SESSIONS_PER_REPLICA),
+        session_ttl=values.get("sessionTTL", DEFAULT_SESSION_TTL),
+        hold=values.get("hold", DEFAULT_HOLD),
+        cron=cron,
+        forecast=ForecastSettings(
+            enabled=values.get("forecast.enabled", False),
+            quantile=values.get("forecast.quantile", DEFAULT_FORECAST_QUANTILE),
+            horizon=values.get("forecast.horizon", DEFAULT_FORECAST_HORIZON),
+        ),
+        budget=values.get("budget"),
+    )
+
+
+def _parse_field(raw: object, parse: Callable[[object], T], key: str, problems: list[Problem]) -> T | None:
+    try:
+        return parse(raw)
+    except ValueError as e:
+        problems.append(Problem(key, raw, str(e)))
+        return None
+
+
+def _parse_required(
+    item: Mapping[str, object],
+    key: str,
+    parse: Callable[[object], T],
+    prefix: str,
+    missing: str,
+    problems: list[Problem],
+) -> T | None:
+    if key not in item:
+        problems.append(Problem(f"{prefix}.{key}", None, missing))
+        return None
+    return _parse_field(item[key], parse, f"{prefix}.{key}", problems)
+
+
+def _parse_kind(raw: object) -> TargetKind:
+    try:
+        return TargetKind(raw)
+    except ValueError:
+        raise ValueError("is not a target kind (knative or keda)") from None
+
+
+# --- source 1: the YAML file ---
+
+_YAML_TARGET_KEYS = frozenset({"name", "kind", "forecast"}) | (set(FLAT_KEYS) - {k for k in FLAT_KEYS if "." in k})
+_YAML_FORECAST_KEYS = frozenset({"enabled", "quantile", "horizon"})
+
+
+def parse_config_document(text: str, *, source: str) -> ParsedTargets:
+    """Parse a YAML config document (`targets:` list); raise ConfigError listing every problem."""
+    try:
+        document = yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        raise ConfigError(source, [Problem("(document)", source, f"is not valid YAML: {e}")]) from e
+    if not isinstance(document, Mapping) or not isinstance(document.get("targets"), list):
+        raise ConfigError(source, [Problem("targets", None, "is required: a list of targets")])
+    problems: list[Problem] = []
+    warnings = [f"{source}: unknown top-level key {k!r} ignored" for k in document if k != "targets"]
+    targets: list[TargetSpec] = []
+    seen: set[TargetRef] = set()
+    for index, item in enumerate(document["targets"]):
+        prefix = f"targets[{index}]"
+        if not isinstance(item, Mapping):
+            problems.append(Problem(prefix, item, "is not a mapping"))
+            continue
+        warnings.extend(f"{source}: unknown key {prefix}.{k} ignored" for k in item if k not in _YAML_TARGET_KEYS)
+        ref = _parse_required(item, "name", parse_ref, prefix, "is required (namespace/name)", problems)
+        kind = _parse_required(item, "kind", _parse_kind, prefix, "is required (knative or keda)", problems)
+        if ref is not None and ref in seen:
+            problems.append(Problem(f"{prefix}.name", str(ref), "is listed twice"))
+        raw: dict[str, object] = {k: v for k, v in item.items() if k in FLAT_KEYS}
+        forecast = item.get("forecast")
+        if isinstance(forecast, Mapping):
+            warnings.extend(
+                f"{source}: unknown key {prefix}.forecast.{k} ignored" for k in forecast if k not in _YAML_FORECAST_KEYS
+            )
+            raw.update({f"forecast.{k}": v for k, v in forecast.items() if k in _YAML_FORECAST_KEYS})
+        elif forecast is not None:
+            problems.append(Problem(f"{prefix}.forecast", forecast, "is not a mapping (enabled, quantile, horizon)"))
+        spec = _build_target(
+            ref=ref,
+            kind=kind,
+            raw=raw,
+            spelled=functools.partial("{}.{}".format, prefix),
+            platform_max=None,
+            problems=problems,
+        )
+        if spec is not None:
+            seen.add(spec.ref)
+            targets.append(spec)
+    if problems:
+        raise ConfigError(source, problems)
+    return ParsedTargets(targets=tuple(targets), warnings=tuple(warnings))
+
+
+# --- source 2: Kubernetes annotations (prewarm.dev/kebab-case) ---
+
+_ANNOTATION_TO_CANONICAL = {suffix: canonical for canonical, (suffix, _) in FLAT_KEYS.items()}
+
+
+def parse_annotations(
+    annotations: Mapping[str, str], *, ref: TargetRef, kind: TargetKind = TargetKind.KNATIVE
+) -> tuple[TargetSpec, tuple[str, ...]]:
+    """Parse a Knative Service's `prewarm.dev/*` annotations; `max` falls back to its max-scale."""
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    raw: dict[str, object] = {}
+    for key, value in annotations.items():
+        if not key.startswith(ANNOTATION_PREFIX):
+            continue
+        suffix = key.removeprefix(ANNOTATION_PREFIX)
+        if suffix in _ANNOTATION_TO_CANONICAL:
+            raw[_ANNOTATION_TO_CANONICAL[suffix]] = value
+        elif suffix not in ANNOTATION_CONTROL_KEYS:
+            warnings.append(f"{ref}: unknown annotation {key} ignored")
+    platform_max = None
+    for key in KNATIVE_MAX_SCALE_KEYS:
+        if key in annotations:
+            platform_max = _parse_field(annotations[key], parse_int, key, problems)
+            break
+    spec = _build_target(
+        ref=ref,
+        kind=kind,
+        raw=raw,
+        spelled=lambda canonical: ANNOTATION_PREFIX + FLAT_KEYS[canonical][0],
+        platform_max=platform_max,
+        problems=problems,
+    )
+    if spec is None:
+        raise ConfigError(f"annotations of {ref}", problems)
+    return spec, tuple(warnings)
+
+
+# --- source 3: KEDA trigger scalerMetadata (camelCase, no prefix) ---
+
+_METADATA_TO_CANONICAL = {meta: canonical for canonical, (_, meta) in FLAT_KEYS.items()}
+# `target` is ours; KEDA passes the trigger's whole metadata map, so its own external-scaler
+# connection keys arrive too and are neither target settings nor typos.
+SCALER_METADATA_CONTROL_KEYS = frozenset(
+    {"target", "scalerAddress", "caCert", "tlsCertFile", "tlsClientCert", "tlsClientKey", "unsafeSsl"}
+)
+
+
+def parse_scaler_metadata(
+    metadata: Mapping[str, str],
+    *,
+    scaled_object: TargetRef,
+    platform_max: int | None = None,
+    base: TargetSpec | None = None,
+) -> tuple[TargetSpec, tuple[str, ...]]:
+    """Parse a trigger's metadata map; `target` defaults to the ScaledObject's own namespace/name.
+
+    Keys given inline override `base` (a target configured elsewhere, e.g. the YAML file).
+    """
+    problems: list[Problem] = []
+    warnings: list[str] = []
+    ref = scaled_object
+    if metadata.get("target"):
+        ref = _parse_field(metadata["target"], parse_ref, "target", problems) or scaled_object
+    raw: dict[str, object] = {} if base is None else _canonical_values(base)
+    for key, value in metadata.items():
+        if key in _METADATA_TO_CANONICAL:
+            raw[_METADATA_TO_CANONICAL[key]] = value
+        elif key not in SCALER_METADATA_CONTROL_KEYS:
+            warnings.append(f"{scaled_object}: unknown scalerMetadata key {key!r} ignored")
+    spec = _build_target(
+        ref=ref,
+        kind=TargetKind.KEDA if base is None else base.kind,
+        raw=raw,
+        spelled=lambda canonical: FLAT_KEYS[canonical][1],
+        platform_max=platform_max,
+        problems=problems,
+    )
+    if spec is None:
+        raise ConfigError(f"scalerMetadata of {scaled_object}", problems)
+    return spec, tuple(warnings)
+
+
+def _canonical_values(spec: TargetSpec) -> dict[str, object]:
+    """The canonical-key view of an already-valid spec, so inline keys can override it."""
+    values: dict[str, object] = {
+        "min": spec.min,
+        "max": spec.max,
+        "sessionsPerReplica": spec.sessions_per_replica,
+        "sessionTTL": spec.session_ttl.total_seconds(),
+        "hold": spec.hold.total_seconds(),
+        "forecast.enabled": spec.forecast.enabled,
+        "forecast.quantile": spec.forecast.quantile,
+        "forecast.horizon": spec.forecast.horizon.total_seconds(),
+    }
+    if spec.cron:
+        values["cron"] = [
+            {
+                "schedule": w.schedule,
+                "duration": w.duration.total_seconds(),
+                "floor": w.floor,
+                "timezone": w.timezone,
+            }
+            for w in spec.cron
+        ]
+    if spec.budget is not None:
+        values["budget"] = spec.budget
+    return values

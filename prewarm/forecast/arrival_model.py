@@ -1,0 +1,148 @@
+"""The learned arrival model and the rule that turns its probabilities into replicas.
+
+Pure: arrays in, arrays out; no clock, no I/O. The model estimates P(at least one arrival in
+minutes [m, m + horizon)); one model is fitted on the rows of all targets together, so rare targets
+borrow from busy ones through their rate features. A target keeps `k` replicas warm while
+P(N >= k) > 1 - quantile, i.e. while the `quantile` of its demand N needs them; P(N >= k | N >= 1)
+for k >= 2 comes from the target's own history.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Any
+
+import numpy as np
+
+from prewarm.forecast import minute_features
+
+# scikit-learn is imported where first used: it takes seconds to import, and `prewarm serve`
+# without forecast-enabled targets never needs it.
+
+
+MIN_ARRIVAL_MINUTES = 1  # minutes with arrivals a target needs before the model speaks for it
+MAX_LEVEL = 16  # highest floor the demand tail is estimated for
+
+
+class ModelKind(enum.Enum):
+    """The scikit-learn models tried for P(arrival); the replay decides which earns its keep."""
+
+    BOOSTING = "boosting"  # HistGradientBoostingClassifier
+    LOGISTIC = "logistic"  # standardized logistic regression
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ForecastConfig:
+    """How a forecaster is trained: horizon in minutes, model kind, bounded history, sampling."""
+
+    horizon: int = 1
+    model: ModelKind = ModelKind.BOOSTING
+    training_minutes: int = minute_features.MINUTES_PER_WEEK  # rows older than this are not trained on
+    max_training_rows: int = 30_000
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.horizon < 1:
+            raise ValueError("ForecastConfig.horizon must be >= 1 minute")
+        if self.training_minutes < self.horizon or self.max_training_rows < 100:
+            raise ValueError("ForecastConfig needs training_minutes >= horizon and max_training_rows >= 100")
+
+
+def demand_tail(demand: np.ndarray, prior: np.ndarray | None = None, prior_weight: float = 20.0) -> np.ndarray:
+    """P(N >= k | N >= 1) for k = 1..MAX_LEVEL from per-window demands, shrunk toward `prior`.
+
+    With few busy windows of its own a target leans on the prior (the pooled tail of all targets).
+    """
+    busy = demand[demand >= 1]
+    levels = np.arange(1, MAX_LEVEL + 1)
+    if busy.size:
+        own = (busy[:, None] >= levels[None, :]).mean(axis=0)
+    else:
+        own = np.zeros(MAX_LEVEL)
+        own[0] = 1.0
+    if prior is None:
+        return np.asarray(own, dtype=np.float64)
+    weight = busy.size / (busy.size + prior_weight)
+    return np.asarray(weight * own + (1 - weight) * prior, dtype=np.float64)
+
+
+def replicas_for(p_arrival: np.ndarray, tail: np.ndarray, quantile: float, concurrency: int = 1) -> np.ndarray:
+    """Replicas that keep the `quantile` of demand warm: the largest k with P(N >= k) > 1 - quantile.
+
+    P(N >= k) = p_arrival * tail[k - 1]; `concurrency` requests share one replica.
+    """
+    if not 0.0 < quantile < 1.0:
+        raise ValueError("quantile must be in (0, 1)")
+    p = np.nan_to_num(np.asarray(p_arrival, dtype=np.float64), nan=0.0, posinf=1.0, neginf=0.0)
+    needed = (p[:, None] * tail[None, :]) > (1.0 - quantile) + 1e-12  # 1 - 0.9 is 0.0999...98
+    requests = needed.sum(axis=1)
+    return np.asarray(np.ceil(requests / concurrency), dtype=np.float64)
+
+
+def build_model(kind: ModelKind, seed: int) -> Any:
+    """A fresh, unfitted scikit-learn classifier of `kind`."""
+    from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.linear_model import LogisticRegression
+    from sklearn.pipeline import make_pipeline
+    from sklearn.preprocessing import StandardScaler
+
+    if kind is ModelKind.LOGISTIC:
+        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
+    return HistGradientBoostingClassifier(
+        max_iter=60,
+        learning_rate=0.12,
+        max_leaf_nodes=31,
+        min_samples_leaf=40,
+        l2_regularization=1.0,
+        random_state=seed,
+    )
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ArrivalModel:
+    """A fitted P(arrival in horizon) model; `constant` stands in when training saw one class only.
+
+    Training samples negatives (and, past half the budget, positives) at different rates;
+    `odds_scale` (negative rate / positive rate) maps the model's odds back to the population's.
+    """
+
+    estimator: Any  # a fitted scikit-learn classifier, or None
+    constant: float
+    odds_scale: float = 1.0
+
+    def probability(self, features: np.ndarray) -> np.ndarray:
+        """P(at least one arrival in the horizon) for each feature row."""
+        if self.estimator is None or features.shape[0] == 0:
+            return np.full(features.shape[0], self.constant)
+        sampled = np.clip(np.asarray(self.estimator.predict_proba(features)[:, 1], dtype=np.float64), 1e-12, 1 - 1e-12)
+        odds = sampled / (1.0 - sampled) * self.odds_scale
+        return odds / (1.0 + odds)
+
+
+def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: ForecastConfig) -> ArrivalModel:
+    """Fit on at most `config.max_training_rows` rows: positives first, negatives sampled (seeded).
+
+    Sampling instead of weighting keeps the fit fast; the odds are corrected afterwards.
+    """
+    labels = np.asarray(labels, dtype=bool)
+    if labels.size == 0 or labels.all() or not labels.any():
+        return ArrivalModel(None, float(labels.mean()) if labels.size else 0.0)
+    rng = np.random.default_rng(config.seed)
+    positives = np.flatnonzero(labels)
+    negatives = np.flatnonzero(~labels)
+    positive_rate = min(1.0, (config.max_training_rows // 2) / positives.size)
+    if positive_rate < 1.0:
+        positives = rng.choice(positives, config.max_training_rows // 2, replace=False)
+    keep_negatives = min(negatives.size, config.max_training_rows - positives.size)
+    negative_rate = keep_negatives / negatives.size
+    negatives = rng.choice(negatives, keep_negatives, replace=False)
+    rows = np.sort(np.concatenate((positives, negatives)))
+    estimator = build_model(config.model, config.seed)
+    estimator.fit(features[rows], labels[rows])
+    return ArrivalModel(estimator, float(labels.mean()), odds_scale=negative_rate / positive_rate)
+
+
+def has_history(counts_before: np.ndarray) -> bool:
+    """Whether a target has seen arrivals in enough minutes for the model to speak for it."""
+    return int(np.count_nonzero(counts_before)) >= MIN_ARRIVAL_MINUTES

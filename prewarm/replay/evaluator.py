@@ -1,0 +1,530 @@
+"""Replay evaluator: drive every policy over a request trace and score cold starts against GPU time.
+
+Each policy turns a target's trace into a floor over time (the `prewarm` policy through the live
+`policy.decide_floor` and forecaster); `simulation.simulate` then runs the target's requests under
+the reactive autoscaler with that floor. Deterministic for a seed; no I/O (the CLI reads and writes).
+"""
+
+from __future__ import annotations
+
+import bisect
+import dataclasses
+import enum
+import math
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from datetime import UTC, datetime, timedelta
+
+import numpy as np
+
+from prewarm.core import policy, targets
+from prewarm.forecast import arrival_model, idle_histogram, minute_features
+from prewarm.replay import simulation, traces
+
+SESSION_GAP = timedelta(minutes=10)
+KEEPALIVE_SWEEP = (60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
+QUANTILE_SWEEP = (0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99)
+REPLAY_NAMESPACE = "replay"
+UNLIMITED_MAX = 1000
+
+
+class PolicyKind(enum.Enum):
+    """The policies replay knows."""
+
+    KNATIVE_DEFAULT = "knative-default"
+    KEEPALIVE = "keepalive"
+    CRON = "cron"
+    HYBRID_HISTOGRAM = "hybrid-histogram"
+    PREWARM = "prewarm"
+    ORACLE = "oracle"
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyChoice:
+    """One policy to replay: `keepalive` takes seconds, `prewarm` optionally a quantile."""
+
+    kind: PolicyKind
+    value: float | None = None
+
+    @property
+    def name(self) -> str:
+        if self.value is None:
+            return self.kind.value
+        return f"{self.kind.value}:{self.value:g}"
+
+
+def parse_policies(text: str) -> tuple[PolicyChoice, ...]:
+    """`knative-default,keepalive:600,cron,hybrid-histogram,prewarm[:QUANTILE],oracle`; every problem in one error."""
+    chosen: list[PolicyChoice] = []
+    problems: list[str] = []
+    for raw in (part.strip() for part in text.split(",")):
+        name, _, argument = raw.partition(":")
+        try:
+            kind = PolicyKind(name)
+        except ValueError:
+            known = ", ".join(k.value for k in PolicyKind)
+            problems.append(f"{raw!r} is not a policy (known: {known})")
+            continue
+        if kind is PolicyKind.KEEPALIVE:
+            try:
+                seconds = targets.parse_duration(argument).total_seconds()
+            except ValueError:
+                problems.append(f"{raw!r}: keepalive needs a duration, e.g. keepalive:600 or keepalive:10m")
+                continue
+            chosen.append(PolicyChoice(kind, seconds))
+        elif kind is PolicyKind.PREWARM and argument:
+            try:
+                quantile = float(argument)
+            except ValueError:
+                quantile = math.nan
+            if not 0.0 < quantile < 1.0:
+                problems.append(f"{raw!r}: prewarm's quantile must be a number in (0, 1)")
+                continue
+            chosen.append(PolicyChoice(kind, quantile))
+        elif argument:
+            problems.append(f"{raw!r}: {kind.value} takes no argument")
+        else:
+            chosen.append(PolicyChoice(kind))
+    if not chosen and not problems:
+        problems.append("no policies given")
+    if problems:
+        raise ValueError("--policies: " + "; ".join(problems))
+    return tuple(chosen)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class IntentLead:
+    """Synthetic intent: `session.opened` arrives a lognormal lead before a session's first request."""
+
+    median_seconds: float
+    sigma: float
+
+    def __post_init__(self) -> None:
+        if not (self.median_seconds > 0 and self.sigma >= 0 and math.isfinite(self.median_seconds + self.sigma)):
+            raise ValueError("intent lead needs a median > 0 and a sigma >= 0")
+
+
+def parse_intent_lead(text: str) -> IntentLead:
+    """`lognormal:MEDIAN_S,SIGMA` into an IntentLead."""
+    family, _, args = text.partition(":")
+    parts = args.split(",")
+    if family != "lognormal" or len(parts) != 2:
+        raise ValueError(f"--intent-lead: {text!r} is not lognormal:MEDIAN_S,SIGMA")
+    try:
+        return IntentLead(float(parts[0]), float(parts[1]))
+    except ValueError as e:
+        raise ValueError(f"--intent-lead: {text!r}: {e}") from e
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplaySettings:
+    """Everything a replay depends on besides the trace."""
+
+    cold_starts: np.ndarray  # seconds; one value is fixed, more are sampled
+    seed: int = 0
+    concurrency: int = 1
+    score_from: float | None = None  # seconds since the epoch
+    intent_lead: IntentLead | None = None
+    quantile: float = targets.DEFAULT_FORECAST_QUANTILE
+    forecast: arrival_model.ForecastConfig = dataclasses.field(default_factory=arrival_model.ForecastConfig)
+    refit_minutes: int = 360
+    hold: timedelta = targets.DEFAULT_HOLD  # the prewarm policy's scale-down hold
+    cron_specs: Mapping[str, targets.TargetSpec] = dataclasses.field(default_factory=dict)  # by trace target name
+
+    def __post_init__(self) -> None:
+        if self.concurrency < 1:
+            raise ValueError("concurrency must be >= 1")
+        if self.cold_starts.size == 0 or not np.all(self.cold_starts > 0):
+            raise ValueError("cold starts must be > 0 seconds")
+        if self.refit_minutes < 1:
+            raise ValueError("refit interval must be >= 1 minute")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class PolicyScore:
+    """One policy's score over the scored window (the fields of summary.json)."""
+
+    policy: str
+    requests: int
+    cold_starts: int
+    cold_start_fraction: float
+    wait_p50_s: float
+    wait_p99_s: float
+    warm_replica_hours_per_day: float
+    idle_replica_hours_per_day: float
+    synthetic_intent: bool = False
+
+    @classmethod
+    def from_outcome(cls, name: str, outcome: simulation.Outcome, days: float, *, synthetic: bool) -> PolicyScore:
+        waits = np.asarray(outcome.waits) if outcome.waits else np.zeros(1)
+        return cls(
+            policy=name,
+            requests=outcome.requests,
+            cold_starts=outcome.cold_starts,
+            cold_start_fraction=outcome.cold_starts / outcome.requests if outcome.requests else 0.0,
+            wait_p50_s=float(np.percentile(waits, 50)),
+            wait_p99_s=float(np.percentile(waits, 99)),
+            warm_replica_hours_per_day=outcome.warm_seconds / 3600.0 / days,
+            idle_replica_hours_per_day=outcome.idle_seconds / 3600.0 / days,
+            synthetic_intent=synthetic,
+        )
+
+
+def default_spec(
+    name: str, quantile: float, horizon_seconds: float, concurrency: int, hold: timedelta = targets.DEFAULT_HOLD
+) -> targets.TargetSpec:
+    """The spec a trace target gets without a config: no ceiling to speak of, forecast on, and one
+    session per replica slot (a session's requests come one after another)."""
+    return targets.TargetSpec(
+        ref=targets.TargetRef(REPLAY_NAMESPACE, name),
+        kind=targets.TargetKind.KEDA,
+        max=UNLIMITED_MAX,
+        sessions_per_replica=concurrency,
+        hold=hold,
+        forecast=targets.ForecastSettings(True, quantile, timedelta(seconds=horizon_seconds)),
+    )
+
+
+def keepalive_floor(arrivals: np.ndarray, exec_seconds: np.ndarray, keepalive: float) -> simulation.FloorSteps:
+    """One replica from each arrival until `keepalive` after the last running request finishes."""
+    changes: list[tuple[float, int]] = []
+    until = -math.inf
+    for at, done in zip(arrivals.tolist(), (arrivals + exec_seconds).tolist(), strict=True):
+        if at > until:
+            if changes:
+                changes.append((until, 0))
+            changes.append((at, 1))
+        until = max(until, done + keepalive)
+    if changes:
+        changes.append((until, 0))
+    return simulation.FloorSteps.from_changes(changes)
+
+
+def hybrid_histogram_floor(arrivals: np.ndarray, exec_seconds: np.ndarray) -> simulation.FloorSteps:
+    """The hybrid-histogram policy: after each execution, warm during the learned window until the next arrival."""
+    histogram = idle_histogram.IdleHistogram()
+    changes: list[tuple[float, int]] = []
+    finished = -math.inf
+    arrival_list = arrivals.tolist()
+    for j, (at, run) in enumerate(zip(arrival_list, exec_seconds.tolist(), strict=True)):
+        if finished > -math.inf and at > finished:
+            histogram.add(at - finished)
+        finished = max(finished, at + run)
+        if j + 1 < len(arrival_list) and arrival_list[j + 1] <= finished:
+            continue  # still running when the next request comes
+        windows = histogram.windows()
+        next_at = arrival_list[j + 1] if j + 1 < len(arrival_list) else math.inf
+        warm_from, warm_until = finished + windows.prewarm, min(finished + windows.prewarm + windows.keepalive, next_at)
+        if warm_from < warm_until:
+            changes.append((warm_from, 1))
+            changes.append((warm_until, 0))
+    return simulation.FloorSteps.from_changes(sorted(changes, key=lambda c: c[0]))
+
+
+def utc_datetime(seconds: float) -> datetime:
+    return datetime.fromtimestamp(seconds, UTC)
+
+
+def decision_floor(
+    spec: targets.TargetSpec,
+    *,
+    start: float,
+    end: float,
+    forecast_replicas: np.ndarray | None = None,
+    first_minute: int = 0,
+    sessions: Sequence[tuple[float, float]] = (),
+) -> simulation.FloorSteps:
+    """The floor `policy.decide_floor` sets over [start, end) from a per-minute forecast and sessions.
+
+    Decides at every signal change (a forecast minute that differs, a session opening or closing)
+    and at each decision's own next change, exactly as the live decider does.
+    """
+    events: set[float] = {start}
+    if forecast_replicas is not None and forecast_replicas.size:
+        known = np.nan_to_num(forecast_replicas, nan=-1.0)
+        changed = np.flatnonzero(np.diff(known, prepend=-2.0) != 0)
+        events.update(((changed + first_minute) * 60.0).tolist())
+    opens = sorted(s[0] for s in sessions)
+    closes = sorted(s[1] for s in sessions)
+    events.update(opens)
+    events.update(closes)
+    timeline = sorted(t for t in events if start <= t < end)
+    changes: list[tuple[float, int]] = []
+    previous: policy.FloorDecision | None = None
+    k = 0
+    at = timeline[0] if timeline else math.inf
+    while at < end:
+        active = bisect.bisect_right(opens, at) - bisect.bisect_right(closes, at)
+        upcoming = bisect.bisect_right(closes, at)
+        value: float | None = None
+        if forecast_replicas is not None:
+            minute = int(at // 60) - first_minute
+            value = float(forecast_replicas[minute]) if 0 <= minute < forecast_replicas.size else None
+        signals = policy.Signals(
+            sessions=active,
+            next_session_expiry=utc_datetime(closes[upcoming]) if active and upcoming < len(closes) else None,
+            forecast=None if value is None or math.isnan(value) else value,
+        )
+        previous = policy.decide_floor(spec, signals, utc_datetime(at), previous)
+        changes.append((at, previous.floor))
+        while k < len(timeline) and timeline[k] <= at:
+            k += 1
+        following = timeline[k] if k < len(timeline) else math.inf
+        if previous.next_change is not None and previous.next_change.timestamp() > at:
+            following = min(following, previous.next_change.timestamp())
+        at = following
+    return simulation.FloorSteps.from_changes(changes)
+
+
+def synthetic_sessions(
+    request: traces.TargetRequests, lead: IntentLead, rng: np.random.Generator
+) -> list[tuple[float, float]]:
+    """Sessions of `request` opened a sampled lead before their first request, closed after their last."""
+    runs = traces.sessions_of(request.groups, request.arrivals, request.arrivals + request.exec_seconds, SESSION_GAP)
+    leads = lead.median_seconds * np.exp(lead.sigma * rng.standard_normal(len(runs)))
+    return [(first - float(d), last) for (first, last), d in zip(runs, leads.tolist(), strict=True)]
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class TraceForecast:
+    """P(arrival in the horizon) per target and minute from periodic refits; NaN where the fallback rules."""
+
+    first_minute: int
+    probability: Mapping[str, np.ndarray]
+    fallback: Mapping[str, np.ndarray]  # the hybrid-histogram rule's floor where probability is NaN
+    tails: Mapping[str, np.ndarray]
+
+    def replicas(self, target: str, quantile: float, concurrency: int) -> np.ndarray:
+        p = self.probability[target]
+        learned = arrival_model.replicas_for(np.nan_to_num(p), self.tails[target], quantile, concurrency)
+        return np.where(np.isnan(p), self.fallback[target], learned)
+
+
+def minute_grid(trace: traces.Trace) -> tuple[int, int]:
+    """The trace's first absolute minute and how many minutes the forecasts cover (one spare)."""
+    first_minute = int(trace.start // 60)
+    return first_minute, int(trace.end // 60) - first_minute + 2
+
+
+def forecast_trace(
+    trace: traces.Trace,
+    config: arrival_model.ForecastConfig,
+    *,
+    predict_from: float,
+    refit_minutes: int,
+    on_refit: Callable[[], None] | None = None,
+) -> TraceForecast:
+    """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block."""
+    first_minute, n_minutes = minute_grid(trace)
+    minutes = np.arange(n_minutes)
+    counts = {
+        t.name: np.bincount((t.arrivals // 60).astype(np.int64) - first_minute, minlength=n_minutes)
+        for t in trace.targets
+    }
+    features = {
+        name: minute_features.feature_matrix(c, minutes, first_minute=first_minute, horizon=config.horizon)
+        for name, c in counts.items()
+    }
+    labels = {name: minute_features.arrival_labels(c, minutes, config.horizon) for name, c in counts.items()}
+    first_seen = {name: int(np.flatnonzero(c)[0]) for name, c in counts.items()}
+    probability = {name: np.full(n_minutes, np.nan) for name in counts}
+    fallback = {name: np.zeros(n_minutes) for name in counts}
+    tails: dict[str, np.ndarray] = {}
+    begin = max(0, int(predict_from // 60) - first_minute)
+    for block in range(begin, n_minutes, refit_minutes):
+        block_end = min(block + refit_minutes, n_minutes)
+        lo, hi = max(0, block - config.training_minutes), block - config.horizon + 1
+        learned = [name for name, c in counts.items() if arrival_model.has_history(c[:block])]
+        spans = [(n, max(lo, first_seen[n])) for n in learned if hi > max(lo, first_seen[n])]
+        model = arrival_model.ArrivalModel(None, 0.0)
+        if spans:
+            block_config = dataclasses.replace(config, seed=config.seed + block)
+            model = arrival_model.fit_arrival_model(
+                np.concatenate([features[n][a:hi] for n, a in spans]),
+                np.concatenate([labels[n][a:hi] for n, a in spans]),
+                block_config,
+            )
+        demands = {n: minute_features.demand_in_horizon(counts[n][:block], config.horizon) for n in counts}
+        pooled = arrival_model.demand_tail(np.concatenate(list(demands.values())))
+        for name, c in counts.items():
+            tails[name] = arrival_model.demand_tail(demands[name], pooled)
+            span = minutes[block:block_end]
+            if name in learned:
+                probability[name][block:block_end] = model.probability(features[name][block:block_end])
+            else:
+                fallback[name][block:block_end] = idle_histogram.fallback_replicas(c, span, learned_until=block)
+        if on_refit is not None:
+            on_refit()
+    return TraceForecast(first_minute, probability, fallback, tails)
+
+
+def refit_count(trace: traces.Trace, predict_from: float, refit_minutes: int) -> int:
+    """How many refits `forecast_trace` makes (for progress reporting)."""
+    first_minute, n_minutes = minute_grid(trace)
+    begin = max(0, int(predict_from // 60) - first_minute)
+    return max(0, math.ceil((n_minutes - begin) / refit_minutes))
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ReplayResult:
+    """Scores of the requested policies and of the frontier sweeps."""
+
+    scores: tuple[PolicyScore, ...]
+    keepalive_frontier: tuple[PolicyScore, ...]
+    prewarm_frontier: tuple[PolicyScore, ...]
+    prewarm_intent_frontier: tuple[PolicyScore, ...]
+    window: simulation.Window
+    targets: int
+
+
+class Replay:
+    """Replays one trace under any policy; forecasts are computed once and shared by all quantiles."""
+
+    def __init__(self, trace: traces.Trace, settings: ReplaySettings) -> None:
+        self.trace = trace
+        self.settings = settings
+        start = settings.score_from if settings.score_from is not None else trace.start
+        self.window = simulation.Window(start, trace.end + 1.0)
+        self.days = (self.window.end - self.window.start) / 86400.0
+        self._forecast: TraceForecast | None = None
+        self._sessions: dict[str, list[tuple[float, float]]] | None = None
+
+    @property
+    def forecast_predict_from(self) -> float:
+        return max(self.trace.start, self.window.start - 3600.0)  # an hour of warm-up before scoring
+
+    def prepare_forecast(self, on_refit: Callable[[], None] | None = None) -> TraceForecast:
+        if self._forecast is None:
+            self._forecast = forecast_trace(
+                self.trace,
+                self.settings.forecast,
+                predict_from=self.forecast_predict_from,
+                refit_minutes=self.settings.refit_minutes,
+                on_refit=on_refit,
+            )
+        return self._forecast
+
+    def sessions(self) -> dict[str, list[tuple[float, float]]]:
+        if self._sessions is None:
+            lead = self.settings.intent_lead
+            self._sessions = {}
+            for index, request in enumerate(self.trace.targets):
+                if lead is None:
+                    self._sessions[request.name] = []
+                else:
+                    rng = np.random.default_rng([self.settings.seed, index, 1])
+                    self._sessions[request.name] = synthetic_sessions(request, lead, rng)
+        return self._sessions
+
+    def floor(self, choice: PolicyChoice, request: traces.TargetRequests, *, intent: bool) -> simulation.FloorSteps:
+        kind = choice.kind
+        if kind is PolicyKind.KNATIVE_DEFAULT:
+            return simulation.FloorSteps()
+        if kind is PolicyKind.KEEPALIVE:
+            return keepalive_floor(request.arrivals, request.exec_seconds, choice.value or 0.0)
+        if kind is PolicyKind.HYBRID_HISTOGRAM:
+            return hybrid_histogram_floor(request.arrivals, request.exec_seconds)
+        start, end = self.trace.start, self.window.end
+        if kind is PolicyKind.CRON:
+            spec = self.settings.cron_specs.get(request.name)
+            if spec is None or not spec.cron:
+                return simulation.FloorSteps()
+            cron_only = dataclasses.replace(spec, forecast=targets.ForecastSettings(enabled=False))
+            return decision_floor(cron_only, start=start, end=end)
+        quantile = choice.value if choice.value is not None else self.settings.quantile
+        horizon_seconds = self.settings.forecast.horizon * 60.0  # what the forecaster predicts for
+        spec = default_spec(request.name, quantile, horizon_seconds, self.settings.concurrency, self.settings.hold)
+        trace_forecast = self.prepare_forecast()
+        replicas = trace_forecast.replicas(request.name, spec.forecast.quantile, self.settings.concurrency)
+        return decision_floor(
+            spec,
+            start=start,
+            end=end,
+            forecast_replicas=replicas,
+            first_minute=trace_forecast.first_minute,
+            sessions=self.sessions()[request.name] if intent else (),
+        )
+
+    def run_policy(self, choice: PolicyChoice, *, intent: bool = False) -> simulation.Outcome:
+        total = simulation.Outcome()
+        for index, request in enumerate(self.trace.targets):
+            cold = simulation.ColdStarts(self.settings.cold_starts, self.settings.seed, index)
+            if choice.kind is PolicyKind.ORACLE:
+                outcome = simulation.simulate_oracle(
+                    request.arrivals,
+                    request.exec_seconds,
+                    cold,
+                    concurrency=self.settings.concurrency,
+                    window=self.window,
+                )
+            else:
+                outcome = simulation.simulate(
+                    request.arrivals,
+                    request.exec_seconds,
+                    self.floor(choice, request, intent=intent),
+                    cold,
+                    concurrency=self.settings.concurrency,
+                    window=self.window,
+                )
+            total.add(outcome)
+        return total
+
+    def score(self, choice: PolicyChoice, *, intent: bool = False) -> PolicyScore:
+        name = choice.name + (" +intent" if intent else "")
+        return PolicyScore.from_outcome(name, self.run_policy(choice, intent=intent), self.days, synthetic=intent)
+
+
+def run_replay(
+    trace: traces.Trace,
+    settings: ReplaySettings,
+    choices: Sequence[PolicyChoice],
+    *,
+    sweep: bool = True,
+    on_progress: Callable[[str, int, int], None] | None = None,
+) -> ReplayResult:
+    """Score `choices` (with synthetic intent added to `prewarm` when a lead is set) and the frontier sweeps."""
+    replay = Replay(trace, settings)
+    intent = settings.intent_lead is not None
+    jobs: list[tuple[PolicyChoice, bool, str]] = []
+    for choice in choices:
+        jobs.append((choice, False, "summary"))
+        if intent and choice.kind is PolicyKind.PREWARM:
+            jobs.append((choice, True, "summary"))
+    if sweep:
+        jobs += [(PolicyChoice(PolicyKind.KEEPALIVE, s), False, "keepalive") for s in KEEPALIVE_SWEEP]
+        jobs += [(PolicyChoice(PolicyKind.PREWARM, q), False, "prewarm") for q in QUANTILE_SWEEP]
+        if intent:
+            jobs += [(PolicyChoice(PolicyKind.PREWARM, q), True, "prewarm+intent") for q in QUANTILE_SWEEP]
+    needs_forecast = any(choice.kind is PolicyKind.PREWARM for choice, _, _ in jobs)
+    refits = refit_count(trace, replay.forecast_predict_from, settings.refit_minutes) if needs_forecast else 0
+    total = refits + len(jobs)
+    done = 0
+
+    def step(label: str) -> None:
+        nonlocal done
+        done += 1
+        if on_progress is not None:
+            on_progress(label, done, total)
+
+    if needs_forecast:
+        replay.prepare_forecast(on_refit=lambda: step("forecast refit"))
+    groups: dict[str, list[PolicyScore]] = {"summary": [], "keepalive": [], "prewarm": [], "prewarm+intent": []}
+    for choice, with_intent, group in jobs:
+        groups[group].append(replay.score(choice, intent=with_intent))
+        step(choice.name)
+    return ReplayResult(
+        scores=tuple(groups["summary"]),
+        keepalive_frontier=tuple(groups["keepalive"]),
+        prewarm_frontier=tuple(groups["prewarm"]),
+        prewarm_intent_frontier=tuple(groups["prewarm+intent"]),
+        window=replay.window,
+        targets=len(trace.targets),
+    )
+
+
+def frontier_cold_starts(frontier: Iterable[PolicyScore], warm_hours: float) -> float | None:
+    """Cold starts on the piecewise-linear frontier at `warm_hours` (None outside its span)."""
+    points = sorted((s.warm_replica_hours_per_day, s.cold_starts) for s in frontier)
+    if not points or not points[0][0] <= warm_hours <= points[-1][0]:
+        return None
+    hours = [p[0] for p in points]
+    return float(np.interp(warm_hours, hours, [p[1] for p in points]))

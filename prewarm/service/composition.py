@@ -1,0 +1,222 @@
+"""The composition root of `prewarm serve`: builds the store, clock, telemetry, actuators, decider,
+forecaster, listener and the embedded scaler from `ServeOptions`, and passes each what it needs.
+Nothing below it builds a client of its own; nothing here decides or translates.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import dataclasses
+import logging
+from collections.abc import AsyncIterator, Mapping
+from pathlib import Path
+from typing import TextIO
+
+from aiohttp import web
+from opentelemetry.sdk.trace import TracerProvider
+
+from knative import actuator as knative_actuator
+from knative import discovery as knative_discovery
+from knative import kube_api as knative_api
+from knative import leader as knative_leader
+from prewarm.core import targets
+from prewarm.service import (
+    actuation,
+    clock,
+    config_file,
+    decider,
+    forecast_loop,
+    knative_targets,
+    listener,
+    observability,
+    state,
+    telemetry,
+)
+from scaler import __main__ as scaler_main
+
+log = logging.getLogger("prewarm")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ServeOptions:
+    """What `prewarm serve` was asked to run, parsed from the command line and environment."""
+
+    config: Path | None
+    store: str = "memory"
+    actuators: tuple[str, ...] = ("log",)
+    kubeconfig: Path | None = None  # for the knative actuator; in-cluster credentials when None
+    knative_floor_object: str | None = None  # revision | podautoscaler; detected when None
+    leader_lease: str | None = None  # namespace/name of the Lease; None: this replica always patches
+    knative_namespaces: tuple[str, ...] = ()  # where to discover annotated Services; () is everywhere
+    identity: str = "prewarm"
+    http_host: str = "0.0.0.0"
+    http_port: int = 8080
+    listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
+    grpc: scaler_main.ScalerOptions | None = None  # the embedded KEDA scaler, off when None
+
+
+@dataclasses.dataclass(slots=True)
+class RunningService:
+    """A started `prewarm serve`: what tests and the CLI need to reach it."""
+
+    decider: decider.Decider
+    store: state.Store
+    listener: listener.IntentListener
+    http_port: int
+    grpc_port: int | None
+    decider_task: asyncio.Task[None]
+
+
+@contextlib.asynccontextmanager
+async def run_service(
+    options: ServeOptions,
+    *,
+    clock: clock.Clock,
+    out: TextIO,
+    env: Mapping[str, str] | None = None,
+    tracer_provider: TracerProvider | None = None,
+) -> AsyncIterator[RunningService]:
+    """Build and start every part of `prewarm serve`; stop them all on exit.
+
+    Raises ConfigError before starting anything when the configuration is invalid.
+    """
+    parsed = config_file.load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
+    for warning in parsed.warnings:
+        log.warning("%s", warning)
+    store = state.build_store(options.store)
+    providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
+    instruments = telemetry.Telemetry(
+        meter_provider=providers.meter_provider,
+        tracer_provider=providers.tracer_provider,
+        targets=[str(spec.ref) for spec in parsed.targets],
+    )
+    actuators: list[actuation.Actuator] = []
+    kube: knative_api.KubeAPI | None = None
+    knative: knative_actuator.KnativeActuator | None = None
+    if "log" in options.actuators:
+        actuators.append(actuation.LogActuator(out))
+    elector: knative_leader.LeaseElector | None = None
+    if "knative" in options.actuators:
+        kube = knative_api.KubeAPI(knative_targets.load_kube_client(options.kubeconfig))
+        if options.leader_lease is not None:
+            lease_namespace, _, lease_name = options.leader_lease.partition("/")
+            elector = knative_leader.LeaseElector(
+                kube,
+                namespace=lease_namespace,
+                name=lease_name,
+                identity=options.identity,
+                clock=clock,
+                on_change=lambda leading: knative_targets.reapply_floors(loop, knative) if leading else None,
+            )
+        knative = knative_actuator.KnativeActuator(
+            kube,
+            floor_object=options.knative_floor_object,
+            wake=knative_targets.send_wake,
+            is_leader=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
+            # configured or discovered Knative targets only: KEDA targets are served by the scaler
+            applies_to=lambda target: (
+                (spec := loop.specs.get(target)) is not None and spec.kind is targets.TargetKind.KNATIVE
+            ),
+        )
+        actuators.append(knative)
+    forecaster = forecast_loop.ForecastLoop(
+        store=store,
+        clock=clock,
+        specs=lambda: loop.specs,
+        on_change=lambda target: loop.mark_changed(target),
+        telemetry=instruments,
+    )
+    loop = decider.Decider(
+        target_specs=parsed.targets,
+        store=store,
+        actuators=actuators,
+        clock=clock,
+        telemetry=instruments,
+        forecast=forecaster.current_forecast,
+    )
+
+    def current_floor(target: str) -> int | None:
+        decision = loop.decisions.get(target)
+        return None if decision is None else decision.floor
+
+    intents = listener.IntentListener(
+        specs=loop.specs,
+        store=store,
+        clock=clock,
+        settings=options.listener,
+        targets_view=loop.describe,
+        telemetry=instruments,
+        current_floor=current_floor,
+        note_trace=loop.note_trace,
+        metrics=providers.prometheus_text,
+    )
+    runner = web.AppRunner(listener.build_app(intents), access_log=None)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        stack.callback(providers.shutdown)
+        if kube is not None:
+            stack.callback(kube.close)
+        grpc_port = None
+        if options.grpc is not None:
+            embedded = await stack.enter_async_context(
+                scaler_main.run_scaler(
+                    feed=store, specs=loop.specs, options=options.grpc, register=loop.add_target, prime=None
+                )
+            )
+            grpc_port = embedded.port
+        if isinstance(store, state.RedisStore):
+            await store.start()  # after every listener (decider, scaler cache) is added
+        await runner.setup()
+        stack.push_async_callback(runner.cleanup)
+        site = web.TCPSite(runner, options.http_host, options.http_port)
+        await site.start()
+        port = runner.addresses[0][1] if runner.addresses else options.http_port
+        log.info(
+            "serving %d targets on http://%s:%d%s (store=%s, actuator=%s)",
+            len(parsed.targets),
+            options.http_host,
+            port,
+            "" if grpc_port is None else f" and gRPC port {grpc_port}",
+            options.store.split("@")[-1],
+            ",".join(options.actuators),
+        )
+        if elector is not None:
+            campaigning = asyncio.create_task(elector.run(), name="leader-election")
+            stack.callback(campaigning.cancel)
+        if kube is not None and knative is not None:
+            finder = knative_discovery.ServiceDiscovery(
+                kube,
+                knative_targets.knative_listeners(loop, knative, stack),
+                namespaces=frozenset(options.knative_namespaces),
+            )
+            discovering = asyncio.create_task(finder.run(), name="knative-discovery")
+            stack.callback(discovering.cancel)
+        forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
+        stack.callback(forecasting.cancel)
+        running = asyncio.create_task(loop.run(), name="decider")
+        try:
+            yield RunningService(
+                decider=loop, store=store, listener=intents, http_port=port, grpc_port=grpc_port, decider_task=running
+            )
+            if running.done():
+                running.result()  # the loop only ends by raising: surface it
+        finally:
+            running.cancel()
+            with contextlib.suppress(asyncio.CancelledError):
+                await running
+
+
+async def serve(
+    options: ServeOptions,
+    *,
+    clock: clock.Clock,
+    out: TextIO,
+    stop: asyncio.Event,
+    env: Mapping[str, str] | None = None,
+) -> None:
+    """Run `prewarm serve` until `stop` is set."""
+    async with run_service(options, clock=clock, out=out, env=env) as service:
+        stopping = asyncio.create_task(stop.wait())
+        await asyncio.wait({stopping, service.decider_task}, return_when=asyncio.FIRST_COMPLETED)
+        stopping.cancel()

@@ -1,0 +1,241 @@
+"""Every OpenTelemetry instrument of kube-prewarm, in one class; providers are passed in.
+
+Label values come from configuration (target names, actuator names, fixed enums), never from raw
+event fields, so cardinality is bounded by the number of configured targets.
+"""
+
+from __future__ import annotations
+
+import collections
+import dataclasses
+from collections.abc import Iterable
+from datetime import datetime
+
+from opentelemetry import trace
+from opentelemetry.metrics import CallbackOptions, MeterProvider, Observation
+from opentelemetry.trace import Link, SpanContext, TracerProvider
+from opentelemetry.trace.propagation.tracecontext import TraceContextTextMapPropagator
+
+from prewarm.core import policy
+
+POD_PHASES = ("container_started", "cache_restored", "weights_loaded", "runtime_ready", "first_token")
+_PROPAGATOR = TraceContextTextMapPropagator()
+_MAX_PODS = 1000  # pod starts followed at once; the oldest is dropped beyond that
+# Bucket boundaries in seconds (the SDK's defaults suit milliseconds).
+FAST_BUCKETS = (0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5)
+COLD_START_BUCKETS = (0.5, 1.0, 2.0, 5.0, 10.0, 20.0, 30.0, 45.0, 60.0, 90.0, 120.0, 180.0, 300.0)
+FORECAST_ERROR_BUCKETS = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95)
+
+
+def _ns(at: datetime) -> int:
+    return int(at.timestamp() * 1e9)
+
+
+def parse_traceparent(traceparent: str | None) -> SpanContext | None:
+    """The span context a W3C `traceparent` (CloudEvents distributed-tracing extension) names."""
+    if not traceparent:
+        return None
+    context = _PROPAGATOR.extract({"traceparent": traceparent})
+    span_context = trace.get_current_span(context).get_span_context()
+    return span_context if span_context.is_valid else None
+
+
+@dataclasses.dataclass(slots=True)
+class _PodStart:
+    target: str
+    started: datetime
+    last: datetime
+    span: trace.Span
+
+
+@dataclasses.dataclass(slots=True)
+class _Raise:
+    floor: int
+    used: bool = False
+
+
+class Telemetry:
+    """Owns the instruments; each `record_*` method translates one fact into metrics or spans."""
+
+    def __init__(
+        self, *, meter_provider: MeterProvider, tracer_provider: TracerProvider, targets: Iterable[str]
+    ) -> None:
+        meter = meter_provider.get_meter("kube-prewarm")
+        self.tracer = tracer_provider.get_tracer("kube-prewarm")
+        self._targets = set(targets)
+        self._floor = meter.create_gauge("prewarm.floor", unit="{replica}", description="Decided replica floor")
+        self._sessions = meter.create_gauge("prewarm.sessions.active", unit="{session}", description="Live sessions")
+        self._budget = meter.create_gauge(
+            "prewarm.budget.used", unit="h", description="Pre-warm replica-hours spent today (UTC)"
+        )
+        # Counted per event on the ingest hot path: plain integers here, read by OpenTelemetry only
+        # when it collects (a scrape or an export), instead of an instrument call per event.
+        self._event_counts: collections.Counter[tuple[str, str]] = collections.Counter()
+        meter.create_observable_counter(
+            "prewarm.events", callbacks=[self._observe_events], unit="{event}", description="CloudEvents received"
+        )
+        self._decision_duration = meter.create_histogram(
+            "prewarm.decision.duration",
+            unit="s",
+            description="Time to decide one target",
+            explicit_bucket_boundaries_advisory=FAST_BUCKETS,
+        )
+        self._actuation_duration = meter.create_histogram(
+            "prewarm.actuation.duration",
+            unit="s",
+            description="Time to apply one floor",
+            explicit_bucket_boundaries_advisory=FAST_BUCKETS,
+        )
+        self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
+        meter.create_observable_counter(
+            "prewarm.cold_starts",
+            callbacks=[self._observe_cold],
+            unit="{session}",
+            description="Sessions that opened with no warm replica",
+        )
+        meter.create_observable_counter(
+            "prewarm.warm_starts",
+            callbacks=[self._observe_warm],
+            unit="{session}",
+            description="Sessions that opened with a warm replica",
+        )
+        self._phase_duration = meter.create_histogram(
+            "prewarm.cold_start.duration",
+            unit="s",
+            description="Pod start: container start to each phase",
+            explicit_bucket_boundaries_advisory=COLD_START_BUCKETS,
+        )
+        self._forecast_error = meter.create_histogram(
+            "prewarm.forecast.error",
+            unit="1",
+            description="|P(arrival in the horizon) - observed| per prediction, once its horizon has passed",
+            explicit_bucket_boundaries_advisory=FORECAST_ERROR_BUCKETS,
+        )
+        meter.create_observable_gauge(
+            "prewarm.pool.hit_ratio",
+            callbacks=[self._observe_hit_ratio],
+            unit="1",
+            description="Share of sessions that found a warm replica",
+        )
+        meter.create_observable_gauge(
+            "prewarm.intent.prediction_accuracy",
+            callbacks=[self._observe_accuracy],
+            unit="1",
+            description="Share of intent-driven raises used before the floor fell",
+        )
+        self._floor_source: dict[str, str] = {}
+        self._starts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # target -> [warm, cold]
+        self._raises: dict[str, _Raise] = {}
+        self._raise_outcomes: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # [used, total]
+        self._pods: collections.OrderedDict[tuple[str, str], _PodStart] = collections.OrderedDict()
+
+    def _target(self, target: str) -> str:
+        return target if target in self._targets else "other"
+
+    def add_target(self, target: str) -> None:
+        """A target configured after start (inline scalerMetadata) gets its own label value."""
+        self._targets.add(target)
+
+    # --- events and sessions ---
+
+    def record_events(self, kind: str, outcome: str, count: int = 1) -> None:
+        """`kind`: opened/heartbeat/closed/phase or `unknown`; `outcome`: accepted, duplicate, rejected.<code>."""
+        self._event_counts[(kind, outcome)] += count
+
+    def _observe_events(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (kind, outcome), count in sorted(self._event_counts.items()):
+            yield Observation(count, {"type": kind, "outcome": outcome})
+
+    def record_session_opened(self, target: str, floor_before: int | None) -> None:
+        """A session opened: warm if the target's floor already kept a replica, cold otherwise."""
+        self._starts[self._target(target)][0 if floor_before else 1] += 1
+
+    def _observe_warm(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, (warm, _) in sorted(self._starts.items()):
+            yield Observation(warm, {"target": target})
+
+    def _observe_cold(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, (_, cold) in sorted(self._starts.items()):
+            yield Observation(cold, {"target": target})
+
+    def _observe_hit_ratio(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, (warm, cold) in sorted(self._starts.items()):
+            if warm + cold:
+                yield Observation(warm / (warm + cold), {"target": target})
+
+    # --- decisions and actuation ---
+
+    def record_decision(
+        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, sessions: int, seconds: float
+    ) -> None:
+        label = {"target": self._target(decision.target)}
+        # One non-zero series per target: the current source's. Summed over sources, it is the floor.
+        superseded = self._floor_source.get(label["target"])
+        if superseded is not None and superseded != decision.source.value:
+            self._floor.set(0, {**label, "source": superseded})
+        self._floor_source[label["target"]] = decision.source.value
+        self._floor.set(decision.floor, {**label, "source": decision.source.value})
+        self._sessions.set(sessions, label)
+        self._budget.set(decision.budget_used, label)
+        self._decision_duration.record(seconds, label)
+        before = 0 if previous is None else previous.floor
+        if decision.floor > before and decision.source is policy.Source.INTENT:
+            self._raises.setdefault(decision.target, _Raise(floor=decision.floor))
+        elif decision.floor < before and decision.target in self._raises:
+            outcome = self._raise_outcomes[label["target"]]
+            outcome[0] += int(self._raises.pop(decision.target).used)
+            outcome[1] += 1
+
+    def _observe_accuracy(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, (used, total) in sorted(self._raise_outcomes.items()):
+            if total:
+                yield Observation(used / total, {"target": target})
+
+    def record_forecast_error(self, target: str, error: float) -> None:
+        """One scored prediction: 0 is a confident hit, 1 a confident miss."""
+        self._forecast_error.record(error, {"target": self._target(target)})
+
+    def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
+        self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
+        self._actuation_duration.record(seconds, {"actuator": actuator})
+
+    # --- pod start phases: one trace per pod start, a span per phase ---
+
+    def record_pod_phase(self, *, target: str, pod: str, phase: str, at: datetime) -> None:
+        """Turn the phases of one pod start into spans and `prewarm.cold_start.duration` samples."""
+        key = (target, pod)
+        start = self._pods.get(key)
+        if phase == "container_started" or start is None:
+            if start is not None:
+                start.span.end(end_time=_ns(start.last))
+            span = self.tracer.start_span(
+                "pod start", start_time=_ns(at), attributes={"prewarm.target": target, "k8s.pod.name": pod}
+            )
+            start = self._pods[key] = _PodStart(target=target, started=at, last=at, span=span)
+            while len(self._pods) > _MAX_PODS:
+                _, dropped = self._pods.popitem(last=False)
+                dropped.span.end(end_time=_ns(dropped.last))
+            if phase == "container_started":
+                return
+        context = trace.set_span_in_context(start.span)
+        child = self.tracer.start_span(phase, context=context, start_time=_ns(start.last))
+        child.end(end_time=_ns(at))
+        self._phase_duration.record(
+            max(0.0, (at - start.started).total_seconds()), {"target": self._target(target), "phase": phase}
+        )
+        start.last = max(start.last, at)
+        if phase == "first_token":
+            raised = self._raises.get(target)
+            if raised is not None:
+                raised.used = True
+            start.span.end(end_time=_ns(at))
+            del self._pods[key]
+
+    def decision_span(self, target: str, traceparent: str | None) -> trace.Span:
+        """A span for deciding `target`, continuing the trace of the event that changed it."""
+        parent = parse_traceparent(traceparent)
+        context = trace.set_span_in_context(trace.NonRecordingSpan(parent)) if parent is not None else None
+        span_links = [Link(parent)] if parent is not None else []
+        return self.tracer.start_span(
+            "decide floor", context=context, links=span_links, attributes={"prewarm.target": self._target(target)}
+        )

@@ -1,0 +1,256 @@
+"""`prewarm replay` end to end on small traces written here, and on the shared traces when present."""
+
+from __future__ import annotations
+
+import json
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from prewarm import cli
+from prewarm.replay import evaluator, traces
+
+SHARED = Path(__file__).resolve().parents[2].parent / "shared" / "traces"
+ALIBABA_HEADER = (
+    "gmt_create,predict_type,predict_status,exec_time_seconds,groupId,prompt_length,negative_prompt_length,"
+    "num_images_per_prompt,num_inference_steps,checkpoint_model_version_id,num_lora"
+)
+SUMMARY_KEYS = {
+    "policy",
+    "requests",
+    "cold_starts",
+    "cold_start_fraction",
+    "wait_p50_s",
+    "wait_p99_s",
+    "warm_replica_hours_per_day",
+    "idle_replica_hours_per_day",
+    "synthetic_intent",
+}
+
+
+def write_alibaba(path: Path, seed: int = 4, days: int = 3) -> list[datetime]:
+    """Three models over `days` days: a busy daytime one, a periodic one and a rare one."""
+    rng = np.random.default_rng(seed)
+    start = datetime(2024, 11, 15, tzinfo=UTC)
+    rows: list[tuple[datetime, str, str, float]] = []
+    for day in range(days):
+        base = start + timedelta(days=day)
+        for _ in range(60):
+            at = base + timedelta(hours=9, seconds=float(rng.uniform(0, 8 * 3600)))
+            rows.append((at, f"G{rng.integers(0, 6):04d}", "M0000", float(rng.uniform(5, 40))))
+        for hour in range(0, 24, 2):
+            rows.append((base + timedelta(hours=hour, minutes=5), "G0100", "M0001", 12.0))
+        if day % 2 == 0:
+            rows.append((base + timedelta(hours=15, minutes=33), "G0200", "M0002", 30.0))
+    rows.sort()
+    lines = [ALIBABA_HEADER]
+    for at, group, model, run in rows:
+        lines.append(f"{at:%Y-%m-%d %H:%M:%S},TXT_2_IMG,SUCCEED,{run:.1f},{group},10.0,,1.0,30.0,{model},0")
+    lines.append("2024-11-17 23:00:00,TXT_2_IMG,PENDING,0.0,G0300,,,,,,0")  # no model: left out
+    path.write_text("\n".join(lines) + "\n")
+    return [r[0] for r in rows]
+
+
+def write_cold_starts(path: Path) -> None:
+    path.write_text("timestamp_anon,value,container_ip\n" + "".join(f"1.0,{ms},x\n" for ms in (9000, 23000, 41000)))
+
+
+def replay_args(trace: Path, out: Path, *extra: str) -> list[str]:
+    return ["replay", "--trace", str(trace), "--format", "alibaba-genai", "--out", str(out), "--refit", "12h", *extra]
+
+
+def test_replay_writes_summary_report_and_frontier(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "requests.csv"
+    arrivals = write_alibaba(trace)
+    dist = tmp_path / "load.csv"
+    write_cold_starts(dist)
+    out = tmp_path / "out"
+    code = cli.main(
+        replay_args(
+            trace,
+            out,
+            "--cold-start-dist",
+            str(dist),
+            "--score-from",
+            "2024-11-16 00:00:00",
+            "--intent-lead",
+            "lognormal:15,1",
+            "--seed",
+            "3",
+        )
+    )
+    assert code == 0
+    summary = json.loads((out / "summary.json").read_text())
+    names = [row["policy"] for row in summary]
+    assert names == ["knative-default", "keepalive:600", "hybrid-histogram", "prewarm", "prewarm +intent", "oracle"]
+    assert all(set(row) == SUMMARY_KEYS for row in summary)
+    scored = sum(a >= datetime(2024, 11, 16, tzinfo=UTC) for a in arrivals)
+    assert {row["requests"] for row in summary} == {scored}
+    by_name = {row["policy"]: row for row in summary}
+    assert by_name["oracle"]["cold_starts"] == 0
+    assert by_name["knative-default"]["cold_starts"] > by_name["keepalive:600"]["cold_starts"] > 0
+    assert by_name["prewarm +intent"]["synthetic_intent"] is True
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert [r["policy"] for r in frontier["keepalive"]] == [f"keepalive:{s:g}" for s in evaluator.KEEPALIVE_SWEEP]
+    assert len(frontier["prewarm"]) == len(frontier["prewarm_intent"]) == len(evaluator.QUANTILE_SWEEP)
+    report = (out / "report.md").read_text()
+    assert "**synthetic intent** (lognormal:15,1)" in report and "1 rows without a target left out" in report
+    assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    captured = capsys.readouterr()
+    assert "| oracle |" in captured.out and "/" in captured.err  # the table, and the progress bar
+
+
+def test_same_seed_same_summary_and_score_from_excludes_earlier_requests(tmp_path: Path) -> None:
+    trace = tmp_path / "requests.csv"
+    arrivals = write_alibaba(trace)
+    dist = tmp_path / "load.csv"
+    write_cold_starts(dist)
+    outputs = []
+    for name, seed in (("a", "7"), ("b", "7"), ("c", "8")):
+        args = replay_args(
+            trace,
+            tmp_path / name,
+            "--cold-start-dist",
+            str(dist),
+            "--seed",
+            seed,
+            "--no-sweep",
+            "--policies",
+            "knative-default,prewarm",
+            "--score-from",
+            "2024-11-17 00:00:00",
+        )
+        assert cli.main(args) == 0
+        outputs.append((tmp_path / name / "summary.json").read_text())
+    assert outputs[0] == outputs[1]
+    assert outputs[0] != outputs[2]  # other cold-start draws
+    rows = json.loads(outputs[0])
+    assert rows[0]["requests"] == sum(a >= datetime(2024, 11, 17, tzinfo=UTC) for a in arrivals)
+    assert not (tmp_path / "a" / "frontier.json").read_text().count('keepalive:60"')
+
+
+@pytest.mark.parametrize(
+    ("mangle", "message"),
+    [
+        (lambda text: text.replace("gmt_create,", "created,", 1), "line 1: missing column 'gmt_create'"),
+        (
+            lambda text: text.replace("2024-11-15 ", "2024/11/15 ", 1),
+            "line 2, column 'gmt_create': bad timestamp '2024/11/15",
+        ),
+        (
+            lambda text: text.replace(",12.0,G0100", ",-3,G0100", 1),
+            "column 'exec_time_seconds': '-3' is not a duration",
+        ),
+    ],
+    ids=["missing-column", "bad-timestamp", "negative-run-time"],
+)
+def test_a_malformed_trace_names_line_and_column_and_exits_2(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], mangle: object, message: str
+) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    trace.write_text(mangle(trace.read_text()))  # type: ignore[operator]
+    assert cli.main(replay_args(trace, tmp_path / "out")) == 2
+    err = capsys.readouterr().err
+    assert message in err and str(trace) in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_bad_arguments_are_reported_together(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    args = replay_args(
+        trace,
+        tmp_path / "out",
+        "--policies",
+        "knative-default,warmest,keepalive:soon",
+        "--score-from",
+        "yesterday",
+        "--intent-lead",
+        "normal:1",
+        "--concurrency",
+        "0",
+        "--hold",
+        "a while",
+    )
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    for expected in (
+        "'warmest' is not a policy",
+        "'keepalive:soon': keepalive needs a duration",
+        "--hold: 'a while' is not a duration",
+        "--score-from: 'yesterday'",
+        "--intent-lead: 'normal:1'",
+        "--concurrency: 0 must be >= 1",
+    ):
+        assert expected in err
+
+
+def test_a_missing_trace_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli.main(replay_args(tmp_path / "nowhere.csv", tmp_path / "out")) == 2
+    assert (
+        f"cannot read {tmp_path / 'nowhere.csv'}:\n  - cannot open: No such file or directory"
+        in capsys.readouterr().err
+    )
+
+
+def test_a_bad_cold_start_file_names_the_line(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    dist = tmp_path / "load.csv"
+    dist.write_text("timestamp_anon,value\n1,2000\n2,fast\n")
+    assert cli.main(replay_args(trace, tmp_path / "out", "--cold-start-dist", str(dist))) == 2
+    assert "line 3, column 'value': 'fast' is not a duration > 0 (ms)" in capsys.readouterr().err
+
+
+def test_azure_functions_minutes_are_spread_with_the_seed(tmp_path: Path) -> None:
+    minutes = ",".join(f"{m}_minute" for m in range(1, 11))
+    (tmp_path / "x_inv.csv").write_text(
+        f"HashFunction,HashOwner,HashApp,{minutes}\nf1,o,a,1,0,0,3,0,0,0,0,0,1\nf2,o,a,0,0,0,0,0,0,0,0,0,0\n"
+    )
+    (tmp_path / "x_run.csv").write_text("HashOwner,HashApp,HashFunction,Average,Count\no,a,f1,1500,5\no,a,f2,10,0\n")
+    first = traces.read_azure_functions(tmp_path / "x_inv.csv", seed=1)
+    again = traces.read_azure_functions(tmp_path / "x_inv.csv", seed=1)
+    assert [t.name for t in first.targets] == ["f1"]  # f2 never ran
+    arrivals = first.targets[0].arrivals
+    np.testing.assert_array_equal(arrivals, again.targets[0].arrivals)
+    minute_of = ((arrivals - traces.AZURE_DAY_START.timestamp()) // 60).astype(int).tolist()
+    assert minute_of == [0, 3, 3, 3, 9]
+    assert first.targets[0].exec_seconds.tolist() == [1.5] * 5
+    out = tmp_path / "out"
+    assert (
+        cli.main(
+            [
+                "replay",
+                "--trace",
+                str(tmp_path / "x_inv.csv"),
+                "--format",
+                "azure-functions",
+                "--no-sweep",
+                "--policies",
+                "keepalive:60,oracle",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    assert [r["requests"] for r in json.loads((out / "summary.json").read_text())] == [5, 5]
+
+
+def test_azure_counts_must_be_counts(tmp_path: Path) -> None:
+    (tmp_path / "y_inv.csv").write_text("HashFunction,HashOwner,HashApp,1_minute,2_minute\nf1,o,a,1,x\n")
+    (tmp_path / "y_run.csv").write_text("HashOwner,HashApp,HashFunction,Average\no,a,f1,10\n")
+    with pytest.raises(traces.TraceError, match="line 2, column '2_minute': 'x' is not a count >= 0"):
+        traces.read_azure_functions(tmp_path / "y_inv.csv", seed=0)
+
+
+@pytest.mark.skipif(not (SHARED / "alibaba_genai_2026").is_dir(), reason="shared traces not present")
+def test_the_shared_alibaba_trace_parses() -> None:
+    trace = traces.read_alibaba_genai(SHARED / "alibaba_genai_2026" / "requests_until_2024-11-27.csv")
+    assert trace.requests + trace.skipped == 9930
+    assert len(trace.targets) > 50
+    samples = traces.read_cold_start_distribution(SHARED / "alibaba_genai_2026" / "basemodel_load_latency_ms.csv")
+    assert 15.0 < float(np.median(samples)) < 30.0

@@ -1,0 +1,316 @@
+"""The target schema from its three sources: same object, same validation, one error naming every problem."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+from datetime import timedelta
+from pathlib import Path
+
+import pytest
+
+from prewarm.core import schedule, targets
+from prewarm.core.targets import ConfigError, ForecastSettings, TargetKind, TargetRef, TargetSpec
+
+REPO = Path(__file__).resolve().parents[2]
+
+FULL_YAML = """
+targets:
+  - name: ml/chat
+    kind: knative
+    min: 1
+    max: 6
+    sessionsPerReplica: 8
+    sessionTTL: 90s
+    hold: 5m
+    cron:
+      - schedule: "55 8 * * 1-5"
+        duration: 13h
+        floor: 2
+        timezone: America/New_York
+      - {schedule: "0 22 * * *", duration: 4h, floor: 1}
+    forecast: {enabled: true, quantile: 0.95, horizon: 2m}
+    budget: 12.5
+"""
+EXPECTED = TargetSpec(
+    ref=TargetRef("ml", "chat"),
+    kind=TargetKind.KNATIVE,
+    min=1,
+    max=6,
+    sessions_per_replica=8,
+    session_ttl=timedelta(seconds=90),
+    hold=timedelta(minutes=5),
+    cron=(
+        schedule.CronWindow("55 8 * * 1-5", timedelta(hours=13), 2, "America/New_York"),
+        schedule.CronWindow("0 22 * * *", timedelta(hours=4), 1, "UTC"),
+    ),
+    forecast=ForecastSettings(enabled=True, quantile=0.95, horizon=timedelta(minutes=2)),
+    budget=12.5,
+)
+COMPACT_CRON = "55 8 * * 1-5 for 13h = 2 in America/New_York; 0 22 * * * for 4h = 1"
+
+
+def test_yaml_annotations_and_scaler_metadata_give_the_same_target() -> None:
+    from_yaml = targets.parse_config_document(FULL_YAML, source="t.yaml").targets[0]
+    from_annotations, warnings = targets.parse_annotations(
+        {
+            "prewarm.dev/enabled": "true",
+            "prewarm.dev/min": "1",
+            "prewarm.dev/sessions-per-replica": "8",
+            "prewarm.dev/session-ttl": "90s",
+            "prewarm.dev/hold": "5m",
+            "prewarm.dev/cron": COMPACT_CRON,
+            "prewarm.dev/forecast-enabled": "true",
+            "prewarm.dev/forecast-quantile": "0.95",
+            "prewarm.dev/forecast-horizon": "2m",
+            "prewarm.dev/budget": "12.5",
+            "autoscaling.knative.dev/max-scale": "6",  # max taken from the platform
+        },
+        ref=TargetRef("ml", "chat"),
+    )
+    from_metadata, _ = targets.parse_scaler_metadata(
+        {
+            "min": "1",
+            "max": "6",
+            "sessionsPerReplica": "8",
+            "sessionTTL": "90s",
+            "hold": "5m",
+            "cron": COMPACT_CRON,
+            "forecastEnabled": "true",
+            "forecastQuantile": "0.95",
+            "forecastHorizon": "2m",
+            "budget": "12.5",
+        },
+        scaled_object=TargetRef("ml", "chat"),
+    )
+    assert from_yaml == EXPECTED
+    assert from_annotations == EXPECTED
+    assert from_metadata == dataclass_replace(EXPECTED, kind=TargetKind.KEDA)
+    assert warnings == ()
+
+
+def dataclass_replace(spec: TargetSpec, **changes: object) -> TargetSpec:
+    import dataclasses
+
+    return dataclasses.replace(spec, **changes)  # type: ignore[arg-type]
+
+
+def test_defaults() -> None:
+    parsed = targets.parse_config_document("targets: [{name: a/b, kind: keda, max: 3}]", source="t.yaml")
+    assert parsed.targets == (TargetSpec(ref=TargetRef("a", "b"), kind=TargetKind.KEDA, max=3),)
+    spec = parsed.targets[0]
+    assert (spec.min, spec.sessions_per_replica, spec.session_ttl, spec.hold, spec.budget) == (
+        0,
+        4,
+        timedelta(seconds=300),
+        timedelta(seconds=120),
+        None,
+    )
+
+
+@pytest.mark.parametrize(
+    ("raw", "seconds"),
+    [("90s", 90), ("5m", 300), ("2h", 7200), ("1h30m", 5400), ("300", 300), (45, 45), ("1.5s", 1.5), ("1d", 86400)],
+    ids=["seconds", "minutes", "hours", "compound", "bare-string", "int", "fraction", "days"],
+)
+def test_parse_duration(raw: object, seconds: float) -> None:
+    assert targets.parse_duration(raw) == timedelta(seconds=seconds)
+
+
+@pytest.mark.parametrize("raw", ["5 minutes", "m5", "-5s", "", True, None, "1h 30m"])
+def test_parse_duration_rejects(raw: object) -> None:
+    with pytest.raises(ValueError):
+        targets.parse_duration(raw)
+
+
+def test_scaler_metadata_target_defaults_to_the_scaled_object_and_inline_keys_override_a_base() -> None:
+    base = targets.parse_config_document(
+        "targets: [{name: ml/chat, kind: keda, max: 4, hold: 1m}]", source="t"
+    ).targets[0]
+    spec, _ = targets.parse_scaler_metadata(
+        {"target": "ml/chat", "hold": "3m"}, scaled_object=TargetRef("ml", "so"), base=base
+    )
+    assert (spec.ref, spec.max, spec.hold) == (TargetRef("ml", "chat"), 4, timedelta(minutes=3))
+    own, _ = targets.parse_scaler_metadata({"max": "2"}, scaled_object=TargetRef("ml", "so"))
+    assert own.ref == TargetRef("ml", "so")
+
+
+def test_unknown_keys_warn() -> None:
+    parsed = targets.parse_config_document(
+        "targets: [{name: a/b, kind: keda, max: 3, sesionTTL: 5m, forecast: {quantil: 0.5}}]\nextra: 1",
+        source="t.yaml",
+    )
+    assert parsed.warnings == (
+        "t.yaml: unknown top-level key 'extra' ignored",
+        "t.yaml: unknown key targets[0].sesionTTL ignored",
+        "t.yaml: unknown key targets[0].forecast.quantil ignored",
+    )
+    _, warnings = targets.parse_annotations(
+        {"prewarm.dev/mx": "3", "prewarm.dev/max": "3", "other/key": "x"}, ref=TargetRef("a", "b")
+    )
+    assert warnings == ("a/b: unknown annotation prewarm.dev/mx ignored",)
+    _, warnings = targets.parse_scaler_metadata({"max": "3", "sesionTTL": "1m"}, scaled_object=TargetRef("a", "b"))
+    assert warnings == ("a/b: unknown scalerMetadata key 'sesionTTL' ignored",)
+
+
+THREE_MISTAKES = """
+targets:
+  - name: ml/chat
+    kind: knative
+    max: ten
+    sessionTTL: 5 minutes
+    cron: "55 8 * * 1-5 for 13h = 2 in Mars/Olympus"
+"""
+
+
+def test_every_problem_in_one_error() -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_config_document(THREE_MISTAKES, source="bad.yaml")
+    assert str(caught.value) == (
+        "invalid configuration in bad.yaml (3 problems):\n"
+        "  - targets[0].max: 'ten' is not an integer\n"
+        "  - targets[0].sessionTTL: '5 minutes' is not a duration (use 90s, 5m or 2h)\n"
+        "  - targets[0].cron[0].timezone: 'Mars/Olympus' is not an IANA timezone name"
+    )
+
+
+@pytest.mark.parametrize(
+    ("document", "problems"),
+    [
+        ("targets: [{kind: keda, max: 1}]", ["targets[0].name: None is required (namespace/name)"]),
+        (
+            "targets: [{name: a/b, kind: lambda, max: 1}]",
+            ["targets[0].kind: 'lambda' is not a target kind (knative or keda)"],
+        ),
+        (
+            "targets: [{name: A_B, kind: keda, max: 1}]",
+            ["targets[0].name: 'A_B' is not namespace/name (lowercase DNS names)"],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda}]",
+            ["targets[0].max: None is required (no platform max-scale to fall back on)"],
+        ),
+        ("targets: [{name: a/b, kind: keda, max: 2, min: 3}]", ["targets[0].min: 3 is above max (2)"]),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, sessionsPerReplica: 0}]",
+            ["targets[0].sessionsPerReplica: 0 must be >= 1"],
+        ),
+        ("targets: [{name: a/b, kind: keda, max: 2, budget: -1}]", ["targets[0].budget: -1 must be >= 0"]),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, forecast: {quantile: 1.5}}]",
+            ["targets[0].forecast.quantile: 1.5 must be between 0 and 1 (exclusive)"],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, cron: 'every day = 1'}]",
+            [
+                "targets[0].cron[0]: 'every day = 1' is not a cron window "
+                "(MIN HOUR DOM MON DOW for DURATION = FLOOR [in TIMEZONE]; ...)"
+            ],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2}, {name: a/b, kind: keda, max: 2}]",
+            ["targets[1].name: 'a/b' is listed twice"],
+        ),
+        ("targets: 3", ["targets: None is required: a list of targets"]),
+        ("targets: [", None),
+    ],
+    ids=[
+        "no-name",
+        "bad-kind",
+        "bad-name",
+        "no-max",
+        "min-above-max",
+        "zero-spr",
+        "negative-budget",
+        "quantile-range",
+        "compact-garbage",
+        "duplicate",
+        "not-a-list",
+        "not-yaml",
+    ],
+)
+def test_config_errors(document: str, problems: list[str] | None) -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_config_document(document, source="t.yaml")
+    if problems is None:
+        assert caught.value.problems[0].message.startswith("is not valid YAML")
+    else:
+        assert [str(p) for p in caught.value.problems] == problems
+
+
+def test_cron_window_problems_are_all_reported() -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_config_document(
+            "targets: [{name: a/b, kind: keda, max: 2, cron: [{schedule: '* * * *', duration: 0s, floor: 3}]}]",
+            source="t.yaml",
+        )
+    # floor-vs-max needs a whole window, so it is checked only once the window itself is valid
+    assert [str(p) for p in caught.value.problems] == [
+        "targets[0].cron[0].schedule: '* * * *' is not a 5-field cron expression (has 4 fields)",
+        "targets[0].cron[0].duration: '0s' must be longer than 0s",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_config_document(
+            "targets: [{name: a/b, kind: keda, max: 2, cron: [{schedule: '0 1 * * *', duration: 1h, floor: 3}]}]",
+            source="t.yaml",
+        )
+    assert [str(p) for p in caught.value.problems] == ["targets[0].cron[0].floor: 3 is above max (2)"]
+
+
+def test_annotation_errors_use_annotation_spelling() -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_annotations(
+            {"prewarm.dev/session-ttl": "soon", "prewarm.dev/cron": "0 9 * * * for 1h = x"}, ref=TargetRef("a", "b")
+        )
+    assert str(caught.value) == (
+        "invalid configuration in annotations of a/b (3 problems):\n"
+        "  - prewarm.dev/session-ttl: 'soon' is not a duration (use 90s, 5m or 2h)\n"
+        "  - prewarm.dev/cron[0].floor: 'x' is not an integer\n"
+        "  - prewarm.dev/max: None is required (no platform max-scale to fall back on)"
+    )
+
+
+def test_scaler_metadata_errors_use_metadata_spelling() -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_scaler_metadata(
+            {"target": "nope", "max": "2", "forecastQuantile": "x"}, scaled_object=TargetRef("a", "b")
+        )
+    assert [str(p) for p in caught.value.problems] == [
+        "target: 'nope' is not namespace/name (lowercase DNS names)",
+        "forecastQuantile: 'x' is not a number",
+    ]
+
+
+def run_prewarm(*args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run(
+        [sys.executable, "-m", "prewarm", *args], capture_output=True, text=True, timeout=60, cwd=REPO, check=False
+    )
+
+
+def test_cli_exits_2_with_one_message_naming_all_three_mistakes(tmp_path: Path) -> None:
+    config = tmp_path / "bad.yaml"
+    config.write_text(THREE_MISTAKES)
+    result = run_prewarm("serve", "--config", str(config))
+    assert result.returncode == 2
+    assert result.stderr.count("invalid configuration") == 1
+    for fragment in ("targets[0].max: 'ten'", "targets[0].sessionTTL: '5 minutes'", "'Mars/Olympus'"):
+        assert fragment in result.stderr
+    assert result.stdout == ""
+
+
+def test_cli_missing_config_exits_2(tmp_path: Path) -> None:
+    result = run_prewarm("serve", "--config", str(tmp_path / "absent.yaml"))
+    assert result.returncode == 2
+    assert "--config" in result.stderr and "cannot be read" in result.stderr
+
+
+def test_example_config_parses() -> None:
+    parsed = targets.parse_config_document((REPO / "examples" / "targets.yaml").read_text(), source="example")
+    assert [str(t.ref) for t in parsed.targets] == ["llm/chat-8b", "vision/sdxl"]
+    assert parsed.warnings == ()
+
+
+def test_serve_without_config_needs_the_knative_actuator() -> None:
+    result = run_prewarm("serve")
+    assert result.returncode == 2
+    assert "--config is required" in result.stderr

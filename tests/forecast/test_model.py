@@ -1,0 +1,152 @@
+"""The pure forecaster: causal features, calibrated probabilities, quantile floors, histogram fallback."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+
+from prewarm.forecast import arrival_model, idle_histogram, minute_features
+
+
+def test_a_row_never_sees_its_own_minute_or_later() -> None:
+    rng = np.random.default_rng(1)
+    counts = rng.poisson(0.3, 20_000)
+    minutes = np.arange(0, 20_000, 97)
+    base = minute_features.feature_matrix(counts, minutes, first_minute=28_000_000, horizon=2)
+    for m in (0, 1, 500, 11_000, 19_999):
+        changed = counts.copy()
+        changed[m:] = rng.poisson(5.0, changed.size - m)
+        row = minute_features.feature_matrix(changed, np.asarray([m]), first_minute=28_000_000, horizon=2)
+        again = minute_features.feature_matrix(counts, np.asarray([m]), first_minute=28_000_000, horizon=2)
+        np.testing.assert_array_equal(row, again)
+    assert base.shape == (minutes.size, len(minute_features.FEATURE_NAMES))
+    assert np.isfinite(base).all()
+
+
+def test_recent_counts_and_idle_time_features() -> None:
+    counts = np.zeros(200)
+    counts[[100, 103, 104]] = [2, 1, 1]
+    row = minute_features.feature_matrix(counts, np.asarray([110]), first_minute=0, horizon=1)[0]
+    named = dict(zip(minute_features.FEATURE_NAMES, row.tolist(), strict=True))
+    assert named["arrivals_1m"] == 0.0
+    assert named["arrivals_15m"] == pytest.approx(math.log1p(4))
+    assert named["minutes_idle"] == pytest.approx(math.log1p(5))  # last arrival in minute 104
+    assert named["active_minutes_7d"] == pytest.approx(3 / minute_features.MINUTES_PER_WEEK)
+
+
+def test_time_of_day_and_day_of_week_are_cyclical_utc() -> None:
+    monday_noon = (4 * 1440) + 12 * 60  # 1970-01-05 was a Monday
+    row = minute_features.feature_matrix(np.zeros(10), np.asarray([0]), first_minute=monday_noon, horizon=1)[0]
+    assert row[0] == pytest.approx(0.0, abs=1e-6) and row[1] == pytest.approx(-1.0)  # noon
+    assert row[2] == pytest.approx(0.0, abs=1e-6) and row[3] == pytest.approx(1.0)  # Monday
+
+
+@pytest.mark.parametrize(
+    ("counts", "horizon", "expected"),
+    [
+        ([0, 1, 0, 0], 1, [False, True, False, False]),
+        ([0, 1, 0, 0], 2, [True, True, False, False]),
+        ([0, 0, 0, 3], 3, [False, True, True, True]),
+    ],
+    ids=["one-minute", "two-minutes", "three-minutes"],
+)
+def test_arrival_labels(counts: list[int], horizon: int, expected: list[bool]) -> None:
+    labels = minute_features.arrival_labels(np.asarray(counts), np.arange(len(counts)), horizon)
+    assert labels.tolist() == expected
+
+
+@pytest.mark.parametrize(
+    ("p", "quantile", "expected"),
+    [
+        (0.2, 0.9, 1.0),  # P(N>=1)=0.2 > 0.1; P(N>=2)=0.1 is not > 0.1
+        (0.2, 0.95, 2.0),  # P(N>=2)=0.1 > 0.05
+        (0.05, 0.9, 0.0),
+        (math.nan, 0.99, 0.0),
+        (math.inf, 0.5, 1.0),
+    ],
+    ids=["one", "two", "none", "nan", "inf"],
+)
+def test_replicas_keep_the_quantile_warm(p: float, quantile: float, expected: float) -> None:
+    tail = np.zeros(arrival_model.MAX_LEVEL)
+    tail[:2] = [1.0, 0.5]
+    assert arrival_model.replicas_for(np.asarray([p]), tail, quantile)[0] == expected
+
+
+def test_replicas_divide_by_concurrency() -> None:
+    tail = np.ones(arrival_model.MAX_LEVEL)
+    assert arrival_model.replicas_for(np.asarray([1.0]), tail, 0.9, concurrency=4)[0] == 4.0  # 16 requests
+
+
+def test_replicas_reject_a_quantile_outside_0_1() -> None:
+    with pytest.raises(ValueError, match="quantile"):
+        arrival_model.replicas_for(np.asarray([0.5]), np.ones(arrival_model.MAX_LEVEL), 1.0)
+
+
+def test_demand_tail_leans_on_the_prior_with_few_windows() -> None:
+    prior = np.linspace(1.0, 0.0, arrival_model.MAX_LEVEL)
+    own = arrival_model.demand_tail(np.asarray([0, 1, 0, 1]), prior, prior_weight=20.0)
+    assert own[0] == pytest.approx(1.0)
+    assert own[1] == pytest.approx((20 / 22) * prior[1])
+
+
+@pytest.mark.parametrize("kind", list(arrival_model.ModelKind), ids=[k.value for k in arrival_model.ModelKind])
+def test_sampled_fit_stays_calibrated(kind: arrival_model.ModelKind) -> None:
+    rng = np.random.default_rng(5)
+    x = rng.random((60_000, 1)).astype(np.float32)
+    truth = np.where(x[:, 0] > 0.5, 0.40, 0.02)
+    y = rng.random(truth.size) < truth
+    config = arrival_model.ForecastConfig(model=kind, max_training_rows=4_000, seed=2)
+    model = arrival_model.fit_arrival_model(x, y, config)
+    assert model.odds_scale < 0.5  # negatives were sampled far more sparsely than positives
+    grid = np.linspace(0.0, 1.0, 2001, dtype=np.float32)[:, None]
+    p = model.probability(grid)
+    # Calibrated in each half on average (a logistic curve cannot draw the step itself).
+    assert p[grid[:, 0] < 0.5].mean() == pytest.approx(0.02, abs=0.04)
+    assert p[grid[:, 0] > 0.5].mean() == pytest.approx(0.40, abs=0.04)
+
+
+def test_one_class_training_gives_a_constant() -> None:
+    model = arrival_model.fit_arrival_model(np.zeros((50, 3)), np.zeros(50, dtype=bool), arrival_model.ForecastConfig())
+    assert model.estimator is None
+    assert model.probability(np.zeros((2, 3))).tolist() == [0.0, 0.0]
+
+
+@pytest.mark.parametrize(
+    ("idle", "expected"),
+    [
+        ([], idle_histogram.HistogramWindows(0.0, 4 * 3600.0, "fixed")),
+        ([600.0] * 5, idle_histogram.HistogramWindows(0.0, 4 * 3600.0, "fixed")),
+        ([599.0] * 12, idle_histogram.HistogramWindows(486.0, 660.0 - 486.0, "histogram")),
+        ([float(s) for s in range(0, 14_400, 60)], idle_histogram.HistogramWindows(0.0, 4 * 3600.0, "fixed")),
+        (
+            [20_000.0, 30_000.0, 100.0, 40_000.0],
+            idle_histogram.HistogramWindows(30_000.0 * 0.85, 30_000.0 * 0.3, "out-of-range"),
+        ),
+    ],
+    ids=["none", "too-few", "periodic", "flat-cv-below-2", "mostly-out-of-range"],
+)
+def test_histogram_windows(idle: list[float], expected: idle_histogram.HistogramWindows) -> None:
+    got = idle_histogram.histogram_windows(idle)
+    assert got.rule == expected.rule
+    assert got.prewarm == pytest.approx(expected.prewarm)
+    assert got.keepalive == pytest.approx(expected.keepalive)
+
+
+def test_fallback_applies_the_histogram_rule_per_minute() -> None:
+    counts = np.zeros(400)
+    counts[::30] = 1  # idle 29 minutes between arrivals, twelve and more times
+    minutes = np.arange(360, 400)
+    warm = idle_histogram.fallback_replicas(counts, minutes, learned_until=360)
+    # head bin 29 -> 29*60*0.9 = 1566 s; tail end 30*60*1.1 = 1980 s; a row reads minutes < m.
+    last = np.asarray([max(a for a in range(0, 400, 30) if a < m) for m in minutes])
+    idle_s = (minutes - 1 - last) * 60.0
+    assert warm.tolist() == ((idle_s >= 1566.0) & (idle_s < 1980.0)).astype(float).tolist()
+    assert warm.any()
+
+
+def test_forecast_config_is_validated() -> None:
+    with pytest.raises(ValueError, match="horizon"):
+        arrival_model.ForecastConfig(horizon=0)
+    assert minute_features.horizon_minutes(61.0) == 2 and minute_features.horizon_minutes(60.0) == 1
