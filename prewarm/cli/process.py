@@ -4,7 +4,13 @@ from __future__ import annotations
 
 import asyncio
 import signal
-from collections.abc import Callable
+import sys
+from collections.abc import Callable, Coroutine
+from typing import Any
+
+from prewarm.core import targets
+
+EXIT_CONFIG_ERROR = 2
 
 
 def event_loop_factory() -> Callable[[], asyncio.AbstractEventLoop] | None:
@@ -23,3 +29,19 @@ def stop_on_signals() -> asyncio.Event:
     for signum in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(signum, stop.set)
     return stop
+
+
+def run_until_signalled(main: Callable[[asyncio.Event], Coroutine[Any, Any, None]]) -> int:
+    """Run `main(stop)` on the event loop until it returns (it should return once SIGINT or SIGTERM
+    sets `stop`); 2 with one message on stderr when the configuration is invalid."""
+
+    async def with_signals() -> None:
+        await main(stop_on_signals())
+
+    try:
+        with asyncio.Runner(loop_factory=event_loop_factory()) as runner:
+            runner.run(with_signals())
+    except targets.ConfigError as e:
+        print(f"prewarm: {e}", file=sys.stderr)
+        return EXIT_CONFIG_ERROR
+    return 0

@@ -5,7 +5,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import logging
-import sys
 from pathlib import Path
 
 from prewarm.cli import arguments, process
@@ -14,8 +13,6 @@ from prewarm.service import config_file, state
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
-
-EXIT_CONFIG_ERROR = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -47,19 +44,8 @@ async def run_standalone_scaler(
 
 def run(args: argparse.Namespace) -> int:
     """Serve until SIGINT/SIGTERM; 2 with one message when the configuration is invalid."""
-
-    async def until_signalled() -> None:
-        await run_standalone_scaler(
-            store_url=args.store,
-            config=args.config,
-            options=arguments.scaler_options(args),
-            stop=process.stop_on_signals(),
+    return process.run_until_signalled(
+        lambda stop: run_standalone_scaler(
+            store_url=args.store, config=args.config, options=arguments.scaler_options(args), stop=stop
         )
-
-    try:
-        with asyncio.Runner(loop_factory=process.event_loop_factory()) as runner:
-            runner.run(until_signalled())
-    except targets.ConfigError as e:
-        print(f"prewarm: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    return 0
+    )

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import asyncio
 import logging
 import os
 import secrets
 import socket
 import sys
+from collections.abc import Mapping
 from pathlib import Path
 
 from prewarm.cli import arguments, process
@@ -16,8 +16,6 @@ from prewarm.core import targets
 from prewarm.service import clock, composition, listener
 
 log = logging.getLogger("prewarm")
-
-EXIT_CONFIG_ERROR = 2
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -66,38 +64,38 @@ def run(args: argparse.Namespace) -> int:
             "prewarm: --config is required (targets come from annotated Services only with --actuator knative)",
             file=sys.stderr,
         )
-        return EXIT_CONFIG_ERROR
+        return process.EXIT_CONFIG_ERROR
     try:
-        settings = listener.ListenerSettings(
-            tokens=arguments.read_tokens(args.token_file, os.environ),
-            cors_origins=tuple(args.cors_origin),
-            rate_per_second=args.rate,
-            burst=args.burst,
-        )
-        if not settings.tokens:
-            log.warning("no bearer tokens configured: any client may send events")
-        options = composition.ServeOptions(
-            config=args.config,
-            store=args.store,
-            actuators=tuple(args.actuator or ["log"]),
-            kubeconfig=args.kubeconfig,
-            knative_floor_object=args.knative_floor_object,
-            leader_lease=args.leader_election,
-            knative_namespaces=tuple(args.knative_namespace),
-            identity=f"{os.environ.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}",
-            http_host=args.http[0],
-            http_port=args.http[1],
-            listener=settings,
-            grpc=None if args.grpc is None else arguments.scaler_options(args),
-        )
-
-        async def until_signalled() -> None:
-            stop = process.stop_on_signals()
-            await composition.serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=stop, env=os.environ)
-
-        with asyncio.Runner(loop_factory=process.event_loop_factory()) as runner:
-            runner.run(until_signalled())
+        options = serve_options(args, os.environ)
     except targets.ConfigError as e:
         print(f"prewarm: {e}", file=sys.stderr)
-        return EXIT_CONFIG_ERROR
-    return 0
+        return process.EXIT_CONFIG_ERROR
+    return process.run_until_signalled(
+        lambda stop: composition.serve(options, clock=clock.SystemClock(), out=sys.stdout, stop=stop, env=os.environ)
+    )
+
+
+def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> composition.ServeOptions:
+    """`ServeOptions` from the flags and the environment; ConfigError when a file cannot be read."""
+    settings = listener.ListenerSettings(
+        tokens=arguments.read_tokens(args.token_file, env),
+        cors_origins=tuple(args.cors_origin),
+        rate_per_second=args.rate,
+        burst=args.burst,
+    )
+    if not settings.tokens:
+        log.warning("no bearer tokens configured: any client may send events")
+    return composition.ServeOptions(
+        config=args.config,
+        store=args.store,
+        actuators=tuple(args.actuator or ["log"]),
+        kubeconfig=args.kubeconfig,
+        knative_floor_object=args.knative_floor_object,
+        leader_lease=args.leader_election,
+        knative_namespaces=tuple(args.knative_namespace),
+        identity=f"{env.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}",
+        http_host=args.http[0],
+        http_port=args.http[1],
+        listener=settings,
+        grpc=None if args.grpc is None else arguments.scaler_options(args),
+    )
