@@ -6,18 +6,40 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import Chromium, RedisServer
+from support import Chromium, RedisCluster, RedisServer, SentinelGroup
 
 
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
-    server.directory.mkdir()
     server.start()
     try:
         yield server
     finally:
         server.stop()
+
+
+@pytest.fixture
+def redis_sentinel(tmp_path: Path) -> Iterator[SentinelGroup]:
+    """A Sentinel-managed master with one replica (redis-server and redis-sentinel processes)."""
+    group = SentinelGroup(tmp_path / "sentinel")
+    group.directory.mkdir()
+    try:
+        group.start()
+        yield group
+    finally:
+        group.stop()
+
+
+@pytest.fixture
+def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A real 3-master Redis Cluster."""
+    cluster = RedisCluster(tmp_path / "cluster")
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
 
 
 @pytest.fixture

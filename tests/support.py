@@ -1,14 +1,18 @@
-"""Test support: a real redis-server on a free loopback port, and polling with deadlines."""
+"""Test support: real redis-server processes on free loopback ports (one server, a Sentinel-managed
+master with a replica, a 3-master Cluster), and polling with deadlines."""
 
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
+import os
 import shutil
+import signal
 import socket
 import subprocess
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -21,25 +25,80 @@ def free_port() -> int:
         return int(sock.getsockname()[1])
 
 
-class RedisServer:
-    """A redis-server process with append-only persistence, which tests may stop and start again."""
+def free_cluster_port() -> int:
+    """A free port whose Cluster bus port (port + 10000) is free too, both below 65536."""
+    for _ in range(100):
+        port = free_port()
+        if port + 10_000 > 65_535:
+            port -= 30_000  # ephemeral ports start at 32768: move below them, bus port included
+        try:
+            with socket.socket() as a, socket.socket() as b:
+                a.bind(("127.0.0.1", port))
+                b.bind(("127.0.0.1", port + 10_000))
+        except OSError:
+            continue
+        return port
+    raise RuntimeError("no free port pair for a cluster node")
 
-    def __init__(self, directory: Path) -> None:
+
+def _binary(name: str) -> str:
+    binary = shutil.which(name)
+    if binary is None:
+        pytest.fail(f"{name} is not installed (.ci/run installs it)")
+    return binary
+
+
+def _command(port: int, line: bytes, *, password: str | None = None, timeout: float = 0.5) -> bytes:
+    """One inline command on a fresh connection; the raw reply (b'' when nothing answers)."""
+    try:
+        with socket.create_connection(("127.0.0.1", port), timeout=timeout) as conn:
+            if password is not None:
+                conn.sendall(b"AUTH " + password.encode() + b"\r\n")
+                conn.recv(64)
+            conn.sendall(line + b"\r\n")
+            return conn.recv(65536)
+    except OSError:
+        return b""
+
+
+def _wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll a process-level condition (these helpers run outside the event loop)."""
+    deadline = time.monotonic() + within
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"{what} before the deadline")
+        time.sleep(0.01)
+
+
+class RedisServer:
+    """A redis-server process with append-only persistence, which tests may stop and start again,
+    freeze (SIGSTOP), thaw and kill -9. `extra` adds arguments (replication, auth, cluster)."""
+
+    def __init__(
+        self, directory: Path, *, extra: Sequence[str] = (), password: str | None = None, port: int | None = None
+    ) -> None:
         self.directory = directory
-        self.port = free_port()
+        self.port = port or free_port()
+        self.extra = tuple(extra)
+        self.password = password
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
         return f"redis://127.0.0.1:{self.port}/0"
 
+    @property
+    def pid(self) -> int:
+        assert self._process is not None
+        return self._process.pid
+
     def start(self) -> None:
-        binary = shutil.which("redis-server")
-        if binary is None:
-            pytest.fail("redis-server is not installed (.ci/run installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        auth = ["--requirepass", self.password, "--masterauth", self.password] if self.password else []
+        quick = ["--repl-diskless-sync-delay", "0", "--shutdown-timeout", "1", "--logfile", str(self.directory / "log")]
         self._process = subprocess.Popen(
             [
-                binary,
+                _binary("redis-server"),
                 "--port",
                 str(self.port),
                 "--bind",
@@ -54,28 +113,184 @@ class RedisServer:
                 str(self.directory),
                 "--protected-mode",
                 "no",
+                *auth,
+                *quick,
+                *self.extra,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
         )
-        deadline = time.monotonic() + 10
-        while True:
-            try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
-                    conn.sendall(b"PING\r\n")
-                    if conn.recv(16).startswith(b"+PONG"):
-                        return
-            except OSError:
-                pass
-            if time.monotonic() > deadline:
-                raise RuntimeError("redis-server did not start")
-            time.sleep(0.01)
+        _wait_until(lambda: self.command(b"PING").startswith(b"+PONG"), within=10, what="redis-server did not start")
+
+    def command(self, line: bytes) -> bytes:
+        """One inline command (e.g. b"ROLE"); the raw reply."""
+        return _command(self.port, line, password=self.password)
+
+    def freeze(self) -> None:
+        os.kill(self.pid, signal.SIGSTOP)
+
+    def thaw(self) -> None:
+        os.kill(self.pid, signal.SIGCONT)
+
+    def kill(self) -> None:
+        """kill -9: nothing is flushed or handed over."""
+        if self._process is not None:
+            self._process.kill()
+            self._process.wait(timeout=10)
+            self._process = None
 
     def stop(self) -> None:
         if self._process is not None:
-            self._process.terminate()
-            self._process.wait(timeout=10)
+            with contextlib.suppress(ProcessLookupError):
+                os.kill(self._process.pid, signal.SIGCONT)  # a frozen server cannot stop
+            # Redis refuses a SIGTERM while it writes its first AOF (right after a replica's
+            # sync): ask again until it exits; kill it only if it never does.
+            for _ in range(50):
+                self._process.terminate()
+                try:
+                    self._process.wait(timeout=0.2)
+                    break
+                except subprocess.TimeoutExpired:
+                    continue
+            else:
+                self._process.kill()
+                self._process.wait(timeout=10)
             self._process = None
+
+
+class SentinelGroup:
+    """A master, two replicas of it and three Sentinels (quorum 2) watching them as `service`, all
+    behind one password; failover is quick (down after 300 ms)."""
+
+    def __init__(self, directory: Path, *, service: str = "prewarm", password: str = "s3cret") -> None:
+        self.directory = directory
+        self.service = service
+        self.password = password
+        self.master = RedisServer(directory / "a", password=password)
+        self.replicas = [RedisServer(directory / name, password=password) for name in ("b", "c")]
+        self.sentinel_ports = [free_port() for _ in range(3)]
+        self._sentinels: list[subprocess.Popen[bytes]] = []
+
+    @property
+    def url(self) -> str:
+        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return f"redis+sentinel://:{self.password}@{hosts}/{self.service}/0"
+
+    @property
+    def servers(self) -> list[RedisServer]:
+        return [self.master, *self.replicas]
+
+    def start(self) -> None:
+        self.master.start()
+        for replica in self.replicas:
+            replica.extra = ("--replicaof", "127.0.0.1", str(self.master.port))
+            replica.start()
+        _wait_until(
+            lambda: all(b"master_link_status:up" in r.command(b"INFO replication") for r in self.replicas),
+            within=10,
+            what="the replicas did not sync",
+        )
+        ids = [f"{index + 1:040x}" for index in range(len(self.sentinel_ports))]
+        for index, port in enumerate(self.sentinel_ports):
+            config = self.directory / f"sentinel-{index}.conf"
+            # each Sentinel knows the others and the replicas from the start: no discovery to wait for
+            known = "".join(
+                f"sentinel known-sentinel {self.service} 127.0.0.1 {other} {ids[j]}\n"
+                for j, other in enumerate(self.sentinel_ports)
+                if j != index
+            )
+            known += "".join(
+                f"sentinel known-replica {self.service} 127.0.0.1 {replica.port}\n" for replica in self.replicas
+            )
+            config.write_text(
+                f"port {port}\nbind 127.0.0.1\nprotected-mode no\ndir {self.directory}\n"
+                f"sentinel myid {ids[index]}\n"
+                f"sentinel monitor {self.service} 127.0.0.1 {self.master.port} 2\n"
+                f"sentinel auth-pass {self.service} {self.password}\n"
+                f"sentinel down-after-milliseconds {self.service} 500\n"
+                f"sentinel failover-timeout {self.service} 10000\n"
+                f"sentinel parallel-syncs {self.service} 2\n" + known
+            )
+            self._sentinels.append(
+                subprocess.Popen(
+                    [_binary("redis-sentinel"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+                )
+            )
+        for port in self.sentinel_ports:
+            _wait_until(
+                lambda port=port: self.sentinels_see_each_other(port),
+                within=15,
+                what="the sentinels did not find each other",
+            )
+
+    def sentinels_see_each_other(self, port: int) -> bool:
+        reply = _command(port, b"SENTINEL MASTER " + self.service.encode()).split(b"\r\n")
+        try:
+            others = int(reply[reply.index(b"num-other-sentinels") + 2])
+            replicas = int(reply[reply.index(b"num-slaves") + 2])
+        except (ValueError, IndexError):
+            return False
+        return others == len(self.sentinel_ports) - 1 and replicas == len(self.replicas)
+
+    def master_port(self) -> int | None:
+        """The master's port as the first Sentinel tells it."""
+        reply = _command(self.sentinel_ports[0], b"SENTINEL GET-MASTER-ADDR-BY-NAME " + self.service.encode())
+        parts = reply.split(b"\r\n")
+        return int(parts[4]) if len(parts) > 4 and parts[4].isdigit() else None
+
+    def stop(self) -> None:
+        for process in self._sentinels:
+            process.terminate()
+        for process in self._sentinels:
+            process.wait(timeout=10)
+        self._sentinels.clear()
+        for server in self.servers:
+            server.stop()
+
+
+class RedisCluster:
+    """Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`."""
+
+    def __init__(self, directory: Path) -> None:
+        self.nodes = [
+            RedisServer(
+                directory / f"node-{i}",
+                extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                port=free_cluster_port(),
+            )
+            for i in range(3)
+        ]
+
+    @property
+    def url(self) -> str:
+        return "redis+cluster://" + ",".join(f"127.0.0.1:{node.port}" for node in self.nodes[:2])
+
+    def start(self) -> None:
+        for node in self.nodes:
+            node.extra += ("--cluster-config-file", str(node.directory / "nodes.conf"))
+            node.start()
+        subprocess.run(
+            [
+                _binary("redis-cli"),
+                "--cluster",
+                "create",
+                *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-yes",
+            ],
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            timeout=60,
+        )
+        _wait_until(
+            lambda: all(b"cluster_state:ok" in node.command(b"CLUSTER INFO") for node in self.nodes),
+            within=20,
+            what="the cluster did not come up",
+        )
+
+    def stop(self) -> None:
+        for node in self.nodes:
+            node.stop()
 
 
 async def wait_for(predicate: Callable[[], bool], *, within: float = 5.0) -> None:

@@ -1,0 +1,152 @@
+"""The Lua scripts the Redis store runs, with the KEYS and ARGV each expects.
+
+Every script checks all of its input before its first write and fails with an error naming the
+bad argument: Redis does not roll back a script that fails half way, so a check that came after a
+write would leave part of a batch stored. All keys one call names share one target's
+`{namespace/name}` hash tag or, for group commits, a single server (or one Cluster slot).
+"""
+
+from __future__ import annotations
+
+# KEYS: three per target of the call (sessions, closed, arrivals), then one dedup key per intent.
+# ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, touch duplicates (0|1), number of targets,
+#       the target names, then one packed string per intent:
+#       "<target index>|<o|h|c>|<expires_ms>|<minute>|<session id>".
+# Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}, and publishes the changed
+# targets, newline-separated, as one message on prewarm:changes. With "touch duplicates", a
+# duplicate's dedup key is rewritten (same value, same expiry) so that the call propagates to the
+# replicas: a WAIT after it then also covers the first, maybe unacknowledged, delivery.
+INGEST = r"""
+local now = tonumber(ARGV[1])
+local cap = tonumber(ARGV[2])
+local dedup_ttl = tonumber(ARGV[3])
+local arrivals_ttl = tonumber(ARGV[4])
+local touch_duplicates = ARGV[5] == '1'
+local ntargets = tonumber(ARGV[6])
+if not (now and cap and dedup_ttl and arrivals_ttl and ntargets) or now < 0 or ntargets < 1
+    or #KEYS ~= ntargets * 3 + #ARGV - 6 - ntargets then
+  return redis.error_reply('ERR prewarm ingest: malformed header arguments')
+end
+local first_intent = 7 + ntargets
+local parsed = {}
+for a = first_intent, #ARGV do
+  local ti, kind, expires, minute, session = string.match(ARGV[a], '^(%d+)|([ohc])|(%d+)|(%d+)|(.+)$')
+  ti = tonumber(ti)
+  if not ti or ti < 1 or ti > ntargets then
+    return redis.error_reply('ERR prewarm ingest: malformed intent ' .. (a - first_intent + 1))
+  end
+  parsed[#parsed + 1] = {ti, kind, expires, minute, session}
+end
+local types = {'zset', 'zset', 'hash'}
+for k = 1, ntargets * 3 do
+  local t = redis.call('TYPE', KEYS[k])['ok']
+  if t ~= 'none' and t ~= types[(k - 1) % 3 + 1] then
+    return redis.error_reply('ERR prewarm ingest: ' .. KEYS[k] .. ' holds a ' .. t)
+  end
+end
+for t = 1, ntargets do
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*3-2], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*3-1], '-inf', now)
+end
+local dropped = 0
+local results = {0}
+local changed, touched = {}, {}
+for i, intent in ipairs(parsed) do
+  local ti, kind, expires, minute, session = intent[1], intent[2], intent[3], intent[4], intent[5]
+  local sessions, closed, arrivals = KEYS[ti*3-2], KEYS[ti*3-1], KEYS[ti*3]
+  local dedup = KEYS[ntargets*3 + i]
+  if not redis.call('SET', dedup, '1', 'NX', 'EX', dedup_ttl) then
+    results[#results + 1] = 0
+    if touch_duplicates then redis.call('SET', dedup, '1', 'XX', 'KEEPTTL') end
+  else
+    results[#results + 1] = 1
+    touched[ti] = true
+    if kind == 'c' then
+      if redis.call('ZREM', sessions, session) == 1 then changed[ti] = true end
+      redis.call('ZADD', closed, 'GT', expires, session)
+    elseif not redis.call('ZSCORE', closed, session) then
+      if redis.call('ZADD', sessions, 'GT', 'CH', expires, session) == 1 then changed[ti] = true end
+      local size = redis.call('ZCARD', sessions)
+      if size > cap then
+        redis.call('ZPOPMIN', sessions, size - cap)
+        dropped = dropped + size - cap
+      end
+    end
+    if kind == 'o' then
+      redis.call('HINCRBY', arrivals, minute, 1)
+    end
+  end
+end
+local names = {}
+for ti, _ in pairs(touched) do
+  redis.call('PEXPIRE', KEYS[ti*3-2], dedup_ttl * 1000)
+  redis.call('PEXPIRE', KEYS[ti*3-1], dedup_ttl * 1000)
+  redis.call('EXPIRE', KEYS[ti*3], arrivals_ttl)
+  if changed[ti] then names[#names + 1] = ARGV[6 + ti] end
+end
+if #names > 0 then
+  redis.call('PUBLISH', 'prewarm:changes', table.concat(names, '\n'))
+end
+results[1] = dropped
+return results
+"""
+
+# KEYS: the target's decision key, then its lease key.
+# ARGV: the fencing token ('' for a store without leases), the decision (JSON), the channel.
+# Returns 1 when stored and published; 0, writing nothing, when the token is not the lease's.
+SAVE_DECISION = r"""
+if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
+  return 0
+end
+redis.call('SET', KEYS[1], ARGV[2])
+redis.call('PUBLISH', ARGV[3], ARGV[2])
+return 1
+"""
+
+# KEYS: per target, its lease key then its epoch key.
+# ARGV: holder id, lease ms, acquire free leases (0|1), epoch ttl s, then per target the token
+#       this holder believes it holds ('' for none).
+# Returns per target {1, token, ms left} when the holder holds it now (renewed or newly taken, the
+# epoch incremented so that every taking gets a new token), else {0, holder's token or '', ms left}.
+CLAIM_LEASES = r"""
+local holder = ARGV[1]
+local ttl = tonumber(ARGV[2])
+local acquire = ARGV[3] == '1'
+local epoch_ttl = tonumber(ARGV[4])
+if not ttl or ttl < 1 or not epoch_ttl or #KEYS ~= 2 * (#ARGV - 4) then
+  return redis.error_reply('ERR prewarm leases: malformed arguments')
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local lease, epoch = KEYS[2*i-1], KEYS[2*i]
+  local held = ARGV[4 + i]
+  local current = redis.call('GET', lease)
+  if current and current == held then
+    redis.call('PEXPIRE', lease, ttl)
+    out[i] = {1, current, ttl}
+  elseif not current and acquire then
+    local token = redis.call('INCR', epoch) .. '|' .. holder
+    redis.call('EXPIRE', epoch, epoch_ttl)
+    redis.call('SET', lease, token, 'PX', ttl)
+    out[i] = {1, token, ttl}
+  else
+    out[i] = {0, current or '', current and redis.call('PTTL', lease) or 0}
+  end
+end
+return out
+"""
+
+# KEYS: lease keys. ARGV: the token held for each. Deletes each lease that still holds that token.
+RELEASE_LEASES = r"""
+if #KEYS ~= #ARGV then
+  return redis.error_reply('ERR prewarm leases: malformed arguments')
+end
+local released = 0
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i] then
+    redis.call('DEL', KEYS[i])
+    released = released + 1
+  end
+end
+return released
+"""
