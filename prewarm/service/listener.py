@@ -8,6 +8,7 @@ broker retries exactly what is worth retrying (429, 503) and drops what never wi
 
 from __future__ import annotations
 
+import asyncio
 import collections
 import dataclasses
 import hashlib
@@ -33,6 +34,10 @@ from prewarm.service import clock, state, telemetry
 log = logging.getLogger(__name__)
 
 MAX_BODY_BYTES = 64 * 1024
+MAX_DATA_DEPTH = 32  # levels of objects and arrays an event may carry
+MAX_EVENT_AGE = timedelta(hours=24)  # as long as dedup keys last: an older event could not be deduplicated
+MAX_TTL_SECONDS = 7 * 24 * 3600
+MIN_TTL_SECONDS = 0.001  # the store keeps milliseconds
 STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 _JSON_FORMAT = JSONFormat()
@@ -60,6 +65,7 @@ class ListenerSettings:
     rate_per_second: float = 50.0  # per client (token or address)
     burst: float = 100.0
     max_clients: int = 10_000  # token buckets remembered (least recently used are forgotten)
+    store_timeout: float = 5.0  # seconds a request waits for the store before it is answered 503
 
 
 class TokenBuckets:
@@ -92,6 +98,32 @@ def _fail(status: int, reason: str) -> RejectedRequest:
     return RejectedRequest(status, reason)
 
 
+def _deeper_than(value: object, limit: int) -> bool:
+    """Whether JSON `value` nests objects and arrays more than `limit` levels deep (no recursion)."""
+    stack: list[tuple[object, int]] = [(value, 0)]
+    while stack:
+        item, depth = stack.pop()
+        if isinstance(item, dict):
+            children: Any = item.values()
+        elif isinstance(item, list):
+            children = item
+        else:
+            continue
+        if depth + 1 > limit:
+            return True
+        stack.extend((child, depth + 1) for child in children)
+    return False
+
+
+def _utf8(value: str) -> bool:
+    """Whether `value` encodes as UTF-8 (JSON's \ud800 escapes give lone surrogates, which do not)."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError:
+        return False
+    return True
+
+
 def parse_cloudevents(headers: Mapping[str, str], body: bytes, *, beacon: bool = False) -> list[CloudEvent]:
     """Parse one HTTP request into CloudEvents (binary, structured or batch mode).
 
@@ -114,6 +146,8 @@ def parse_cloudevents(headers: Mapping[str, str], body: bytes, *, beacon: bool =
             for index, item in enumerate(items):
                 if not isinstance(item, dict):
                     raise _fail(400, f"batch[{index}] is not a JSON object")
+                if _deeper_than(item, MAX_DATA_DEPTH + 1):
+                    raise _fail(400, f"batch[{index}] nests more than {MAX_DATA_DEPTH} levels")
                 events.append(_read_structured(json.dumps(item).encode()))
             return events
         if content_type == STRUCTURED:
@@ -126,7 +160,17 @@ def parse_cloudevents(headers: Mapping[str, str], body: bytes, *, beacon: bool =
             return [event]  # type: ignore[list-item]
     except RejectedRequest:
         raise
-    except (BaseCloudEventException, ValueError, TypeError, KeyError, AttributeError, UnicodeDecodeError) as e:
+    except RecursionError as e:  # json: a body of thousands of nested [ or {
+        raise _fail(400, f"malformed CloudEvent: JSON nested more than {MAX_DATA_DEPTH} levels") from e
+    except (
+        BaseCloudEventException,
+        ValueError,
+        TypeError,
+        KeyError,
+        AttributeError,
+        UnicodeDecodeError,
+        OverflowError,
+    ) as e:
         raise _fail(400, f"malformed CloudEvent: {_short(e)}") from e
     raise _fail(415, f"unsupported content type {content_type!r}; send {STRUCTURED}, {BATCH} or binary mode")
 
@@ -139,8 +183,8 @@ def _read_structured(body: bytes) -> CloudEvent:
 
 
 def _short(error: Exception) -> str:
-    text = str(error).replace("\n", " ")
-    return text[:200]
+    text = str(error).replace("\n", " ")[:200]
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")  # no lone surrogate reaches a response
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -158,57 +202,85 @@ def translate_event(
 ) -> state.Intent | PodPhase:
     """Validate one CloudEvent's type and data against the configured targets.
 
-    Raises RejectedRequest: 422 for an unknown type or target, 400 for malformed data.
+    Everything the store will see is checked here: ids that encode as UTF-8, a time within
+    `MAX_EVENT_AGE` before `received_at` (never after it), a finite `ttl` within bounds, data
+    nested at most `MAX_DATA_DEPTH` levels. Raises RejectedRequest: 422 for an unknown type or
+    target, 400 for malformed data.
     """
     event_type = _EVENT_TYPES.get(event.get_type())
     if event_type is None and event.get_type() != POD_PHASE_TYPE:
         known = [*sorted(_EVENT_TYPES), POD_PHASE_TYPE]
         raise _fail(422, f"unknown event type {event.get_type()!r}; expected one of {known}")
+    source, event_id = event.get_source(), event.get_id()
+    if not _utf8(source) or not _utf8(event_id):
+        raise _fail(400, f"event {event_id!r}: source and id must be valid Unicode (no lone surrogates)")
     data = event.get_data()
     if isinstance(data, bytes | str):
         try:
             data = json.loads(data)
-        except ValueError as e:
-            raise _fail(400, f"event {event.get_id()!r}: data is not JSON") from e
+        except (ValueError, RecursionError) as e:
+            raise _fail(400, f"event {event_id!r}: data is not JSON (or nests too deep)") from e
     if data is None:
         data = {}
     if not isinstance(data, dict):
-        raise _fail(400, f"event {event.get_id()!r}: data must be a JSON object")
+        raise _fail(400, f"event {event_id!r}: data must be a JSON object")
+    if _deeper_than(data, MAX_DATA_DEPTH):
+        raise _fail(400, f"event {event_id!r}: data nests more than {MAX_DATA_DEPTH} levels")
     target_name = data.get("target") or event.get_subject()
     if not isinstance(target_name, str) or not target_name:
         raise _fail(400, f"event {event.get_id()!r}: data.target (or subject) is required")
     spec = specs.get(target_name)
     if spec is None:
         raise _fail(422, f"event {event.get_id()!r}: unknown target {target_name[:100]!r}")
-    sent_at = event.get_time()
-    at = received_at
-    if sent_at is not None:
-        sent_at = sent_at if sent_at.tzinfo is not None else sent_at.replace(tzinfo=UTC)
-        at = min(sent_at.astimezone(UTC), received_at)  # a client clock ahead never stretches a session
+    at = _event_time(event, received_at)
     if event_type is None:
         return _translate_phase(event, data, target_name, at)
     session = data.get("session")
-    if not isinstance(session, str) or not 0 < len(session) <= 128:
-        raise _fail(400, f"event {event.get_id()!r}: data.session must be a string of 1-128 characters")
+    if not isinstance(session, str) or not 0 < len(session) <= 128 or not _utf8(session):
+        raise _fail(400, f"event {event_id!r}: data.session must be a string of 1-128 characters (valid Unicode)")
     ttl = spec.session_ttl
     if "ttl" in data:
-        raw_ttl = data["ttl"]
-        if isinstance(raw_ttl, bool) or not isinstance(raw_ttl, int | float) or not math.isfinite(raw_ttl):
-            raise _fail(400, f"event {event.get_id()!r}: data.ttl {raw_ttl!r} is not a number of seconds")
-        if raw_ttl <= 0:
-            raise _fail(400, f"event {event.get_id()!r}: data.ttl {raw_ttl!r} must be > 0")
-        ttl = min(ttl, timedelta(seconds=raw_ttl))
+        ttl = min(ttl, _parse_ttl(event_id, data["ttl"]))
     return state.Intent(
         target=target_name,
-        source=event.get_source(),
-        id=event.get_id(),
+        source=source,
+        id=event_id,
         event=ledger.SessionEvent(type=event_type, session=session, at=at, ttl=ttl),
     )
 
 
+def _event_time(event: CloudEvent, received_at: datetime) -> datetime:
+    """When the event happened: its `time`, never after `received_at` (a client clock ahead never
+    stretches a session) and at most MAX_EVENT_AGE before it; the receipt time when it has none."""
+    try:
+        sent_at = event.get_time()
+        if sent_at is None:
+            return received_at
+        sent_at = sent_at if sent_at.tzinfo is not None else sent_at.replace(tzinfo=UTC)
+        at = min(sent_at.astimezone(UTC), received_at)
+    except (OverflowError, ValueError, TypeError) as e:  # year 1 at +01:00 is before datetime.min
+        raise _fail(400, f"event {event.get_id()!r}: time is out of range") from e
+    if at < received_at - MAX_EVENT_AGE:
+        hours = MAX_EVENT_AGE.total_seconds() / 3600
+        raise _fail(400, f"event {event.get_id()!r}: time {at.isoformat()} is more than {hours:g} h before its receipt")
+    return at
+
+
+def _parse_ttl(event_id: str, raw: object) -> timedelta:
+    """`data.ttl` in seconds: a finite number in [MIN_TTL_SECONDS, MAX_TTL_SECONDS]."""
+    if isinstance(raw, bool) or not isinstance(raw, int | float) or (isinstance(raw, float) and not math.isfinite(raw)):
+        raise _fail(400, f"event {event_id!r}: data.ttl {raw!r} is not a number of seconds")
+    if raw <= 0:
+        raise _fail(400, f"event {event_id!r}: data.ttl {raw!r} must be > 0")
+    if not MIN_TTL_SECONDS <= raw <= MAX_TTL_SECONDS:
+        shown = repr(raw)[:40]
+        raise _fail(400, f"event {event_id!r}: data.ttl {shown} is not between {MIN_TTL_SECONDS} and {MAX_TTL_SECONDS}")
+    return timedelta(seconds=raw)
+
+
 def _translate_phase(event: CloudEvent, data: Mapping[str, Any], target: str, at: datetime) -> PodPhase:
     pod, phase = data.get("pod"), data.get("phase")
-    if not isinstance(pod, str) or not 0 < len(pod) <= 253:
+    if not isinstance(pod, str) or not 0 < len(pod) <= 253 or not _utf8(pod):
         raise _fail(400, f"event {event.get_id()!r}: data.pod must be a pod name")
     if phase not in telemetry.POD_PHASES:
         raise _fail(400, f"event {event.get_id()!r}: data.phase {phase!r} is not one of {list(telemetry.POD_PHASES)}")
@@ -305,16 +377,19 @@ class IntentListener:
             # floors before this batch, for warm/cold starts: only read when someone records them
             floors = {i.target: self._current_floor(i.target) for i in intents} if self._telemetry is not None else {}
             try:
-                result = await self._store.record_intents(intents)
-            except state.StateUnavailable as e:
+                async with asyncio.timeout(self._settings.store_timeout):
+                    result = await self._store.record_intents(intents)
+            except (state.StateUnavailable, TimeoutError) as e:
+                log.debug("503: %s", e)
                 raise RejectedRequest(503, "state store unavailable", {"Retry-After": "1"}) from e
+            except state.BatchRejected as e:
+                raise RejectedRequest(400, str(e)) from e
         except RejectedRequest as rejected:
             self.counts[f"rejected.{rejected.status}"] += 1
             if self._telemetry is not None:
                 self._telemetry.record_events("unknown", f"rejected.{rejected.status}")
-            return web.Response(
-                status=rejected.status, text=rejected.reason + "\n", headers={**cors, **rejected.headers}
-            )
+            reason = rejected.reason.encode("utf-8", "backslashreplace").decode("utf-8")
+            return web.Response(status=rejected.status, text=reason + "\n", headers={**cors, **rejected.headers})
         self.counts["accepted"] += result.accepted
         self.counts["duplicate"] += result.duplicates
         self._observe(events, translated, intents, result, floors)
@@ -377,16 +452,19 @@ class IntentListener:
         return web.Response(text="ok\n")
 
     async def readyz(self, request: web.Request) -> web.Response:
+        """200 while the store answers and takes writes (not a read-only replica), else 503."""
         try:
-            await self._store.ping()
-        except state.StateUnavailable as e:
+            async with asyncio.timeout(self._settings.store_timeout):
+                await self._store.check_writable()
+        except (state.StateUnavailable, TimeoutError) as e:
             return web.Response(status=503, text=f"store unavailable: {_short(e)}\n")
         return web.Response(text="ready\n")
 
     async def list_targets(self, request: web.Request) -> web.Response:
         try:
-            view = await self._targets_view()
-        except state.StateUnavailable as e:
+            async with asyncio.timeout(self._settings.store_timeout):
+                view = await self._targets_view()
+        except (state.StateUnavailable, TimeoutError) as e:
             return web.Response(status=503, text=f"store unavailable: {_short(e)}\n")
         return web.json_response({"targets": view})
 

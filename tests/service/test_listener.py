@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -51,6 +53,23 @@ def binary(event: CloudEvent) -> tuple[dict[str, str], bytes]:
 def structured(event: CloudEvent) -> tuple[dict[str, str], bytes]:
     message = ce_http.to_structured(event, FORMAT)
     return message.headers, message.body
+
+
+def raw_event(**fields: Any) -> tuple[dict[str, str], bytes]:
+    """A structured-mode event written by hand (json.dumps escapes lone surrogates as \\ud800, as a
+    browser's JSON.stringify does), for what the SDK would refuse to build; data fields go in data."""
+    attributes = {"specversion": "1.0", "type": OPENED, "source": "/web/chat", "id": "e1"}
+    data: dict[str, Any] = {"target": "ml/chat", "session": "s1"}
+    for key, value in fields.items():
+        (attributes if key in ("specversion", "type", "source", "id", "time") else data)[key] = value
+    return {"Content-Type": listener.STRUCTURED}, json.dumps({**attributes, "data": data}).encode()
+
+
+def nested(depth: int) -> Any:
+    value: Any = 1
+    for _ in range(depth):
+        value = [value]
+    return value
 
 
 def batch(*events: CloudEvent) -> tuple[dict[str, str], bytes]:
@@ -109,7 +128,8 @@ async def memory(fake_time: list[float]) -> AsyncIterator[Harness]:
 @pytest.fixture
 async def redis_backed(redis_server: RedisServer, fake_time: list[float]) -> AsyncIterator[Harness]:
     store = state.RedisStore.from_url(redis_server.url, timeout=0.5)
-    harness = Harness(store, listener.ListenerSettings(burst=10_000, rate_per_second=10_000), fake_time)
+    settings = listener.ListenerSettings(burst=10_000, rate_per_second=10_000, store_timeout=2.0)
+    harness = Harness(store, settings, fake_time)
     await store.start()  # after the decider has added its change listener
     try:
         async for started in start(harness):
@@ -225,6 +245,32 @@ async def test_accepted_event_re_decides_the_target_at_once(memory: Harness) -> 
         ),
         (structured(cloudevent("e1", target="ml/other")), AUTH, 422, "unknown target 'ml/other'"),
         (structured(cloudevent("e1", type="dev.prewarm.session.paused")), AUTH, 422, "unknown event type"),
+        # poison: what once failed inside the store's script (or its encoding) and hung the group
+        (
+            raw_event(time="1969-12-31T23:59:59Z"),
+            AUTH,
+            400,
+            "time 1969-12-31T23:59:59+00:00 is more than 24 h before its receipt",
+        ),
+        (raw_event(time="2026-04-30T11:59:59Z"), AUTH, 400, "is more than 24 h before its receipt"),
+        (raw_event(time="0001-01-01T00:00:00+01:00"), AUTH, 400, "time is out of range"),
+        (raw_event(session="\ud800"), AUTH, 400, "data.session must be a string of 1-128 characters (valid Unicode)"),
+        (raw_event(source="/\udfff"), AUTH, 400, "source and id must be valid Unicode"),
+        (raw_event(id="e\ud800"), AUTH, 400, "source and id must be valid Unicode"),
+        (raw_event(ttl=1e308), AUTH, 400, "data.ttl 1e+308 is not between 0.001 and 604800"),
+        (raw_event(ttl=10**400), AUTH, 400, "is not between 0.001 and 604800"),
+        (raw_event(ttl=1e-300), AUTH, 400, "data.ttl 1e-300 is not between 0.001 and 604800"),
+        (raw_event(ttl=float("inf")), AUTH, 400, "data.ttl inf is not a number of seconds"),
+        (raw_event(ttl=True), AUTH, 400, "data.ttl True is not a number of seconds"),
+        (({"Content-Type": listener.STRUCTURED}, b"[" * 5000), AUTH, 400, "nested more than 32 levels"),
+        (({"Content-Type": listener.BATCH}, b"[" * 5000 + b"]" * 5000), AUTH, 400, "nested more than 32 levels"),
+        (raw_event(extra=nested(40)), AUTH, 400, "data nests more than 32 levels"),
+        (
+            ({"Content-Type": listener.BATCH}, b"[" + raw_event(extra=nested(60))[1] + b"]"),
+            AUTH,
+            400,
+            "batch[0] nests more than 32 levels",
+        ),
     ],
     ids=[
         "not-json",
@@ -242,6 +288,21 @@ async def test_accepted_event_re_decides_the_target_at_once(memory: Harness) -> 
         "binary-not-json",
         "unknown-target",
         "unknown-type",
+        "time-before-1970",
+        "time-older-than-dedup",
+        "time-out-of-range",
+        "session-lone-surrogate",
+        "source-lone-surrogate",
+        "id-lone-surrogate",
+        "ttl-1e308",
+        "ttl-huge-int",
+        "ttl-tiny",
+        "ttl-inf",
+        "ttl-bool",
+        "nested-5000",
+        "nested-batch-5000",
+        "nested-data",
+        "nested-batch-item",
     ],
 )
 async def test_rejections(
@@ -251,6 +312,21 @@ async def test_rejections(
     assert response.status == status
     assert text in await response.text()
     assert await memory.sessions() == 0
+
+
+@pytest.mark.parametrize("path", ["/events", "/beacon"])
+async def test_deeply_nested_bodies_are_refused_on_every_endpoint(memory: Harness, path: str) -> None:
+    content_type = "text/plain" if path == "/beacon" else listener.STRUCTURED
+    for body in (b"[" * 5000, b'{"a":' * 5000, b'{"data": ' * 3000):
+        response = await memory.post(({"Content-Type": content_type}, body), path=path, **AUTH)
+        assert response.status == 400
+        assert "nested more than 32 levels" in await response.text()
+
+
+async def test_a_ttl_within_bounds_is_capped_by_the_target(memory: Harness) -> None:
+    assert (await memory.post(raw_event(ttl=604800), **AUTH)).status == 202
+    count = await memory.store.count_sessions("ml/chat", T0)
+    assert count.next_expiry == T0 + SPEC.session_ttl
 
 
 async def test_rate_limit_answers_429_with_retry_after(memory: Harness, fake_time: list[float]) -> None:
@@ -333,6 +409,74 @@ async def test_redis_outage_answers_503_and_loses_nothing_acknowledged(
     assert {m.decode() for m in stored} == set(acknowledged)
 
 
+async def test_poison_events_get_4xx_while_50_concurrent_valid_events_are_stored(redis_backed: Harness) -> None:
+    """The reproducer: a time before 1970 or a lone surrogate once failed the store's script (or
+    its encoding) for the whole group commit, and every request in the group hung."""
+    valid = [structured(cloudevent(f"v{i}", session=f"s{i}")) for i in range(50)]
+    poison = [
+        raw_event(id="p1", time="1969-12-31T23:59:59Z"),
+        raw_event(id="p2", session="\ud800"),
+        raw_event(id="p3", ttl=1e308),
+        ({"Content-Type": listener.STRUCTURED}, b"[" * 5000),
+        (
+            {"Content-Type": listener.BATCH},
+            b"[" + raw_event(id="p5", session="ok")[1] + b"," + raw_event(id="p6", source="\udc00")[1] + b"]",
+        ),
+    ]
+    messages = valid[:25] + poison + valid[25:]
+
+    async def status(message: tuple[dict[str, str], bytes]) -> int:
+        async with asyncio.timeout(5):
+            return int((await redis_backed.post(message)).status)
+
+    statuses = await asyncio.gather(*(status(m) for m in messages))
+    assert statuses[25:30] == [400] * 5
+    assert statuses[:25] + statuses[30:] == [202] * 50
+    assert await redis_backed.sessions() == 50
+
+
+async def test_a_frozen_store_is_answered_503_within_the_bound(
+    redis_backed: Harness, redis_server: RedisServer
+) -> None:
+    assert redis_backed.client is not None
+    redis_server.freeze()  # the server accepts nothing and answers nothing
+    try:
+        async with asyncio.timeout(3):  # the listener's bound is 2 s (store_timeout)
+            sent = await redis_backed.post(structured(cloudevent("e1")))
+        async with asyncio.timeout(3):
+            ready = await redis_backed.client.get("/readyz")
+        assert (sent.status, sent.headers["Retry-After"]) == (503, "1")
+        assert ready.status == 503
+    finally:
+        redis_server.thaw()
+    async with asyncio.timeout(5):
+        assert (await redis_backed.post(structured(cloudevent("e1")))).status == 202
+
+
+async def test_a_server_demoted_to_replica_is_not_ready_and_answers_503(
+    redis_backed: Harness, redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Pointed at a master that a failover demoted: READONLY is a 503 and /readyz says so, never a
+    hang and never 200."""
+    assert redis_backed.client is not None
+    new_master = RedisServer(tmp_path / "new-master")
+    new_master.start()
+    try:
+        assert redis_server.command(f"REPLICAOF 127.0.0.1 {new_master.port}".encode()).startswith(b"+OK")
+        async with asyncio.timeout(5):
+            sent = await redis_backed.post(structured(cloudevent("e1")))
+            ready = await redis_backed.client.get("/readyz")
+        assert sent.status == 503
+        assert ready.status == 503
+        assert "refuses writes (READONLY)" in await ready.text()
+        assert redis_server.command(b"REPLICAOF NO ONE").startswith(b"+OK")
+        async with asyncio.timeout(5):
+            assert (await redis_backed.post(structured(cloudevent("e1")))).status == 202
+            assert (await redis_backed.client.get("/readyz")).status == 200
+    finally:
+        new_master.stop()
+
+
 async def test_readyz_reports_an_unreachable_store(redis_backed: Harness, redis_server: RedisServer) -> None:
     redis_server.stop()
     assert redis_backed.client is not None
@@ -391,6 +535,129 @@ async def test_fuzzed_requests_never_fail_the_server(
         assert memory.client is not None
         response = await memory.client.post("/events", data=body, headers=headers)
         assert response.status in {202, 400, 401, 413, 415, 422, 429}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+# Near-valid events whose every field may be poison: lone surrogates and control characters,
+# times before 1970 or at the ends of the calendar, ttls from 1e-300 to 10**400, deep data.
+any_text = st.text(st.characters(categories=["Cs", "Cc", "Lu", "Ll", "Nd", "Po", "So", "Zs"]), max_size=140)
+fuzz_times = st.one_of(
+    st.sampled_from(
+        [
+            "1969-12-31T23:59:59Z",
+            "1970-01-01T00:00:00Z",
+            "0001-01-01T00:00:00+01:00",
+            "9999-12-31T23:59:59-01:00",
+            "2026-05-01T11:59:59.999Z",
+            "2026-04-30T12:00:01Z",
+            "2026-05-01T12:00:00",
+            "yesterday",
+            "",
+        ]
+    ),
+    st.datetimes(timezones=st.sampled_from([UTC, None])).map(lambda d: d.isoformat()),
+)
+fuzz_ttls = st.one_of(
+    st.floats(allow_nan=True, allow_infinity=True),
+    st.integers(min_value=-(10**400), max_value=10**400),
+    st.sampled_from([0, 1e-300, 0.001, 604800, 604801, True, "60", None, [60]]),
+)
+deep = st.integers(min_value=0, max_value=3000).map(nested)
+
+
+def mostly(valid: Any, poison: st.SearchStrategy[Any]) -> st.SearchStrategy[Any]:
+    """`valid` three times in four, else something from `poison`: most requests reach the store."""
+    return st.one_of(st.just(valid), st.just(valid), st.just(valid), poison)
+
+
+fuzz_data = st.fixed_dictionaries(
+    {
+        "target": mostly("ml/chat", st.sampled_from(["ml/other", "", "ml/chat\x00"])),
+        "session": st.one_of(st.uuids().map(str), st.uuids().map(str), any_text, st.just("\ud800")),
+    },
+    optional={
+        "ttl": fuzz_ttls,
+        "pod": any_text,
+        "phase": st.sampled_from(["scheduled", "started", "ready", "x"]),
+        "extra": st.one_of(deep, st.recursive(st.integers(), lambda c: st.lists(c, max_size=3), max_leaves=10)),
+    },
+)
+fuzz_events = st.fixed_dictionaries(
+    {
+        "specversion": mostly("1.0", st.sampled_from(["0.3", "2", ""])),
+        "type": mostly(
+            OPENED, st.sampled_from([CLOSED, "dev.prewarm.session.heartbeat", listener.POD_PHASE_TYPE, "x"])
+        ),
+        "source": mostly("/web", any_text),
+        "id": st.one_of(st.uuids().map(str), st.uuids().map(str), any_text),
+        "data": mostly({"target": "ml/chat", "session": "s1"}, fuzz_data),
+    },
+    optional={"time": fuzz_times, "subject": st.sampled_from(["ml/chat", "x/y"])},
+)
+
+
+def encode_json(value: Any) -> bytes:
+    try:
+        return json.dumps(value).encode()  # ensure_ascii: lone surrogates travel as \\ud800 escapes
+    except (ValueError, RecursionError):
+        return b"[" * 4000
+
+
+@st.composite
+def fuzz_requests(draw: st.DrawFn) -> tuple[str, dict[str, str], bytes]:
+    """(path, headers, body) in binary, structured, batch or beacon mode, in several encodings."""
+    mode = draw(st.sampled_from(["structured", "batch", "binary", "beacon", "beacon-batch"]))
+    events = draw(st.lists(fuzz_events, min_size=1, max_size=4))
+    charset = draw(st.sampled_from(["", "", "; charset=utf-8", "; charset=latin-1", "; charset=utf-16"]))
+    encoding = draw(st.sampled_from(["utf-8", "utf-8", "utf-8", "utf-8", "utf-16", "latin-1"]))
+    headers: dict[str, str] = {}
+    if mode == "binary":
+        event = events[0]
+        for key in ("specversion", "type", "source", "id", "time", "subject"):
+            if key in event:
+                escaped = str(event[key]).encode("ascii", "backslashreplace").decode()
+                headers[f"ce-{key}"] = "".join(c for c in escaped if " " <= c <= "~")[:200]  # what HTTP carries
+        headers["Content-Type"] = draw(st.sampled_from(["application/json", "text/json", ""])) + charset
+        text = encode_json(event.get("data")).decode()
+    else:
+        payload = events if mode in ("batch", "beacon-batch") else events[0]
+        text = encode_json(payload).decode()
+        kinds = {"structured": listener.STRUCTURED, "batch": listener.BATCH}
+        headers["Content-Type"] = kinds.get(mode, "text/plain") + charset
+    body = text.encode(encoding, "surrogatepass" if encoding != "latin-1" else "backslashreplace")
+    if draw(st.integers(min_value=0, max_value=9)) == 0:  # now and then, a body cut short
+        body = body[: draw(st.integers(min_value=0, max_value=len(body)))]
+    path = "/beacon" if mode.startswith("beacon") else draw(st.sampled_from(["/", "/events"]))
+    return path, headers, body
+
+
+async def fuzz_once(harness: Harness, request: tuple[str, dict[str, str], bytes], **auth: str) -> int:
+    assert harness.client is not None
+    path, headers, body = request
+    async with asyncio.timeout(5):  # no hang
+        response = await harness.client.post(path, data=body, headers={**headers, **auth})
+        await response.read()
+    return int(response.status)
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=fuzz_requests())
+async def test_fuzzed_events_never_fail_the_memory_store(
+    memory: Harness, fake_time: list[float], caplog: pytest.LogCaptureFixture, request: Any
+) -> None:
+    fake_time[0] += 10.0  # refill the token bucket: these events should reach the store
+    with caplog.at_level(logging.ERROR):
+        assert await fuzz_once(memory, request, **AUTH) in {202, 400, 413, 415, 422}
+    assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
+
+
+@settings(max_examples=250, deadline=None, suppress_health_check=[HealthCheck.function_scoped_fixture])
+@given(request=fuzz_requests())
+async def test_fuzzed_events_never_fail_the_redis_store(
+    redis_backed: Harness, caplog: pytest.LogCaptureFixture, request: Any
+) -> None:
+    with caplog.at_level(logging.ERROR):
+        assert await fuzz_once(redis_backed, request) in {202, 400, 413, 415, 422}
     assert not [r for r in caplog.records if r.levelno >= logging.ERROR]
 
 
