@@ -493,8 +493,8 @@ class RedisStore:
         """Begin relaying pub/sub changes and decisions to the listeners added so far.
 
         Add listeners before starting: the subscription covers the channels they need. It
-        reconnects on its own when the server goes away, and after every (re)subscription the
-        resync listeners run, so whatever was announced in the gap is re-read.
+        reconnects on its own when the server goes away, and once the server confirms each
+        (re)subscription the resync listeners run, so whatever was announced in a gap is re-read.
         """
         if self._listening is None:
             self._listening = asyncio.create_task(self._listen(), name="redis-pubsub")
@@ -509,10 +509,17 @@ class RedisStore:
             try:
                 async with self._subscription(channels) as pubsub:
                     backoff = 0.05
-                    self._resync()
                     while True:
-                        message = await pubsub.get_message(ignore_subscribe_messages=True, timeout=1.0)
-                        if message is not None:
+                        message = await pubsub.get_message(timeout=1.0)
+                        if message is None:
+                            continue
+                        if message["type"] == "subscribe":
+                            # The server confirms each (re)subscription, also the ones the client
+                            # makes on its own after a reconnect: what was published before it may
+                            # have been missed, so listeners re-read (the first channel's is enough).
+                            if message["data"] == 1:
+                                self._resync()
+                        elif message["type"] == "message":
                             self._relay(message)
             except Exception as e:
                 if not _is_unavailable(e):
@@ -538,9 +545,9 @@ class RedisStore:
             self._subscriber_node += 1
             assert self._deployment is not None
             node_client = redis_connection.build_node_client(self._deployment, host, port, timeout=None)
-            pubsub = node_client.pubsub(ignore_subscribe_messages=True)
+            pubsub = node_client.pubsub()
         else:
-            pubsub = self._client.pubsub(ignore_subscribe_messages=True)
+            pubsub = self._client.pubsub()
         try:
             await pubsub.subscribe(*channels)
             yield pubsub
