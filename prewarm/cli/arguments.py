@@ -18,6 +18,24 @@ def parse_address(text: str) -> tuple[str, int]:
     return host.strip("[]") or "0.0.0.0", int(port)
 
 
+def positive_seconds(text: str) -> float:
+    """A number of seconds > 0 for argparse."""
+    try:
+        value = float(text)
+    except ValueError:
+        value = float("nan")
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number of seconds > 0")
+    return value
+
+
+def count(text: str) -> int:
+    """An integer >= 0 for argparse."""
+    if not text.isdigit():
+        raise argparse.ArgumentTypeError(f"{text!r} is not an integer >= 0")
+    return int(text)
+
+
 def read_tokens(token_file: Path | None, env: Mapping[str, str]) -> tuple[str, ...]:
     """Bearer tokens from a file (one a line, # comments) and/or PREWARM_TOKENS (comma-separated)."""
     tokens: list[str] = [t.strip() for t in env.get("PREWARM_TOKENS", "").split(",") if t.strip()]

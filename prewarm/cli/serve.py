@@ -23,7 +23,34 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--config", type=Path, help="YAML file with a `targets:` list (optional with --actuator knative)"
     )
-    parser.add_argument("--store", default="memory", help="memory (default) or redis://host:port/db")
+    parser.add_argument(
+        "--store",
+        default="memory",
+        help="memory (default), redis://host:port/db, redis+sentinel://host:port[,host:port]/service[/db] "
+        "or redis+cluster://host:port[,host:port] (docs/events.md)",
+    )
+    parser.add_argument(
+        "--decider-lease",
+        type=arguments.positive_seconds,
+        default=10.0,
+        metavar="SECONDS",
+        help="with Redis: one replica decides each target under a lease this long; a standby takes over "
+        "within it when that replica dies (default 10)",
+    )
+    parser.add_argument(
+        "--redis-wait-replicas",
+        type=arguments.count,
+        default=0,
+        metavar="N",
+        help="acknowledge events only once N Redis replicas have them (WAIT), else 503 (default 0)",
+    )
+    parser.add_argument(
+        "--redis-wait-timeout",
+        type=arguments.positive_seconds,
+        default=1.0,
+        metavar="SECONDS",
+        help="how long WAIT may take (default 1)",
+    )
     parser.add_argument(
         "--actuator",
         action="append",
@@ -98,4 +125,7 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         http_port=args.http[1],
         listener=settings,
         grpc=None if args.grpc is None else arguments.scaler_options(args),
+        decider_lease=args.decider_lease,
+        store_wait_replicas=args.redis_wait_replicas,
+        store_wait_timeout=args.redis_wait_timeout,
     )

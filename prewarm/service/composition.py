@@ -28,6 +28,7 @@ from prewarm.service import (
     decider,
     forecast_loop,
     knative_targets,
+    leadership,
     listener,
     observability,
     state,
@@ -54,6 +55,9 @@ class ServeOptions:
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
     grpc: scaler_main.ScalerOptions | None = None  # the embedded KEDA scaler, off when None
+    decider_lease: float = 10.0  # seconds; with Redis, one replica decides each target under a lease
+    store_wait_replicas: int = 0  # acknowledge events only once this many Redis replicas have them
+    store_wait_timeout: float = 1.0  # seconds WAIT may take before the event is answered 503
 
 
 @dataclasses.dataclass(slots=True)
@@ -66,6 +70,7 @@ class RunningService:
     http_port: int
     grpc_port: int | None
     decider_task: asyncio.Task[None]
+    leases: leadership.TargetLeases | None = None  # with a Redis store: which targets this replica decides
 
 
 @contextlib.asynccontextmanager
@@ -84,7 +89,9 @@ async def run_service(
     parsed = config_file.load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
-    store = state.build_store(options.store)
+    store = state.build_store(
+        options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
+    )
     providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
     instruments = telemetry.Telemetry(
         meter_provider=providers.meter_provider,
@@ -107,7 +114,7 @@ async def run_service(
                 name=lease_name,
                 identity=options.identity,
                 clock=clock,
-                on_change=lambda leading: knative_targets.reapply_floors(loop, knative) if leading else None,
+                on_change=lambda leading: knative_targets.on_leadership_change(leading, loop, knative, leases),
             )
         knative = knative_actuator.KnativeActuator(
             kube,
@@ -127,6 +134,16 @@ async def run_service(
         on_change=lambda target: loop.mark_changed(target),
         telemetry=instruments,
     )
+    leases: leadership.TargetLeases | None = None
+    if isinstance(store, state.RedisStore):  # replicas share the store: one decides each target
+        leases = leadership.TargetLeases(
+            store,
+            holder=options.identity,
+            targets=lambda: loop.specs,
+            ttl=options.decider_lease,
+            # with a Kubernetes Lease, only its holder decides (and so patches Knative objects)
+            may_lead=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
+        )
     loop = decider.Decider(
         target_specs=parsed.targets,
         store=store,
@@ -134,6 +151,7 @@ async def run_service(
         clock=clock,
         telemetry=instruments,
         forecast=forecaster.current_forecast,
+        ownership=leases,
     )
 
     def current_floor(target: str) -> int | None:
@@ -167,6 +185,9 @@ async def run_service(
             grpc_port = embedded.port
         if isinstance(store, state.RedisStore):
             await store.start()  # after every listener (decider, scaler cache) is added
+        if leases is not None:
+            campaigning_for_targets = asyncio.create_task(leases.run(), name="decider-leases")
+            stack.push_async_callback(_stop_leases, leases, campaigning_for_targets)
         await runner.setup()
         stack.push_async_callback(runner.cleanup)
         site = web.TCPSite(runner, options.http_host, options.http_port)
@@ -197,7 +218,13 @@ async def run_service(
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(
-                decider=loop, store=store, listener=intents, http_port=port, grpc_port=grpc_port, decider_task=running
+                decider=loop,
+                store=store,
+                listener=intents,
+                http_port=port,
+                grpc_port=grpc_port,
+                decider_task=running,
+                leases=leases,
             )
             if running.done():
                 running.result()  # the loop only ends by raising: surface it
@@ -205,6 +232,15 @@ async def run_service(
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+async def _stop_leases(leases: leadership.TargetLeases, campaigning: asyncio.Task[None]) -> None:
+    """Stop campaigning and hand the leases back, so a standby decides at once (bounded: 2 s)."""
+    campaigning.cancel()
+    await asyncio.wait({campaigning}, timeout=2.0)
+    with contextlib.suppress(TimeoutError):
+        async with asyncio.timeout(2.0):
+            await leases.release_all()
 
 
 async def serve(

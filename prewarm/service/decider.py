@@ -1,8 +1,14 @@
-"""The decision loop: the one writer of decisions.
+"""The decision loop: the one writer of each target's decisions.
 
 It re-decides a target when its signals change (the store announces it) or when the target's last
 decision said something would change by itself (a window opens, a hold ends, a session expires),
 and sleeps in between: no busy tick. Floors that changed go to every actuator.
+
+Like an informer, it re-reads everything after any gap in what the store announces (each
+(re)subscription, each recovery of the store), and a decision that failed is tried again with
+backoff until it succeeds. With several replicas on one store, an `Ownership` (leases with
+fencing tokens) says which targets this replica decides; the others' decisions are followed from
+the store, so every replica knows every current floor but only one decides and actuates each.
 """
 
 from __future__ import annotations
@@ -11,8 +17,8 @@ import asyncio
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
-from datetime import datetime
-from typing import Any
+from datetime import datetime, timedelta
+from typing import Any, Protocol
 
 from opentelemetry import trace
 
@@ -22,10 +28,35 @@ from prewarm.service import actuation, clock, state, telemetry
 log = logging.getLogger(__name__)
 
 ForecastSource = Callable[[targets.TargetSpec, datetime], float | None]
+RETRY_FIRST = timedelta(milliseconds=100)  # after a failed decision; doubled per failure
+RETRY_CAP = timedelta(seconds=2)
+
+
+class Ownership(Protocol):
+    """Which targets this replica decides, among replicas sharing a store (see leadership)."""
+
+    def fence(self, target: str) -> str | None:
+        """The token to write `target`'s decisions with while this replica decides it, else None."""
+        ...
+
+    def refused(self, target: str) -> None:
+        """A write fenced with this replica's token was refused: it decides `target` no more."""
+        ...
+
+    def follow(self, gained: Callable[[str], None], lost: Callable[[str], None]) -> None:
+        """Be told when this replica starts and stops deciding a target."""
+        ...
+
+    def targets_changed(self) -> None:
+        """The set of targets changed."""
+        ...
 
 
 class Decider:
-    """Owns the decision for each configured target; call `run()` once, `mark_changed()` from anywhere."""
+    """Decides each configured target it owns; call `run()` once, `mark_changed()` from anywhere.
+
+    Without an `ownership`, this process decides every target (one replica, or the memory store).
+    """
 
     def __init__(
         self,
@@ -36,6 +67,7 @@ class Decider:
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
         telemetry: telemetry.Telemetry | None = None,
+        ownership: Ownership | None = None,
     ) -> None:
         self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
         self._store = store
@@ -43,17 +75,29 @@ class Decider:
         self._clock = clock
         self._forecast = forecast
         self._telemetry = telemetry
+        self._ownership = ownership
         self._traces: dict[str, str] = {}  # target -> traceparent of the event that changed it
         self._decisions: dict[str, policy.FloorDecision] = {}
-        self._dirty: set[str] = set(self._specs)
+        self._dirty: set[str] = set(self._specs)  # to decide (when this replica decides them)
+        self._stale: set[str] = set(self._specs)  # to re-read from the store (when another replica decides them)
+        self._fresh: set[str] = set()  # just taken over: the previous decision comes from the store
+        self._retry: dict[str, tuple[int, datetime]] = {}  # target -> (failures in a row, when to try again)
         self._actuated: set[str] = set()  # targets whose floor this process has applied at least once
         self._wake = asyncio.Event()
         store.add_change_listener(self.mark_changed)
+        store.add_resync_listener(self.resync)
+        if ownership is not None:
+            store.add_decision_listener(self._heard)
+            ownership.follow(self._gained, self._lost)
 
     @property
     def decisions(self) -> Mapping[str, policy.FloorDecision]:
-        """The current decision per target (read-only view)."""
+        """The current decision per target, made here or followed from its decider (read-only view)."""
         return self._decisions
+
+    def decides(self, target: str) -> bool:
+        """Whether this replica decides (and actuates) `target` now."""
+        return target in self._specs and (self._ownership is None or self._ownership.fence(target) is not None)
 
     @property
     def specs(self) -> Mapping[str, targets.TargetSpec]:
@@ -68,15 +112,21 @@ class Decider:
         self._specs[target] = spec
         if self._telemetry is not None:
             self._telemetry.add_target(target)
+        self._stale.add(target)
         self.mark_changed(target)
+        if self._ownership is not None:
+            self._ownership.targets_changed()
 
     def remove_target(self, target: str) -> None:
         """Stop deciding `target` (its stored decision stays for a later return)."""
         self._specs.pop(target, None)
         self._decisions.pop(target, None)
-        self._dirty.discard(target)
-        self._actuated.discard(target)
+        for pending in (self._dirty, self._stale, self._fresh, self._actuated):
+            pending.discard(target)
+        self._retry.pop(target, None)
         self._traces.pop(target, None)
+        if self._ownership is not None:
+            self._ownership.targets_changed()
 
     def note_trace(self, target: str, traceparent: str) -> None:
         """Remember the trace of the event that changed `target`, so its decision continues it."""
@@ -89,24 +139,84 @@ class Decider:
             self._dirty.add(target)
             self._wake.set()
 
+    def resync(self) -> None:
+        """Re-decide every target and re-read the others' decisions: announcements may have been
+        missed (a pub/sub gap, a store outage)."""
+        self._dirty.update(self._specs)
+        self._stale.update(self._specs)
+        self._wake.set()
+
+    def _gained(self, target: str) -> None:
+        """This replica decides `target` from now on: from the stored decision, re-applying its floor."""
+        self._fresh.add(target)
+        self._actuated.discard(target)
+        self.mark_changed(target)
+
+    def _lost(self, target: str) -> None:
+        """Another replica decides `target` now: follow its decisions."""
+        self._actuated.discard(target)
+        self._retry.pop(target, None)
+        self._stale.add(target)
+        self._wake.set()
+
+    def _heard(self, decision: policy.FloorDecision) -> None:
+        """A decision saved by any replica: kept when another replica decides its target."""
+        target = decision.target
+        if target not in self._specs or self.decides(target):
+            return
+        cached = self._decisions.get(target)
+        if cached is None or decision.decided_at >= cached.decided_at:
+            self._decisions[target] = decision
+
     async def run(self) -> None:
-        """Decide forever: at start, on every announced change, and at each decision's next change."""
+        """Decide forever: at start, on every announced change, at each decision's next change, and
+        again after a failure (with backoff) until the decision is stored."""
         while True:
             self._wake.clear()
             now = self._clock.now()
-            due = self._dirty | {
+            due = self._dirty | {target for target, (_, at) in self._retry.items() if at <= now}
+            due |= {
                 target
                 for target, decision in self._decisions.items()
-                if decision.next_change is not None and decision.next_change <= now
+                if decision.next_change is not None and decision.next_change <= now and self.decides(target)
             }
-            self._dirty.clear()
-            for target in sorted(due):
-                try:
-                    await self.decide(target, now)
-                except state.StateUnavailable as e:
-                    log.warning("cannot decide %s, store unavailable: %s", target, e)
-                    self._dirty.add(target)
+            stale = self._stale
+            self._dirty, self._stale = set(), set()
+            for target in sorted(due | stale):
+                if self.decides(target):
+                    if target in due or target not in self._decisions:
+                        await self._attempt(target, now)
+                elif target in stale and target in self._specs:
+                    await self._follow(target)
             await self._clock.wait_until(self._next_wake(), self._wake)
+
+    async def _attempt(self, target: str, now: datetime) -> None:
+        try:
+            await self.decide(target, now)
+        except state.LeaseLost as e:
+            log.info("%s", e)
+            if self._ownership is not None:
+                self._ownership.refused(target)
+        except Exception as e:
+            failures = self._retry.get(target, (0, now))[0] + 1
+            delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_CAP)
+            self._retry[target] = (failures, now + delay)
+            if isinstance(e, state.StateUnavailable):
+                log.warning("cannot decide %s (attempt %d, again in %s): %s", target, failures, delay, e)
+            else:
+                log.exception("deciding %s failed (attempt %d, again in %s)", target, failures, delay)
+        else:
+            self._retry.pop(target, None)
+
+    async def _follow(self, target: str) -> None:
+        """Re-read the decision another replica stored for `target` (after a gap or a handover)."""
+        try:
+            stored = await self._store.load_decision(target)
+        except state.StateUnavailable as e:
+            log.debug("cannot re-read the decision of %s: %s", target, e)  # the store's recovery resyncs
+            return
+        if stored is not None and not self.decides(target):
+            self._heard(stored)
 
     async def decide(self, target: str, now: datetime) -> policy.FloorDecision:
         """Decide one target at `now`, save the decision, and actuate if its floor changed."""
@@ -119,7 +229,10 @@ class Decider:
     async def _decide(self, target: str, now: datetime, span: trace.Span | None) -> policy.FloorDecision:
         began = time.perf_counter()
         spec = self._specs[target]
-        previous = self._decisions.get(target)
+        fence = "" if self._ownership is None else self._ownership.fence(target)
+        if fence is None:
+            raise state.LeaseLost(f"{target}: this replica no longer decides it")
+        previous = None if target in self._fresh else self._decisions.get(target)
         if previous is None:
             previous = await self._store.load_decision(target)  # carry holds and budget across restarts
         sessions = await self._store.count_sessions(target, now)
@@ -130,8 +243,9 @@ class Decider:
             forecast=forecast,
         )
         decision = policy.decide_floor(spec, signals, now, previous)
-        await self._store.save_decision(decision)
+        await self._store.save_decision(decision, fence=fence)  # refused once another replica took over
         self._decisions[target] = decision
+        self._fresh.discard(target)
         if self._telemetry is not None:
             self._telemetry.record_decision(decision, previous, sessions.active, time.perf_counter() - began)
         if span is not None:
@@ -188,5 +302,6 @@ class Decider:
         return view
 
     def _next_wake(self) -> datetime | None:
-        times = [d.next_change for d in self._decisions.values() if d.next_change is not None]
+        times = [d.next_change for t, d in self._decisions.items() if d.next_change is not None and self.decides(t)]
+        times += [at for _, at in self._retry.values()]
         return min(times) if times else None

@@ -16,7 +16,7 @@ from kubernetes import config as k8s_config
 from knative import actuator as knative_actuator
 from knative import discovery as knative_discovery
 from prewarm.core import targets
-from prewarm.service import decider
+from prewarm.service import decider, leadership
 
 
 def load_kube_client(kubeconfig: Path | None) -> k8s_client.ApiClient:
@@ -41,14 +41,28 @@ async def send_wake(method: str, url: str) -> int:
         return response.status
 
 
+def on_leadership_change(
+    leading: bool,
+    loop: decider.Decider,
+    actuator: knative_actuator.KnativeActuator | None,
+    leases: leadership.TargetLeases | None,
+) -> None:
+    """The Kubernetes Lease changed hands: with decider leases, campaign (or give them up) now;
+    a new leader re-applies the floors it decides."""
+    if leases is not None:
+        leases.wake()
+    if leading:
+        reapply_floors(loop, actuator)
+
+
 def reapply_floors(loop: decider.Decider, actuator: knative_actuator.KnativeActuator | None) -> None:
-    """A replica that just became leader makes every Knative target's current floor effective:
-    the previous leader may have died between a decision and its patch."""
+    """A replica that just became leader makes the current floor of every Knative target it
+    decides effective: the previous leader may have died between a decision and its patch."""
     if actuator is None:
         return
     for target, decision in list(loop.decisions.items()):
         spec = loop.specs.get(target)
-        if spec is not None and spec.kind is targets.TargetKind.KNATIVE:
+        if spec is not None and spec.kind is targets.TargetKind.KNATIVE and loop.decides(target):
             asyncio.get_running_loop().create_task(actuator.apply_floor(target, decision.floor))
 
 
@@ -66,12 +80,14 @@ def knative_listeners(
 
     def traffic_changed(target: str) -> None:
         decision = loop.decisions.get(target)
-        if decision is not None:
+        if decision is not None and loop.decides(target):  # the target's decider patches it
             spawn(actuator.apply_floor(target, decision.floor))
 
     def target_gone(target: str) -> None:
+        deciding = loop.decides(target)
         loop.remove_target(target)
-        spawn(actuator.release(target))
+        if deciding:
+            spawn(actuator.release(target))
 
     stack.callback(lambda: [task.cancel() for task in tasks])
     return knative_discovery.Listeners(

@@ -1,0 +1,187 @@
+"""Which targets this replica decides: one lease per target in the shared store, with a fencing token.
+
+Every replica campaigns for every target it knows. The first to find a target's lease free takes
+it (the store gives it a new token each time), renews it every quarter of the lease, and writes
+that target's decisions with the token as a fence: the store refuses a token that is no longer
+the holder's, so a replica that was paused past its lease cannot overwrite a newer decision. A
+standby tries each foreign lease again as it comes due to expire, so a dead decider is replaced
+within the lease time. Leases live in Redis alone; no Kubernetes API is needed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+import logging
+import time
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from typing import Protocol
+
+from prewarm.service import clock, state
+
+log = logging.getLogger(__name__)
+
+TargetCallback = Callable[[str], None]
+
+
+class LeaseStore(Protocol):
+    """What leases need of a store (RedisStore)."""
+
+    async def claim_leases(
+        self, targets: Sequence[str], *, holder: str, held: Mapping[str, str], ttl: float, acquire: bool = True
+    ) -> list[state.Lease]: ...
+
+    async def release_leases(self, held: Mapping[str, str]) -> None: ...
+
+
+class TargetLeases:
+    """Campaigns for the leases of `targets()`; `fence(target)` is this replica's token, if it decides.
+
+    Time is the process's monotonic clock: a lease is believed held until `ttl` after the claim
+    that took or renewed it was sent, never longer than the store keeps it.
+    """
+
+    def __init__(
+        self,
+        store: LeaseStore,
+        *,
+        holder: str,
+        targets: Callable[[], Iterable[str]],
+        ttl: float = 10.0,
+        may_lead: Callable[[], bool] = lambda: True,
+        monotonic: Callable[[], float] = time.monotonic,
+    ) -> None:
+        if ttl <= 0:
+            raise ValueError("the lease must last more than 0 s")
+        self._store = store
+        self.holder = holder
+        self._targets = targets
+        self.ttl = ttl
+        self._renew_every = ttl / 4
+        self._may_lead = may_lead
+        self._monotonic = monotonic
+        self._held: dict[str, tuple[str, float]] = {}  # target -> (token, believed held until)
+        self._gained: list[TargetCallback] = []
+        self._lost: list[TargetCallback] = []
+        self._wake = asyncio.Event()
+        self._failures = 0
+
+    def follow(self, gained: TargetCallback, lost: TargetCallback) -> None:
+        """Call `gained(target)` when this replica starts deciding a target, `lost(target)` when it stops."""
+        self._gained.append(gained)
+        self._lost.append(lost)
+
+    def fence(self, target: str) -> str | None:
+        """This replica's token for `target` while it holds the lease, else None."""
+        held = self._held.get(target)
+        if held is None or self._monotonic() >= held[1]:
+            return None
+        return held[0]
+
+    @property
+    def held(self) -> frozenset[str]:
+        """The targets this replica decides now."""
+        now = self._monotonic()
+        return frozenset(target for target, (_, until) in self._held.items() if now < until)
+
+    def refused(self, target: str) -> None:
+        """A fenced write for `target` was refused: another replica decides it now."""
+        if self._held.pop(target, None) is not None:
+            self._notify(self._lost, target)
+        self.wake()
+
+    def targets_changed(self) -> None:
+        """The targets to campaign for changed: campaign now."""
+        self.wake()
+
+    def wake(self) -> None:
+        """Campaign now instead of at the next renewal (e.g. when leading becomes allowed)."""
+        self._wake.set()
+
+    async def run(self) -> None:
+        """Campaign forever; cancel to stop (then `release_all` for a quick handover)."""
+        while True:
+            self._wake.clear()
+            delay = await self.campaign()
+            clock.refuse_if_cancelling()  # a client library may have swallowed our cancellation
+            with contextlib.suppress(TimeoutError):
+                async with asyncio.timeout(delay):
+                    await self._wake.wait()
+
+    async def campaign(self) -> float:
+        """Claim once: renew what is held, take what is free; return the seconds until the next claim."""
+        wanted = list(dict.fromkeys(self._targets()))
+        lead = self._may_lead()
+        letting_go = {t: token for t, (token, _) in self._held.items() if not lead or t not in set(wanted)}
+        if letting_go:
+            await self._give_up(letting_go)
+        sent = self._monotonic()
+        try:
+            leases = await self._store.claim_leases(
+                wanted,
+                holder=self.holder,
+                held={t: token for t, (token, _) in self._held.items()},
+                ttl=self.ttl,
+                acquire=lead,
+            )
+        except state.StateUnavailable as e:
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("cannot renew decider leases: %s", e)
+            now = self._monotonic()
+            self._expire(now)
+            delay = min(0.05 * 2.0**self._failures, 1.0)
+            deadlines = [until - now for _, until in self._held.values()]
+            return max(0.0, min([delay, *deadlines]))
+        if self._failures:
+            log.info("decider leases renewed again after %d failed attempts", self._failures)
+        self._failures = 0
+        until = sent + self.ttl
+        next_claim = self._renew_every
+        for lease in leases:
+            before = self._held.get(lease.target)
+            if lease.token is not None:
+                self._held[lease.target] = (lease.token, until)
+                if before is not None and before[0] != lease.token:
+                    self._notify(self._lost, lease.target)
+                if before is None or before[0] != lease.token:
+                    log.info("%s: %s decides it now (lease %s)", lease.target, self.holder, lease.token)
+                    self._notify(self._gained, lease.target)
+                continue
+            if before is not None:
+                del self._held[lease.target]
+                log.info("%s: lease taken by %s; %s stops deciding it", lease.target, lease.holder, self.holder)
+                self._notify(self._lost, lease.target)
+            if lead and lease.holder and lease.remaining >= 0:
+                next_claim = min(next_claim, lease.remaining + 0.005)  # be there when it expires
+        self._expire(self._monotonic())
+        return max(0.0, next_claim - (self._monotonic() - sent))
+
+    async def release_all(self) -> None:
+        """Give every held lease back (at shutdown), so a standby takes over at once."""
+        if self._held:
+            await self._give_up({t: token for t, (token, _) in self._held.items()})
+
+    async def _give_up(self, leases: Mapping[str, str]) -> None:
+        for target in leases:
+            if self._held.pop(target, None) is not None:
+                self._notify(self._lost, target)
+        try:
+            await self._store.release_leases(leases)
+        except state.StateUnavailable as e:
+            log.warning("could not release %d decider leases (they expire on their own): %s", len(leases), e)
+
+    def _expire(self, now: float) -> None:
+        for target, (_, until) in list(self._held.items()):
+            if now >= until:
+                del self._held[target]
+                log.warning("%s: lease not renewed in time; %s stops deciding it", target, self.holder)
+                self._notify(self._lost, target)
+
+    @staticmethod
+    def _notify(callbacks: Sequence[TargetCallback], target: str) -> None:
+        for callback in callbacks:
+            try:
+                callback(target)
+            except Exception:
+                log.exception("a lease listener failed for %s", target)

@@ -1,0 +1,134 @@
+"""The decision loop under store faults, on a real redis-server: informer semantics (re-read
+everything after a gap) and retries with backoff on an injected clock."""
+
+from __future__ import annotations
+
+import asyncio
+import io
+import logging
+import time
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from support import RedisServer, wait_for
+
+from prewarm.core import ledger, targets
+from prewarm.service import clock, composition, decider, state
+
+T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
+SPEC = targets.TargetSpec(
+    ref=targets.TargetRef("ml", "chat"), kind=targets.TargetKind.KEDA, max=1000, sessions_per_replica=1
+)
+
+
+def opened(event_id: str, at: datetime = T0) -> state.Intent:
+    event = ledger.SessionEvent(ledger.SessionEventType.OPENED, event_id, at, timedelta(minutes=5))
+    return state.Intent(target="ml/chat", source="/test", id=event_id, event=event)
+
+
+def attempts(caplog: pytest.LogCaptureFixture) -> list[str]:
+    return [r.getMessage() for r in caplog.records if r.getMessage().startswith("cannot decide ml/chat")]
+
+
+async def test_a_decision_that_failed_is_retried_with_backoff_until_it_succeeds(
+    redis_server: RedisServer, caplog: pytest.LogCaptureFixture
+) -> None:
+    """The reproducer: sessions were stored, the decision failed because the store went away, and
+    nothing decided the target again until its next event. Here nothing announces anything (no
+    pub/sub): only the retry can bring the floor to the stored sessions."""
+    manual = clock.ManualClock(T0)
+    store = state.RedisStore.from_url(redis_server.url, timeout=0.2)
+    loop = decider.Decider(target_specs=[SPEC], store=store, actuators=[], clock=manual)
+    running = asyncio.create_task(loop.run())
+    caplog.set_level(logging.WARNING, logger="prewarm.service.decider")
+    try:
+        await wait_for(lambda: "ml/chat" in loop.decisions)
+        await store.record_intents([opened(f"s{i}") for i in range(3)])  # stored, not yet decided
+        redis_server.stop()
+        loop.mark_changed("ml/chat")
+        await wait_for(lambda: len(attempts(caplog)) == 1)
+        assert attempts(caplog)[0].startswith("cannot decide ml/chat (attempt 1, again in 0:00:00.100000)")
+        manual.advance(timedelta(milliseconds=100))
+        await wait_for(lambda: len(attempts(caplog)) == 2)
+        assert "(attempt 2, again in 0:00:00.200000)" in attempts(caplog)[1]
+        redis_server.start()  # the sessions are back (append-only file)
+        manual.advance(timedelta(milliseconds=100))
+        await asyncio.sleep(0.05)  # half way through the backoff: nothing may be tried yet
+        assert len(attempts(caplog)) == 2 and loop.decisions["ml/chat"].floor == 0
+        manual.advance(timedelta(milliseconds=100))
+        await wait_for(lambda: loop.decisions["ml/chat"].floor == 3)
+        stored = await store.load_decision("ml/chat")
+        assert stored is not None and stored.floor == 3
+    finally:
+        running.cancel()
+        await store.close()
+
+
+async def test_every_target_is_re_decided_after_the_subscription_comes_back(redis_server: RedisServer) -> None:
+    """Sessions stored with no announcement reaching the decider (as if published in a pub/sub
+    gap) are decided once the subscription is back: a relist, on the injected clock."""
+    manual = clock.ManualClock(T0)
+    store = state.RedisStore.from_url(redis_server.url)
+    loop = decider.Decider(target_specs=[SPEC], store=store, actuators=[], clock=manual)
+    await store.start()
+    running = asyncio.create_task(loop.run())
+    try:
+        await wait_for(lambda: "ml/chat" in loop.decisions)
+        raw = aioredis.Redis.from_url(redis_server.url)
+        expires = int((T0 + timedelta(minutes=5)).timestamp() * 1000)
+        await raw.zadd("prewarm:{ml/chat}:sessions", {"s1": expires, "s2": expires})  # no PUBLISH
+        await raw.aclose()
+        assert loop.decisions["ml/chat"].floor == 0
+        assert redis_server.command(b"CLIENT KILL TYPE pubsub").startswith(b":1")
+        await wait_for(lambda: loop.decisions["ml/chat"].floor == 2)
+    finally:
+        running.cancel()
+        await store.close()
+
+
+async def test_floors_converge_within_2_s_after_a_6_s_redis_outage(redis_server: RedisServer, tmp_path: Path) -> None:
+    """The reproducer: Redis down 6 s, then 8 events right after it returns, while the decider's
+    pub/sub subscription is still reconnecting: their announcements go to nobody. The relist
+    after the subscription (and the store's recovery) re-decides every target."""
+    names = [f"ml/model-{i}" for i in range(4)]
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets:\n" + "".join(f"  - {{name: {n}, kind: keda, max: 9, sessionsPerReplica: 1}}\n" for n in names)
+    )
+    options = composition.ServeOptions(config=config, store=redis_server.url, http_host="127.0.0.1", http_port=0)
+    async with (
+        composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service,
+        aiohttp.ClientSession() as http,
+    ):
+        await wait_for(lambda: all(name in service.decider.decisions for name in names), within=10)
+        redis_server.stop()
+        await asyncio.sleep(6)  # the outage itself
+        redis_server.start()
+
+        async def send(name: str, session: str) -> None:
+            event = {
+                "specversion": "1.0",
+                "type": "dev.prewarm.session.opened",
+                "source": "/outage",
+                "id": f"{name}-{session}",
+                "data": {"target": name, "session": session},
+            }
+            deadline = time.monotonic() + 5
+            while True:  # a broker retries a 503; the first tries may find the pool reconnecting
+                async with http.post(
+                    f"http://127.0.0.1:{service.http_port}/events",
+                    json=event,
+                    headers={"Content-Type": "application/cloudevents+json"},
+                ) as response:
+                    if response.status == 202:
+                        return
+                    assert response.status == 503 and time.monotonic() < deadline
+                await asyncio.sleep(0.05)
+
+        await asyncio.gather(*(send(name, f"s{i}") for name in names for i in range(2)))
+        acknowledged = time.monotonic()
+        await wait_for(lambda: all(service.decider.decisions[name].floor == 2 for name in names), within=2.0)
+        print(f"floors converged {time.monotonic() - acknowledged:.3f} s after the last 202")
