@@ -21,11 +21,14 @@ from scaler import service
 
 
 class DecisionFeed(Protocol):
-    """What the scaler needs from a store: read a decision, hear of new ones, check reachability."""
+    """What the scaler needs from a store: read a decision, hear of new ones (and of gaps in what
+    it heard), check reachability."""
 
     async def load_decision(self, target: str) -> policy.FloorDecision | None: ...
 
     def add_decision_listener(self, listener: Callable[[policy.FloorDecision], None]) -> None: ...
+
+    def add_resync_listener(self, listener: Callable[[], None]) -> None: ...
 
     async def ping(self) -> None: ...
 
@@ -98,6 +101,14 @@ async def run_scaler(
     tls = read_tls(options)
     cache = service.DecisionCache(load=feed.load_decision)
     feed.add_decision_listener(cache.update)
+    refreshing: set[asyncio.Task[None]] = set()
+
+    def refresh_after_gap() -> None:  # decisions may have been published while nobody listened
+        task = asyncio.get_running_loop().create_task(cache.refresh())
+        refreshing.add(task)
+        task.add_done_callback(refreshing.discard)
+
+    feed.add_resync_listener(refresh_after_gap)
     if prime is not None:
         await prime()
     for target in specs:  # fill the cache so handlers need not wait on the store
@@ -112,6 +123,8 @@ async def run_scaler(
         yield RunningScaler(port=port, cache=cache, server=server)
     finally:
         reporting.cancel()
+        for task in refreshing:
+            task.cancel()
         with contextlib.suppress(asyncio.CancelledError):
             await reporting
         await server.stop(grace=1.0)

@@ -87,6 +87,18 @@ class DecisionCache:
             self.update(loaded)
         return self._decisions.get(target)
 
+    async def refresh(self) -> None:
+        """Re-read every cached target's decision (after a gap in the feed); bounded per target."""
+        for target in list(self._decisions):
+            try:
+                async with asyncio.timeout(self._load_timeout):
+                    loaded = await self._load(target)
+            except (TimeoutError, OSError, RuntimeError) as e:
+                log.warning("cannot re-read the decision of %s: %s", target, e)
+                return  # the store is away again: its recovery asks for another refresh
+            if loaded is not None:
+                self.update(loaded)
+
     def subscribe(self, target: str) -> asyncio.Queue[bool]:
         """A queue that receives every later change of `target`'s activeness."""
         queue: asyncio.Queue[bool] = asyncio.Queue(maxsize=_STREAM_QUEUE)

@@ -12,6 +12,7 @@ from pathlib import Path
 import aiohttp
 import grpc
 import pytest
+import redis.asyncio as aioredis
 from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import RedisServer, wait_for
 
@@ -241,6 +242,31 @@ async def test_two_scalers_on_one_redis_agree_and_both_streams_see_an_event(
     await feed.close()
 
 
+async def test_the_cache_re_reads_its_decisions_after_a_gap_in_the_feed(redis_server: RedisServer) -> None:
+    """A decision published while the scaler's subscription was down never reaches it: after the
+    subscription comes back, every cached decision is read again (as an informer relists)."""
+    feed = state.RedisStore.from_url(redis_server.url)
+    writer = state.RedisStore.from_url(redis_server.url)
+    options = scaler_main.ScalerOptions(address="127.0.0.1:0", health_interval=0.05)
+    await writer.save_decision(decision(CHAT, 0))
+    try:
+        async with scaler_main.run_scaler(
+            feed=feed, specs={"ml/chat": CHAT}, options=options, prime=feed.start
+        ) as running:
+            await wait_for(lambda: (d := running.cache.cached("ml/chat")) is not None and d.floor == 0)
+            newer = decision(CHAT, 3, T0 + timedelta(minutes=1))
+            # stored without an announcement, as if published while nobody listened
+            raw = aioredis.Redis.from_url(redis_server.url)
+            await raw.set("prewarm:{ml/chat}:decision", state.encode_decision(newer))
+            await raw.aclose()
+            assert running.cache.cached("ml/chat") == decision(CHAT, 0)  # nothing told it yet
+            assert redis_server.command(b"CLIENT KILL TYPE pubsub").startswith(b":1")  # the gap
+            await wait_for(lambda: running.cache.cached("ml/chat") == newer)
+    finally:
+        await feed.close()
+        await writer.close()
+
+
 async def test_health_follows_the_store(redis_server: RedisServer) -> None:
     feed = state.RedisStore.from_url(redis_server.url, timeout=0.2)
     options = scaler_main.ScalerOptions(address="127.0.0.1:0", health_interval=0.05)
@@ -384,6 +410,9 @@ class LaggingFeed:
 
     def add_decision_listener(self, listener: Callable[[policy.FloorDecision], None]) -> None:
         self.listeners.append(listener)
+
+    def add_resync_listener(self, listener: Callable[[], None]) -> None:
+        return None  # this feed never misses an announcement
 
     async def ping(self) -> None:
         return None
