@@ -12,6 +12,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -336,26 +337,50 @@ def test_the_image_is_multi_stage_slim_and_non_root() -> None:
 KUBECONFIG = os.environ.get("PREWARM_TEST_KUBECONFIG")
 
 
-@pytest.mark.skipif(not KUBECONFIG, reason="PREWARM_TEST_KUBECONFIG is not set")
-@pytest.mark.parametrize("folder", [*DEPLOYMENTS, "examples"])
-def test_server_side_dry_run_on_a_real_cluster(folder: str) -> None:
+def namespace_phase(base: list[str], namespace: str) -> str | None:
+    """`Active`, `Terminating`, or None when the namespace does not exist."""
+    result = subprocess.run(
+        [*base, "get", "namespace", namespace, "-o", "jsonpath={.status.phase}"],
+        capture_output=True,
+        text=True,
+        check=False,
+        timeout=60,
+    )
+    return (result.stdout.strip() or None) if result.returncode == 0 else None
+
+
+@pytest.fixture(scope="module")
+def cluster_namespaces() -> Iterator[None]:
+    """The namespaces the overlays apply into, created once for every case. Namespaces are deleted
+    asynchronously: one left Terminating (by an earlier run) is waited out, never applied into."""
     base = [kubectl(), "--kubeconfig", str(KUBECONFIG)]
     created = []
     for namespace in ("prewarm", "llm"):
-        exists = subprocess.run([*base, "get", "namespace", namespace], capture_output=True, check=False)
-        if exists.returncode != 0:
-            subprocess.run([*base, "create", "namespace", namespace], check=True, capture_output=True)
+        deadline = time.monotonic() + 180
+        while namespace_phase(base, namespace) == "Terminating":
+            if time.monotonic() > deadline:
+                pytest.fail(f"namespace {namespace} is still Terminating after 180 s")
+            time.sleep(1)  # polling the API server for a deletion it runs on its own
+        if namespace_phase(base, namespace) is None:
+            subprocess.run([*base, "create", "namespace", namespace], check=True, capture_output=True, timeout=60)
             created.append(namespace)
     try:
-        result = subprocess.run(
-            [*base, "apply", "--dry-run=server", "-k", str(MANIFESTS / folder)],
-            capture_output=True,
-            text=True,
-            timeout=120,
-            check=False,
-        )
-        assert result.returncode == 0, result.stderr
-        assert "(server dry run)" in result.stdout
+        yield
     finally:
         for namespace in created:
             subprocess.run([*base, "delete", "namespace", namespace, "--wait=false"], capture_output=True, check=False)
+
+
+@pytest.mark.skipif(not KUBECONFIG, reason="PREWARM_TEST_KUBECONFIG is not set")
+@pytest.mark.parametrize("folder", [*DEPLOYMENTS, "examples"])
+def test_server_side_dry_run_on_a_real_cluster(folder: str, cluster_namespaces: None) -> None:
+    base = [kubectl(), "--kubeconfig", str(KUBECONFIG)]
+    result = subprocess.run(
+        [*base, "apply", "--dry-run=server", "-k", str(MANIFESTS / folder)],
+        capture_output=True,
+        text=True,
+        timeout=120,
+        check=False,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "(server dry run)" in result.stdout
