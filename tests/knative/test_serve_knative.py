@@ -3,13 +3,14 @@ on an API server with Kubernetes' semantics, reached through a kubeconfig file."
 
 from __future__ import annotations
 
+import contextlib
 import io
 from pathlib import Path
 
 import aiohttp
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from support import wait_for
+from support import RedisServer, wait_for
 
 from prewarm.service import clock, composition
 
@@ -178,3 +179,56 @@ async def test_a_drifted_routed_revision_gets_the_floor_back(tmp_path: Path) -> 
             fake.add(SERVING, "revisions", {**revision("chat-00000"), "spec": {"note": "touched"}})
             await wait_for(lambda: revision("chat-00000").get("spec") == {"note": "touched"})
     assert [p for p, _, _ in fake.patches() if p.endswith("/chat-00000")] == []
+
+
+async def test_with_redis_only_the_lease_holder_decides_and_patches(tmp_path: Path, redis_server: RedisServer) -> None:
+    """Two replicas on one Redis with --leader-election: the holder of the Kubernetes Lease is the
+    only one that campaigns for decider leases, so it alone decides, logs and patches; an event
+    sent to the other replica moves the floor through it."""
+    fake = knative_api_server()
+    fake.add(
+        SERVING,
+        "services",
+        {
+            "metadata": {"name": "chat", "namespace": "llm"},
+            "spec": {"template": {"metadata": {}}},
+            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
+        },
+    )
+    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    config = tmp_path / "targets.yaml"
+    config.write_text("targets:\n  - {name: llm/chat, kind: knative, max: 4, sessionsPerReplica: 1, hold: 0s}\n")
+    async with TestServer(fake.app) as api, contextlib.AsyncExitStack() as stack:
+        kubeconfig = write_kubeconfig(tmp_path, api)
+        outputs = {name: io.StringIO() for name in ("replica-1", "replica-2")}
+        services = {}
+        for name, out in outputs.items():  # replica-1 starts first and takes the Lease
+            options = composition.ServeOptions(
+                config=config,
+                store=redis_server.url,
+                http_host="127.0.0.1",
+                http_port=0,
+                actuators=("log", "knative"),
+                kubeconfig=kubeconfig,
+                leader_lease="prewarm/prewarm-knative",
+                identity=name,
+            )
+            services[name] = await stack.enter_async_context(
+                composition.run_service(options, clock=clock.SystemClock(), out=out)
+            )
+            if name == "replica-1":
+                await wait_for(lambda: "llm/chat -" in outputs["replica-1"].getvalue(), within=10)
+        leader, follower = services["replica-1"], services["replica-2"]
+        await wait_for(lambda: "llm/chat" in follower.decider.decisions, within=5)  # followed, not decided
+        await open_session(follower.http_port, "llm/chat", "a")
+        revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
+        await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=10)
+        await wait_for(lambda: follower.decider.decisions["llm/chat"].floor == 1, within=5)
+        assert leader.leases is not None and follower.leases is not None
+        assert (leader.leases.held, follower.leases.held) == (frozenset({"llm/chat"}), frozenset())
+        assert not follower.decider.decides("llm/chat")
+    assert outputs["replica-2"].getvalue() == ""
+    assert [line.split(" ", 1)[1] for line in outputs["replica-1"].getvalue().splitlines()] == [
+        "llm/chat - -> 0 [min] min 0",
+        "llm/chat 0 -> 1 [intent] intent 1 (1 sessions / 1 per replica)",
+    ]
