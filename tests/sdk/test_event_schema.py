@@ -46,8 +46,15 @@ def test_schema_is_valid() -> None:
             "id": "1",
             "data": {"target": "a/b", "session": "a", "ttl": 0},
         },
+        {
+            "specversion": "1.0",
+            "type": "dev.prewarm.session.opened",
+            "source": "/s",
+            "id": "1",
+            "data": {"target": "a/b", "session": "a", "ttl": 1e308},
+        },
     ],
-    ids=["no-target-nor-subject", "unknown-type", "zero-ttl"],
+    ids=["no-target-nor-subject", "unknown-type", "zero-ttl", "huge-ttl"],
 )
 def test_schema_rejects_what_the_listener_rejects(event: dict[str, object]) -> None:
     assert not VALIDATOR.is_valid(event)
