@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import time
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 
@@ -35,21 +36,32 @@ def wait_port(port: int, within: float = 30.0) -> None:
     raise RuntimeError(f"nothing listening on {port}")
 
 
-def start_redis(workdir: Path) -> tuple[subprocess.Popen[bytes], str]:
-    """A throwaway redis-server (no persistence); returns it and its URL."""
+def start_redis(
+    workdir: Path, *, port: int | None = None, persistent: bool = False
+) -> tuple[subprocess.Popen[bytes], str]:
+    """A redis-server on `port` (a free one by default): throwaway, or with `persistent` an
+    append-only file fsynced every second, as the manifests run it. Returns it and its URL."""
     binary = shutil.which("redis-server")
     if binary is None:
         raise RuntimeError("redis-server is not installed")
-    port = free_port()
+    port = port or free_port()
+    aof = ["--appendonly", "yes", "--appendfsync", "everysec"] if persistent else ["--appendonly", "no"]
     process = subprocess.Popen(
-        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", "--appendonly", "no", "--dir", str(workdir)],
+        [binary, "--port", str(port), "--bind", "127.0.0.1", "--save", "", *aof, "--dir", str(workdir)],
         stdout=subprocess.DEVNULL,
     )
     wait_port(port)
     return process, f"redis://127.0.0.1:{port}/0"
 
 
-def start_serve(config: Path, *, redis_url: str, http_port: int, extra: Sequence[str] = ()) -> subprocess.Popen[bytes]:
+def start_serve(
+    config: Path,
+    *,
+    redis_url: str,
+    http_port: int,
+    extra: Sequence[str] = (),
+    env: Mapping[str, str] | None = None,
+) -> subprocess.Popen[bytes]:
     """`prewarm serve` on the Redis store, with rate limits out of the way."""
     process = subprocess.Popen(
         [
@@ -72,6 +84,7 @@ def start_serve(config: Path, *, redis_url: str, http_port: int, extra: Sequence
             *extra,
         ],
         stdout=subprocess.DEVNULL,
+        env=None if env is None else {**os.environ, **env},
     )
     wait_port(http_port)
     return process
