@@ -112,7 +112,8 @@ class TargetLeases:
         """Claim once: renew what is held, take what is free; return the seconds until the next claim."""
         wanted = list(dict.fromkeys(self._targets()))
         lead = self._may_lead()
-        letting_go = {t: token for t, (token, _) in self._held.items() if not lead or t not in set(wanted)}
+        known = set(wanted)
+        letting_go = {t: token for t, (token, _) in self._held.items() if not lead or t not in known}
         if letting_go:
             await self._give_up(letting_go)
         sent = self._monotonic()

@@ -72,6 +72,30 @@ async def test_a_paused_former_leader_cannot_overwrite_a_newer_decision(redis_se
         await store.close()
 
 
+async def test_leases_follow_the_targets_and_the_permission_to_lead(redis_server: RedisServer) -> None:
+    """A target that goes away, and every target when leading is no longer allowed (the
+    Kubernetes Lease moved), is handed back at once for another replica to take."""
+    store = state.RedisStore.from_url(redis_server.url)
+    wanted = list(NAMES)
+    allowed = [True]
+    leases = leadership.TargetLeases(store, holder="a", targets=lambda: wanted, ttl=5.0, may_lead=lambda: allowed[0])
+    lost: list[str] = []
+    leases.follow(lambda target: None, lost.append)
+    try:
+        await leases.campaign()
+        assert leases.held == frozenset(NAMES)
+        wanted.remove(NAMES[0])
+        await leases.campaign()
+        assert lost == [NAMES[0]] and leases.held == frozenset(NAMES[1:])
+        allowed[0] = False
+        await leases.campaign()
+        assert sorted(lost) == sorted(NAMES) and leases.held == frozenset()
+        [lease] = await store.claim_leases([NAMES[1]], holder="b", held={}, ttl=5)
+        assert lease.token == "2|b"  # released, not left to expire
+    finally:
+        await store.close()
+
+
 async def test_leases_are_taken_once_renewed_and_handed_back(redis_server: RedisServer) -> None:
     stores = [state.RedisStore.from_url(redis_server.url) for _ in range(2)]
     events: list[tuple[str, str, str]] = []
