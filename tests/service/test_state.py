@@ -284,6 +284,9 @@ async def test_the_sentinel_store_follows_a_failover(redis_sentinel: SentinelGro
         await store.check_writable()
         await wait_for(lambda: all(r.command(b"DBSIZE") != b":0\r\n" for r in redis_sentinel.replicas))
         redis_sentinel.master.kill()
+        with pytest.raises(state.StateUnavailable):  # the Sentinels still name the dead master: not ready
+            async with asyncio.timeout(5):
+                await store.check_writable()
 
         async def written() -> bool:
             try:
