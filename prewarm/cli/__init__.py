@@ -18,6 +18,7 @@ COMMANDS = {
     "replay": "score pre-warming policies on a request trace",
     "cache": "semi-warm starts: the shared compile cache (exec, gc, stats)",
     "knative": "Knative helpers (inject the cache into a Service)",
+    "inject": "add the shared compile cache to a Knative Service or Deployment manifest",
 }
 
 
