@@ -47,6 +47,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["revision", "podautoscaler"],
         help="where min-scale goes (default: detected from the installed Knative version)",
     )
+    parser.add_argument(
+        "--knative-system-namespace",
+        default="knative-serving",
+        metavar="NAMESPACE",
+        help="where Knative Serving runs; its version is read from this namespace's labels or its controller's",
+    )
     parser.add_argument("--http", type=arguments.parse_address, default=("0.0.0.0", 8080), help="listener HOST:PORT")
     parser.add_argument("--token-file", type=Path, help="bearer tokens for server-side emitters, one a line")
     parser.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeat)")
@@ -91,6 +97,7 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         actuators=tuple(args.actuator or ["log"]),
         kubeconfig=args.kubeconfig,
         knative_floor_object=args.knative_floor_object,
+        knative_system_namespace=args.knative_system_namespace,
         leader_lease=args.leader_election,
         knative_namespaces=tuple(args.knative_namespace),
         identity=f"{env.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}",

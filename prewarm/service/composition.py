@@ -47,6 +47,7 @@ class ServeOptions:
     actuators: tuple[str, ...] = ("log",)
     kubeconfig: Path | None = None  # for the knative actuator; in-cluster credentials when None
     knative_floor_object: str | None = None  # revision | podautoscaler; detected when None
+    knative_system_namespace: str = "knative-serving"  # where Knative Serving runs: its version is read there
     leader_lease: str | None = None  # namespace/name of the Lease; None: this replica always patches
     knative_namespaces: tuple[str, ...] = ()  # where to discover annotated Services; () is everywhere
     identity: str = "prewarm"
@@ -112,6 +113,8 @@ async def run_service(
         knative = knative_actuator.KnativeActuator(
             kube,
             floor_object=options.knative_floor_object,
+            system_namespace=options.knative_system_namespace,
+            on_refused=instruments.record_knative_refusal,
             wake=knative_targets.send_wake,
             is_leader=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
             # configured or discovered Knative targets only: KEDA targets are served by the scaler
@@ -145,7 +148,7 @@ async def run_service(
         store=store,
         clock=clock,
         settings=options.listener,
-        targets_view=loop.describe,
+        targets_view=knative_targets.describe_targets(loop, knative),
         telemetry=instruments,
         current_floor=current_floor,
         note_trace=loop.note_trace,

@@ -87,6 +87,11 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
         self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
+        self._knative_refusals = meter.create_counter(
+            "prewarm.knative.refusals",
+            unit="{actuation}",
+            description="Knative floors not written because the installed Knative Serving version is unknown",
+        )
         meter.create_observable_counter(
             "prewarm.cold_starts",
             callbacks=[self._observe_cold],
@@ -198,6 +203,10 @@ class Telemetry:
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
         self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
         self._actuation_duration.record(seconds, {"actuator": actuator})
+
+    def record_knative_refusal(self, target: str) -> None:
+        """A Knative target's floor was not written: which object carries min-scale is unknown."""
+        self._knative_refusals.add(1, {"target": self._target(target)})
 
     # --- pod start phases: one trace per pod start, a span per phase ---
 
