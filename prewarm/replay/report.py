@@ -43,6 +43,7 @@ def tuned_rows(report: tuned_runs.TuningReport) -> list[dict[str, object]]:
             {
                 **dataclasses.asdict(run.score),
                 "requested": requested,
+                "over_budget": run.over_budget,
                 "predicted": {
                     "cold_start_fraction": run.predicted.cold_share,
                     "warm_replica_hours_per_day": run.predicted.warm_hours_per_day,
@@ -85,6 +86,8 @@ def achieved_table(report: tuned_runs.TuningReport, result: evaluator.ReplayResu
         requested = (
             f"{run.objective:.1%} cold" if run.objective is not None else f"{run.fleet_budget or 0:g} warm h/day"
         )
+        if run.over_budget:
+            requested += " (below what the cheapest settings need)"
         predicted = f"{run.predicted.cold_share:.1%} at {run.predicted.warm_hours_per_day:.1f} h"
         achieved = f"{s.cold_start_fraction:.1%} ({s.cold_starts}) at {s.warm_replica_hours_per_day:.1f} h"
         reference = evaluator.frontier_cold_starts(result.keepalive_frontier, s.warm_replica_hours_per_day)

@@ -47,6 +47,7 @@ class TunedRun:
     fleet_budget: float | None  # requested warm replica-hours per day for the fleet
     predicted: tuning.Score  # on the tuning window
     targets: tuple[TargetOutcome, ...]
+    over_budget: bool = False  # even the cheapest settings needed more than the fleet budget
 
 
 def tuning_window(replay: evaluator.Replay, tune_days: float) -> simulation.Window:
@@ -171,6 +172,7 @@ def run_tuned(
         fleet_budget=fleet_budget,
         predicted=predicted,
         targets=tuple(outcomes),
+        over_budget=any(fleet.over_budget for fleet in result.fleets.values()),
     )
 
 
