@@ -9,12 +9,13 @@ sees the scored window.
 from __future__ import annotations
 
 import dataclasses
+import math
 from collections.abc import Callable, Mapping, Sequence
 
 import numpy as np
 
 from prewarm.core import targets
-from prewarm.replay import evaluator, simulation, tuning
+from prewarm.replay import evaluator, simulation, traces, tuning
 
 DEFAULT_TUNE_DAYS = 3.0
 _WARM_UP_SECONDS = 3600.0  # decisions start this long before a window, so holds and floors are in force
@@ -54,6 +55,82 @@ def tuning_window(replay: evaluator.Replay, tune_days: float) -> simulation.Wind
     """The `tune_days` before the scored window (from the trace's start at the earliest)."""
     start = max(replay.trace.start, replay.window.start - tune_days * 86400.0)
     return simulation.Window(start, replay.window.start)
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistoryOptions:
+    """How live per-minute history becomes a tuning replay: what it does not record is assumed."""
+
+    tune_days: float = DEFAULT_TUNE_DAYS
+    cold_start_seconds: float = 30.0  # the model server's cold start
+    request_seconds: float = 20.0  # how long a request runs (per-minute counts do not say)
+    refit_hours: float = 6.0
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        values = (self.tune_days, self.cold_start_seconds, self.request_seconds, self.refit_hours)
+        if not all(math.isfinite(v) and v > 0 for v in values):
+            raise ValueError("HistoryOptions needs tune_days, cold_start_seconds, request_seconds, refit_hours > 0")
+
+
+def tune_history(
+    counts: Mapping[str, Mapping[int, int]],
+    specs: Mapping[str, targets.TargetSpec],
+    fleets: Mapping[str, float],
+    *,
+    now: float,
+    options: HistoryOptions,
+) -> tuple[tuning.TuningResult, dict[str, tuning.TargetCurve]]:
+    """Tune `specs` (by target name) on their per-minute arrival `counts` (absolute minutes) up to
+    `now`, as live history records them: each minute's arrivals spread inside it (seeded), each
+    running `options.request_seconds`."""
+    trace = traces.trace_from_minute_counts(
+        {name: counts.get(name, {}) for name in specs}, request_seconds=options.request_seconds, seed=options.seed
+    )
+    return tune_trace(trace, specs, fleets, now=now, options=options)
+
+
+def tune_trace(
+    trace: traces.Trace | None,
+    specs: Mapping[str, targets.TargetSpec],
+    fleets: Mapping[str, float],
+    *,
+    now: float,
+    options: HistoryOptions,
+) -> tuple[tuning.TuningResult, dict[str, tuning.TargetCurve]]:
+    """Tune `specs` (by trace target name) on the `tune_days` of `trace` before `now`: the same
+    forecast, decision core and simulation as a replay. Trace targets without a spec are ignored.
+
+    A target with no arrivals in the history gets an empty curve: nothing to save, so the cheapest
+    setting (the forecast off) is chosen for it.
+    """
+    curves: dict[str, tuning.TargetCurve] = {}
+    if trace is not None:
+        kept = tuple(t for t in trace.targets if t.name in specs and t.arrivals.size and t.arrivals[0] < now)
+        kept = tuple(_before(t, now) for t in kept)
+        if kept:
+            trace = traces.Trace(
+                kept, min(float(t.arrivals[0]) for t in kept), max(float(t.arrivals[-1]) for t in kept)
+            )
+            settings = evaluator.ReplaySettings(
+                cold_starts=np.asarray([options.cold_start_seconds]),
+                seed=options.seed,
+                score_from=now,
+                refit_minutes=max(1, round(options.refit_hours * 60)),
+                tune_days=options.tune_days,
+            )
+            replay = evaluator.Replay(trace, settings)
+            window = simulation.Window(max(trace.start, now - options.tune_days * 86400.0), now)
+            curves = history_curves(replay, window, specs)
+    empty = tuning.Score(0, 0, 0.0)
+    for name in specs:
+        if name not in curves:
+            curves[name] = tuning.TargetCurve(
+                name,
+                dict.fromkeys(tuning.SETTING_GRID, empty),
+                dict.fromkeys(tuning.KEEPALIVE_REFERENCE, empty),
+            )
+    return tuning.tune(curves, specs, fleets), curves
 
 
 def history_curves(
@@ -216,3 +293,11 @@ def run_tuning(
         fleet_runs.append(run_tuned(replay, curves, fleet_budget=budget))
         step(f"fleet {budget:g}h/day")
     return TuningReport(window, tuple(objective_runs), tuple(fleet_runs))
+
+
+def _before(requests: traces.TargetRequests, now: float) -> traces.TargetRequests:
+    """`requests` cut to the arrivals before `now`: the tuner never sees what comes after."""
+    keep = int(np.searchsorted(requests.arrivals, now, side="left"))
+    return traces.TargetRequests(
+        requests.name, requests.arrivals[:keep], requests.exec_seconds[:keep], requests.groups[:keep]
+    )
