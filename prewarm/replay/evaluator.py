@@ -305,20 +305,30 @@ class TraceForecast:
         *,
         keep_alive: timedelta = timedelta(0),
         keep_alive_replicas: int = 1,
+        span: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """Replicas per minute for `target`: the learned floor (the fallback where the model does not
-        speak), and at least `keep_alive_replicas` for `keep_alive` after a minute with arrivals."""
-        p = self.probability[target]
+        speak), and at least `keep_alive_replicas` for `keep_alive` after a minute with arrivals.
+
+        With `span` (minute indexes [lo, hi)) only those minutes are computed; the others read 0.
+        """
+        p_all = self.probability[target]
+        lo, hi = (0, p_all.size) if span is None else (max(0, span[0]), min(p_all.size, span[1]))
+        p = p_all[lo:hi]
         learned = arrival_model.replicas_for(np.nan_to_num(p), self.tails[target], quantile, concurrency)
-        floor = np.where(np.isnan(p), self.fallback[target], learned)
+        part = np.where(np.isnan(p), self.fallback[target][lo:hi], learned)
         if keep_alive > timedelta(0):
             recent = arrival_model.keep_alive_replicas(
                 self.counts[target],
-                np.arange(floor.size),
+                np.arange(lo, hi),
                 keep_alive_minutes=math.ceil(keep_alive.total_seconds() / 60.0),
                 replicas=keep_alive_replicas,
             )
-            floor = np.maximum(floor, recent)
+            part = np.maximum(part, recent)
+        if span is None:
+            return np.asarray(part, dtype=np.float64)
+        floor = np.zeros(p_all.size)
+        floor[lo:hi] = part
         return floor
 
 

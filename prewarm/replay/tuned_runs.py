@@ -64,7 +64,7 @@ class HistoryOptions:
     tune_days: float = DEFAULT_TUNE_DAYS
     cold_start_seconds: float = 30.0  # the model server's cold start
     request_seconds: float = 20.0  # how long a request runs (per-minute counts do not say)
-    refit_hours: float = 6.0
+    refit_hours: float = 12.0
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -176,13 +176,27 @@ class _TargetHistory:
         start = max(self.replay.trace.start, self.window.start - _WARM_UP_SECONDS)
         spec = setting.apply(self.spec)
         forecast = self.replay.prepare_forecast()
-        # with the forecast off the floor never rises: one key for every such setting
-        replicas = self.replay.forecast_replicas(spec, request.name) if spec.forecast.enabled else np.zeros(1)
         lo = max(0, int(start // 60) - forecast.first_minute)
         hi = max(lo, int(self.window.end // 60) - forecast.first_minute + 1)
-        key = replicas[lo:hi].tobytes()
+        replicas = None
+        if spec.forecast.enabled:  # off: the floor never rises, one key for every such setting
+            replicas = forecast.replicas(
+                request.name,
+                spec.forecast.quantile,
+                self.replay.settings.concurrency,
+                keep_alive=spec.forecast.keep_alive,
+                keep_alive_replicas=spec.forecast.keep_alive_replicas,
+                span=(lo, hi),
+            )
+        key = b"off" if replicas is None else replicas[lo:hi].tobytes()
         if key not in self._seen:
-            floor = self.replay.prewarm_floor(spec, request, intent=False, start=start, end=self.window.end)
+            floor = evaluator.decision_floor(
+                spec,
+                start=start,
+                end=self.window.end,
+                forecast_replicas=replicas,
+                first_minute=forecast.first_minute,
+            )
             self._seen[key] = self._score(floor)
         return self._seen[key]
 
