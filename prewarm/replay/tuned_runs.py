@@ -17,7 +17,7 @@ import numpy as np
 from prewarm.core import targets
 from prewarm.replay import evaluator, simulation, traces, tuning
 
-DEFAULT_TUNE_DAYS = 3.0
+DEFAULT_TUNE_DAYS = 4.0
 _WARM_UP_SECONDS = 3600.0  # decisions start this long before a window, so holds and floors are in force
 
 
