@@ -60,6 +60,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", type=float, default=100.0, help="token-bucket burst per client")
     parser.add_argument("--grpc", type=arguments.parse_address, help="serve the KEDA external scaler on HOST:PORT")
     arguments.add_tls_arguments(parser)
+    arguments.add_tuning_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -73,7 +74,7 @@ def run(args: argparse.Namespace) -> int:
         return process.EXIT_CONFIG_ERROR
     try:
         options = serve_options(args, os.environ)
-    except targets.ConfigError as e:
+    except (targets.ConfigError, ValueError) as e:
         print(f"prewarm: {e}", file=sys.stderr)
         return process.EXIT_CONFIG_ERROR
     return process.run_until_signalled(
@@ -105,4 +106,5 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         http_port=args.http[1],
         listener=settings,
         grpc=None if args.grpc is None else arguments.scaler_options(args),
+        tuning=arguments.history_options(args),
     )

@@ -21,6 +21,7 @@ from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
 from knative import leader as knative_leader
 from prewarm.core import targets
+from prewarm.replay import tuned_runs
 from prewarm.service import (
     actuation,
     clock,
@@ -33,6 +34,7 @@ from prewarm.service import (
     state,
     telemetry,
 )
+from prewarm.service import tuner as tuning
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -55,6 +57,7 @@ class ServeOptions:
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
     grpc: scaler_main.ScalerOptions | None = None  # the embedded KEDA scaler, off when None
+    tuning: tuned_runs.HistoryOptions = dataclasses.field(default_factory=tuned_runs.HistoryOptions)
 
 
 @dataclasses.dataclass(slots=True)
@@ -123,10 +126,20 @@ async def run_service(
             ),
         )
         actuators.append(knative)
+    tuner = tuning.Tuner(
+        history=store.arrivals,
+        clock=clock,
+        specs=lambda: loop.specs,
+        fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
+        on_change=lambda target: loop.mark_changed(target),
+        options=options.tuning,
+        starts=instruments.starts,
+        telemetry=instruments,
+    )
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
-        specs=lambda: loop.specs,
+        specs=tuner.effective_specs,
         on_change=lambda target: loop.mark_changed(target),
         telemetry=instruments,
     )
@@ -137,6 +150,8 @@ async def run_service(
         clock=clock,
         telemetry=instruments,
         forecast=forecaster.current_forecast,
+        tuned=tuner.effective,
+        explain_tuning=tuner.describe,
     )
 
     def current_floor(target: str) -> int | None:
@@ -197,6 +212,8 @@ async def run_service(
             stack.callback(discovering.cancel)
         forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
         stack.callback(forecasting.cancel)
+        tuning_task = asyncio.create_task(tuner.run(), name="tuner")
+        stack.callback(tuning_task.cancel)
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(
