@@ -44,8 +44,8 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 def run(args: argparse.Namespace) -> int:
     """Tune and print; 2 with every problem named when an argument or input is bad."""
     try:
-        specs, fleets, trace, counts, now = _inputs(args)
         options = arguments.history_options(args)
+        specs, fleets, trace, counts, now = _inputs(args)
     except (ValueError, targets.ConfigError) as e:
         print(f"prewarm tune: {e}", file=sys.stderr)
         return EXIT_USAGE
