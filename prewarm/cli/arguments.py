@@ -92,3 +92,11 @@ def history_options(args: argparse.Namespace) -> tuned_runs.HistoryOptions:
         cold_start_seconds=seconds["--tune-cold-start"],
         request_seconds=seconds["--tune-request-time"],
     )
+
+
+def parse_objective(text: str) -> float:
+    """`cold=5%` -> 0.05; ValueError with a message about the value."""
+    key, sep, value = text.partition("=")
+    if key.strip() != "cold" or not sep:
+        raise ValueError("is not cold=SHARE (e.g. cold=5%)")
+    return targets.parse_share(value)

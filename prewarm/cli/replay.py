@@ -13,6 +13,7 @@ from typing import TextIO
 
 import numpy as np
 
+from prewarm.cli import arguments
 from prewarm.core import targets
 from prewarm.forecast import arrival_model, minute_features
 from prewarm.replay import evaluator, report, traces, tuned_runs
@@ -149,12 +150,8 @@ def _tuning_requests(args: argparse.Namespace, problems: list[str]) -> tuple[lis
     """`--objective cold=5%` (repeatable) and `--fleet-budget 150h/day[,250h/day...]`."""
     objectives: list[float] = []
     for text in args.objective:
-        key, sep, value = text.partition("=")
-        if key.strip() != "cold" or not sep:
-            problems.append(f"--objective: {text!r} is not cold=SHARE (e.g. cold=5%)")
-            continue
         try:
-            objectives.append(targets.parse_share(value))
+            objectives.append(arguments.parse_objective(text))
         except ValueError as e:
             problems.append(f"--objective: {text!r} {e}")
     budgets: list[float] = []

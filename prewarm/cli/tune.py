@@ -68,14 +68,10 @@ def _inputs(
     problems: list[str] = []
     objective = fleet_budget = None
     if args.objective is not None:
-        key, sep, value = args.objective.partition("=")
-        if key.strip() != "cold" or not sep:
-            problems.append(f"--objective: {args.objective!r} is not cold=SHARE (e.g. cold=5%)")
-        else:
-            try:
-                objective = targets.parse_share(value)
-            except ValueError as e:
-                problems.append(f"--objective: {args.objective!r} {e}")
+        try:
+            objective = arguments.parse_objective(args.objective)
+        except ValueError as e:
+            problems.append(f"--objective: {args.objective!r} {e}")
     if args.fleet_budget is not None:
         try:
             fleet_budget = targets.parse_daily_hours(args.fleet_budget)

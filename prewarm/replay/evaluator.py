@@ -532,6 +532,20 @@ class Replay:
         return PolicyScore.from_outcome(name, self.run_policy(choice, intent=intent), self.days, synthetic=intent)
 
 
+class ProgressSteps:
+    """Counts finished steps of a known total and reports each to `on_progress` (label, done, total)."""
+
+    def __init__(self, total: int, on_progress: Callable[[str, int, int], None] | None) -> None:
+        self._total = total
+        self._done = 0
+        self._on_progress = on_progress
+
+    def __call__(self, label: str) -> None:
+        self._done += 1
+        if self._on_progress is not None:
+            self._on_progress(label, self._done, self._total)
+
+
 def run_replay(
     trace: traces.Trace,
     settings: ReplaySettings,
@@ -557,15 +571,7 @@ def run_replay(
             jobs += [(PolicyChoice(PolicyKind.PREWARM, q), True, "prewarm+intent") for q in QUANTILE_SWEEP]
     needs_forecast = any(choice.kind is PolicyKind.PREWARM for choice, _, _ in jobs)
     refits = refit_count(trace, replay.forecast_predict_from, settings.refit_minutes) if needs_forecast else 0
-    total = refits + len(jobs)
-    done = 0
-
-    def step(label: str) -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(label, done, total)
-
+    step = ProgressSteps(refits + len(jobs), on_progress)
     if needs_forecast:
         replay.prepare_forecast(on_refit=lambda: step("forecast refit"))
     groups: dict[str, list[PolicyScore]] = {"summary": [], "keepalive": [], "prewarm": [], "prewarm+intent": []}

@@ -286,16 +286,7 @@ def run_tuning(
 ) -> TuningReport:
     """Replay the history once per setting (curves), then tune and score each objective and budget."""
     window = tuning_window(replay, tune_days)
-    runs = len(objectives) + len(fleet_budgets)
-    total = len(replay.trace.targets) + runs
-    done = 0
-
-    def step(label: str) -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(label, done, total)
-
+    step = evaluator.ProgressSteps(len(replay.trace.targets) + len(objectives) + len(fleet_budgets), on_progress)
     specs = replay_specs(replay, objective=None)
     curves = history_curves(replay, window, specs, on_target=lambda name: step(f"tune {name}"))
     objective_runs = []
