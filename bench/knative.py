@@ -117,7 +117,7 @@ async def measure(port: int, services: int, workers: int) -> dict[str, Any]:
         baseline = summary(list(raw), time.perf_counter() - began)
 
         actuator = KnativeActuator(api)
-        await actuator.floor_object()  # version detection is once per process, not per decision
+        await actuator.installed_version()  # version detection is once per process, not per decision
         decisions = [
             policy.decide_floor(
                 targets.TargetSpec(

@@ -2,7 +2,8 @@
 
 It patches the Revision's annotation (Knative >= 1.21) or the PodAutoscaler's (<= 1.20), never
 the Service template (that would mint a Revision and restart GPU pods), only when the value
-changes, and only what the webhook will accept.
+changes, and only what the webhook will accept. When the installed version cannot be read it
+patches nothing and says so (log, metric, `/targets`): the wrong object is worse than none.
 """
 
 from __future__ import annotations
@@ -11,16 +12,17 @@ import asyncio
 import logging
 import random
 from collections.abc import Awaitable, Callable
-from typing import Any
+from typing import Any, TypeVar
 
 from knative import annotations as keys
-from knative import floors, kube_api
+from knative import floors, kube_api, serving_version
 from prewarm.core import policy
 
 log = logging.getLogger(__name__)
 
 Sleep = Callable[[float], Awaitable[None]]
 Wake = Callable[[str, str], Awaitable[int]]  # (method, url) -> HTTP status
+T = TypeVar("T")
 
 
 def parse_wake(value: str | None) -> tuple[str, str] | None:
@@ -50,30 +52,74 @@ class KnativeActuator:
         applies_to: Callable[[str], bool] = lambda target: True,
         wake: Wake | None = None,
         is_leader: Callable[[], bool] = lambda: True,
+        system_namespace: str = keys.KNATIVE_NAMESPACE,
+        on_refused: Callable[[str], None] = lambda target: None,
     ) -> None:
         self._api = api
         self._is_leader = is_leader
         self._wake = wake
         self._applies_to = applies_to
-        self._floor_object = floor_object  # None: detect from the installed version
+        self._system_namespace = system_namespace
+        self._on_refused = on_refused  # a target's floor was not written: the version is unknown
+        # None: not read yet; a known version is read once, an unknown one again at the next apply
+        self._version = None if floor_object is None else serving_version.forced(floor_object)
+        self._detecting = asyncio.Lock()
+        self._refused: dict[str, str] = {}  # target -> why its last floor was not written
         self._max_attempts = max_attempts
         self._sleep = sleep
         self._rng = rng or random.Random()
         self._invalid_logged: set[tuple[str, str, str]] = set()
         self._locks: dict[str, asyncio.Lock] = {}  # one apply per target at a time: the second reads the first's write
-        self.counts: dict[str, int] = {"patched": 0, "unchanged": 0, "gone": 0, "invalid": 0, "failed": 0}
+        self.counts: dict[str, int] = {
+            "patched": 0,
+            "unchanged": 0,
+            "gone": 0,
+            "invalid": 0,
+            "failed": 0,
+            "refused": 0,
+        }
 
-    async def floor_object(self) -> str:
-        """`revision` or `podautoscaler`, detected once from the knative-serving namespace."""
-        if self._floor_object is None:
-            try:
-                version = await self._api.knative_version()
-            except kube_api.KubeAPIError as e:
-                log.warning("cannot read the Knative version (%s); patching Revisions", e)
-                version = None
-            self._floor_object = floors.floor_object_for(floors.parse_version(version))
-            log.info("Knative Serving %s: min-scale goes on %ss", version or "(unknown)", self._floor_object)
-        return self._floor_object
+    async def installed_version(self) -> serving_version.ServingVersion:
+        """Where min-scale goes: read from the installed Knative Serving once it is known, and
+        tried again on every call while it is not (RBAC fixed, API server back)."""
+        if self._version is not None and self._version.floor_object is not None:
+            return self._version
+        async with self._detecting:
+            if self._version is None or self._version.floor_object is None:
+                found = await serving_version.detect_serving_version(
+                    self._api, system_namespace=self._system_namespace, retry=self._retrying
+                )
+                if found.floor_object is not None:
+                    log.info(
+                        "Knative Serving %s (%s): min-scale goes on %ss",
+                        found.version,
+                        found.source,
+                        found.floor_object,
+                    )
+                self._version = found
+            return self._version
+
+    def describe(self, target: str) -> dict[str, str | None]:
+        """For `/targets`: which object gets `target`'s min-scale and why, or why its floor was not written."""
+        version = self._version
+        return {
+            "min_scale_on": None if version is None else version.floor_object,
+            "serving_version": None if version is None else version.version,
+            "version_from": "not read yet" if version is None else version.source,
+            "refused": self._refused.get(target),
+        }
+
+    def _refuse(self, target: str, version: serving_version.ServingVersion) -> None:
+        reason = (
+            f"min-scale not written: Knative Serving version unknown ({version.source}); set "
+            "--knative-system-namespace to where Knative Serving runs, let this service account read it "
+            "(manifests/overlays/knative/rbac.yaml), or choose with --knative-floor-object"
+        )
+        self.counts["refused"] += 1
+        self._on_refused(target)
+        if self._refused.get(target) != reason:  # once per target and reason; the metric counts every one
+            log.error("%s: %s", target, reason)
+        self._refused[target] = reason
 
     async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
         if not self._applies_to(decision.target):
@@ -95,6 +141,12 @@ class KnativeActuator:
         if not self._is_leader():
             return
         async with self._locks.setdefault(target, asyncio.Lock()):
+            version = await self.installed_version()
+            if version.floor_object is None:
+                self._refuse(target, version)
+                return
+            kind = version.floor_object
+            self._refused.pop(target, None)
             namespace, _, name = target.partition("/")
             try:
                 service = await self._api.get_service(namespace, name)
@@ -103,7 +155,6 @@ class KnativeActuator:
                 log.info("%s: no such Knative Service; nothing to patch", target)
                 return
             user_min = floors.user_min_scale(service)
-            kind = await self.floor_object()
             for revision in floors.routed_revisions(service):
                 await self._apply_one(kind, namespace, revision, floor, user_min)
         if wake:
@@ -155,11 +206,28 @@ class KnativeActuator:
             except kube_api.KubeAPIError as e:
                 if attempt == self._max_attempts:
                     break
-                delay = min(10.0, 0.1 * 2 ** (attempt - 1)) * (0.5 + self._rng.random())
+                delay = self._backoff(attempt)
                 log.warning("%s %s/%s: %s; retry %d in %.2fs", kind, namespace, name, e, attempt, delay)
                 await self._sleep(delay)
         self.counts["failed"] += 1
         log.error("%s %s/%s: min-scale not applied after %d attempts", kind, namespace, name, self._max_attempts)
+
+    def _backoff(self, attempt: int) -> float:
+        """Exponential from 0.1 s, capped at 10 s, with jitter."""
+        return min(10.0, 0.1 * 2.0 ** (attempt - 1)) * (0.5 + self._rng.random())
+
+    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
+        """`call`, retried with backoff while it fails in a way that may pass (no answer, 429, 5xx)."""
+        for attempt in range(1, self._max_attempts + 1):
+            try:
+                return await call()
+            except kube_api.KubeAPIError as e:
+                if not (e.status in (0, 429) or e.status >= 500) or attempt == self._max_attempts:
+                    raise
+                delay = self._backoff(attempt)
+                log.warning("reading the Knative Serving version: %s; retry %d in %.2fs", e, attempt, delay)
+                await self._sleep(delay)
+        raise AssertionError("unreachable: the last attempt returns or raises")
 
     @staticmethod
     def _patch_for(obj: dict[str, Any], floor: int, user_min: int | None) -> dict[str, Any] | None:

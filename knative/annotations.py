@@ -12,8 +12,11 @@ MAX_SCALE_READ = ("autoscaling.knative.dev/max-scale", "autoscaling.knative.dev/
 ACTIVATION_SCALE_READ = ("autoscaling.knative.dev/activation-scale",)
 
 SERVICE_LABEL = "serving.knative.dev/service"  # on Revisions: the Service that owns them
-VERSION_LABELS = ("app.kubernetes.io/version", "serving.knative.dev/release")  # on namespace knative-serving
-KNATIVE_NAMESPACE = "knative-serving"
+# The installed version, on Knative Serving's system namespace and its Deployments: the first since
+# 1.4 (without a leading `v`), the second until 1.3 (with one).
+VERSION_LABELS = ("app.kubernetes.io/version", "serving.knative.dev/release")
+KNATIVE_NAMESPACE = "knative-serving"  # the default system namespace (SYSTEM_NAMESPACE of its pods)
+CONTROLLER_DEPLOYMENT = "controller"  # Knative Serving's controller, in the system namespace
 
 SERVING_GROUP, SERVING_VERSION = "serving.knative.dev", "v1"
 AUTOSCALING_GROUP, AUTOSCALING_VERSION = "autoscaling.internal.knative.dev", "v1alpha1"

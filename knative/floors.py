@@ -29,15 +29,31 @@ def parse_version(text: str | None) -> tuple[int, int] | None:
     return (int(match.group(1)), int(match.group(2))) if match else None
 
 
-def floor_object_for(version: tuple[int, int] | None) -> str:
+def version_from_labels(labels: Mapping[str, str]) -> tuple[tuple[int, int], str] | str:
+    """((major, minor), `label=value`) from the first version label whose value is a version;
+    otherwise a string saying why there is none."""
+    unreadable = []
+    for label in keys.VERSION_LABELS:
+        value = labels.get(label)
+        if not value:
+            continue
+        version = parse_version(value)
+        if version is not None:
+            return version, f"{label}={value}"
+        unreadable.append(f"{label}={value}")
+    if unreadable:
+        return f"{', '.join(unreadable)} is not a version"
+    return f"no {' or '.join(keys.VERSION_LABELS)} label"
+
+
+def floor_object_for(version: tuple[int, int]) -> str:
     """Which object carries min-scale for this Knative version: `revision` or `podautoscaler`.
 
-    An unreadable version is treated as current (revision): patching a PodAutoscaler on >= 1.21
-    would be undone by the revision reconciler at once.
+    There is no default: on <= 1.20 a Revision's min-scale never reaches the autoscaler and is
+    copied into the pod template (every change would restart every pod); on >= 1.21 a
+    PodAutoscaler's own annotation is removed by the revision reconciler.
     """
-    if version is not None and version < keys.REVISION_ANNOTATIONS_SINCE:
-        return "podautoscaler"
-    return "revision"
+    return "podautoscaler" if version < keys.REVISION_ANNOTATIONS_SINCE else "revision"
 
 
 def desired_min_scale(floor: int, *, user_min: int | None, revision_annotations: Mapping[str, str]) -> int | None:

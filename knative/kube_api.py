@@ -33,6 +33,10 @@ class NotFound(KubeAPIError):
     """404: the object is gone."""
 
 
+class Forbidden(KubeAPIError):
+    """403: RBAC does not let this service account make the call."""
+
+
 class Conflict(KubeAPIError):
     """409: the object changed since it was read."""
 
@@ -61,15 +65,17 @@ def _translate(error: ApiException) -> KubeAPIError:
             message = json.loads(body).get("message", message)
         except (ValueError, AttributeError):
             message = str(body)[:500]
-    kind = {404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}.get(status, KubeAPIError)
+    kind = {403: Forbidden, 404: NotFound, 409: Conflict, 410: Gone, 422: Invalid}.get(status, KubeAPIError)
     return kind(status, message)
 
 
 class KubeAPI:
-    """Async facade over CoreV1Api and CustomObjectsApi for Services, Revisions and PodAutoscalers."""
+    """Async facade over CoreV1Api, AppsV1Api and CustomObjectsApi for Services, Revisions,
+    PodAutoscalers, and the labels that say which Knative Serving is installed."""
 
     def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 8, timeout: float = 10.0) -> None:
         self._core = k8s.CoreV1Api(api_client)
+        self._apps = k8s.AppsV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kube")
         self._timeout = timeout
@@ -93,11 +99,15 @@ class KubeAPI:
             raise KubeAPIError(0, f"expected an object, got {type(result).__name__}")
         return result
 
-    async def knative_version(self) -> str | None:
-        """The installed Knative Serving version, from the knative-serving namespace's labels."""
-        namespace = await self._call(self._core.read_namespace, keys.KNATIVE_NAMESPACE)
-        labels = (namespace.metadata.labels if namespace.metadata is not None else None) or {}
-        return next((labels[label] for label in keys.VERSION_LABELS if labels.get(label)), None)
+    async def namespace_labels(self, name: str) -> dict[str, str]:
+        """A namespace's labels; NotFound, Forbidden (RBAC) or another KubeAPIError otherwise."""
+        namespace = await self._call(self._core.read_namespace, name)
+        return dict((namespace.metadata.labels if namespace.metadata is not None else None) or {})
+
+    async def deployment_labels(self, namespace: str, name: str) -> dict[str, str]:
+        """A Deployment's own labels; NotFound, Forbidden (RBAC) or another KubeAPIError otherwise."""
+        deployment = await self._call(self._apps.read_namespaced_deployment, name, namespace)
+        return dict((deployment.metadata.labels if deployment.metadata is not None else None) or {})
 
     async def get_service(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._object(

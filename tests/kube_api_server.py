@@ -1,7 +1,8 @@
 """An aiohttp server that speaks the Kubernetes API's semantics for the paths the Knative adapter
 uses: JSON merge patch (RFC 7386) with its content type, resourceVersion preconditions (409),
-404 and 422 as Status objects, Knative's webhook rules for min/max/activation-scale, and faults
-injected from the test side."""
+403, 404 and 422 as Status objects, RBAC (Roles, ClusterRoles and their bindings, resourceNames
+included) when given, Knative's webhook rules for min/max/activation-scale, and faults injected
+from the test side."""
 
 from __future__ import annotations
 
@@ -11,9 +12,11 @@ import copy
 import json
 from typing import Any
 
+import yaml
 from aiohttp import web
 
 MERGE_PATCH = "application/merge-patch+json"
+SERVICE_ACCOUNT = ("prewarm", "prewarm")  # (namespace, name) every request is made as
 
 
 def merge_patch(target: Any, patch: Any) -> Any:
@@ -29,16 +32,70 @@ def merge_patch(target: Any, patch: Any) -> Any:
     return result
 
 
-def status(code: int, reason: str, message: str) -> web.Response:
-    body = {
+def status(code: int, reason: str, message: str, details: dict[str, Any] | None = None) -> web.Response:
+    body: dict[str, Any] = {
         "kind": "Status",
         "apiVersion": "v1",
+        "metadata": {},
         "status": "Failure",
         "message": message,
         "reason": reason,
         "code": code,
     }
+    if details is not None:
+        body["details"] = details
     return web.json_response(body, status=code)
+
+
+class RBAC:
+    """The rules granted to SERVICE_ACCOUNT by the Roles, ClusterRoles and bindings of a manifest,
+    checked as the API server's RBAC authorizer checks them."""
+
+    def __init__(self, manifest: str) -> None:
+        documents = [d for d in yaml.safe_load_all(manifest) if d]
+        roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in documents}
+        self.grants: list[tuple[str | None, dict[str, Any]]] = []  # (namespace or None for everywhere, rule)
+        for binding in documents:
+            if binding["kind"] not in ("RoleBinding", "ClusterRoleBinding"):
+                continue
+            subjects = binding.get("subjects") or []
+            if not any(
+                (s.get("kind"), s.get("namespace"), s.get("name")) == ("ServiceAccount", *SERVICE_ACCOUNT)
+                for s in subjects
+            ):
+                continue
+            ref = binding["roleRef"]
+            where = binding["metadata"].get("namespace") if binding["kind"] == "RoleBinding" else None
+            role = roles.get((ref["kind"], where if ref["kind"] == "Role" else None, ref["name"]))
+            for rule in (role or {}).get("rules") or []:
+                self.grants.append((where, rule))
+
+    def allows(self, *, verb: str, group: str, resource: str, namespace: str | None, name: str | None) -> bool:
+        for where, rule in self.grants:
+            if where is not None and where != namespace:
+                continue
+            names = rule.get("resourceNames") or []
+            if (
+                (verb in rule["verbs"] or "*" in rule["verbs"])
+                and (group in rule["apiGroups"] or "*" in rule["apiGroups"])
+                and (resource in rule["resources"] or "*" in rule["resources"])
+                and (not names or name in names)
+            ):
+                return True
+        return False
+
+
+def forbidden(*, verb: str, group: str, resource: str, namespace: str | None, name: str | None) -> web.Response:
+    """403 as the API server words it."""
+    qualified = f"{resource}.{group}" if group else resource
+    subject = f"{qualified} {json.dumps(name)}" if name else qualified
+    user = f"system:serviceaccount:{SERVICE_ACCOUNT[0]}:{SERVICE_ACCOUNT[1]}"
+    scope = f'in the namespace "{namespace}"' if namespace else "at the cluster scope"
+    message = (
+        f'{subject} is forbidden: User "{user}" cannot {verb} resource "{resource}" in API group "{group}" {scope}'
+    )
+    details = {"group": group, "kind": resource, **({"name": name} if name else {})}
+    return status(403, "Forbidden", message, details)
 
 
 class KubeAPIServer:
@@ -49,6 +106,8 @@ class KubeAPIServer:
         self.namespaces: dict[str, dict[str, Any]] = {}
         self.requests: list[tuple[str, str, str | None, Any]] = []
         self.faults: list[tuple[str, int]] = []  # (method, status) answered before anything else
+        self.rbac: RBAC | None = None  # None: every request is allowed
+        self.denied: list[tuple[str, str, str | None, str | None]] = []  # (verb, resource, namespace, name) -> 403
         self._version = 100
         self.events: list[tuple[int, str, str, dict[str, Any]]] = []  # (rv, plural, type, object)
         self.oldest_watchable = 0  # resourceVersions below this are compacted: a watch gets 410
@@ -116,8 +175,26 @@ class KubeAPIServer:
                 return status(code, reason.get(code, "Unknown"), f"injected {code}")
         return None
 
+    def _denied(
+        self, *, verb: str, group: str, resource: str, namespace: str | None, name: str | None
+    ) -> web.Response | None:
+        if self.rbac is None or self.rbac.allows(
+            verb=verb, group=group, resource=resource, namespace=namespace, name=name
+        ):
+            return None
+        self.denied.append((verb, resource, namespace, name))
+        return forbidden(verb=verb, group=group, resource=resource, namespace=namespace, name=name)
+
     async def _get_namespace(self, request: web.Request) -> web.Response:
         self.requests.append(("GET", request.path, None, None))
+        denied = self._denied(
+            verb="get", group="", resource="namespaces", namespace=None, name=request.match_info["name"]
+        )
+        if denied is not None:
+            return denied
+        fault = self._fault("GET")
+        if fault is not None:
+            return fault
         namespace = self.namespaces.get(request.match_info["name"])
         if namespace is None:
             return status(404, "NotFound", f'namespaces "{request.match_info["name"]}" not found')
@@ -128,6 +205,12 @@ class KubeAPIServer:
         key = (f"{info['group']}/{info['version']}", info["ns"], info["plural"], info["name"])
         body = await request.json() if request.method in ("PATCH", "PUT") and request.can_read_body else None
         self.requests.append((request.method, request.path, request.headers.get("Content-Type"), body))
+        verb = {"GET": "get", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(request.method, "unknown")
+        denied = self._denied(
+            verb=verb, group=info["group"], resource=info["plural"], namespace=info["ns"], name=info["name"]
+        )
+        if denied is not None:
+            return denied
         fault = self._fault(request.method)
         if fault is not None:
             return fault
@@ -166,6 +249,11 @@ class KubeAPIServer:
         info = request.match_info
         body = await request.json()
         self.requests.append(("POST", request.path, request.headers.get("Content-Type"), body))
+        denied = self._denied(
+            verb="create", group=info["group"], resource=info["plural"], namespace=info["ns"], name=None
+        )
+        if denied is not None:
+            return denied
         fault = self._fault("POST")
         if fault is not None:
             return fault
@@ -200,8 +288,18 @@ class KubeAPIServer:
                 dict(request.query),
             )
         )
+        watching = request.query.get("watch") in ("true", "1", "True")
+        denied = self._denied(
+            verb="watch" if watching else "list",
+            group=request.match_info["group"],
+            resource=plural,
+            namespace=None,
+            name=None,
+        )
+        if denied is not None:
+            return denied
         selector = request.query.get("labelSelector", "")
-        if request.query.get("watch") not in ("true", "1", "True"):
+        if not watching:
             items = [
                 obj
                 for (gv, _, p, _), obj in sorted(self.objects.items())

@@ -272,6 +272,9 @@ def test_only_the_knative_overlay_talks_to_the_kubernetes_api() -> None:
     lease = next(a for a in container["args"] if a.startswith("--leader-election="))
     lease_namespace = lease.split("=", 1)[1].split("/")[0]
     assert find(objects, "Role", "prewarm-leader-election")["metadata"]["namespace"] == lease_namespace
+    # the controller Deployment is read in Knative's namespace, not moved into ours by kustomize
+    for kind in ("Role", "RoleBinding"):
+        assert find(objects, kind, "prewarm-knative-version")["metadata"]["namespace"] == "knative-serving"
 
 
 def test_the_knative_examples_match_what_the_actuator_and_listener_read() -> None:

@@ -16,8 +16,10 @@ COMMANDS = {
     "serve": "run the decision loop (listener, store, decider, actuators)",
     "scaler": "serve stored floors to KEDA (gRPC) beside a prewarm serve",
     "replay": "score pre-warming policies on a request trace",
+    "tune": "show the forecast settings chosen for objectives and fleet budgets",
     "cache": "semi-warm starts: the shared compile cache (exec, gc, stats)",
     "knative": "Knative helpers (inject the cache into a Service)",
+    "inject": "add the shared compile cache to a Knative Service or Deployment manifest",
 }
 
 

@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prewarm.core import targets
+from prewarm.replay import tuned_runs
 from scaler import __main__ as scaler_main
 
 
@@ -65,3 +66,55 @@ def scaler_options(args: argparse.Namespace) -> scaler_main.ScalerOptions:
         tls_key=args.grpc_key,
         tls_client_ca=args.grpc_client_ca,
     )
+
+
+def add_tuning_arguments(parser: argparse.ArgumentParser) -> None:
+    """What the tuner assumes of history that records only arrivals per minute (`serve`, `tune`)."""
+    defaults = tuned_runs.HistoryOptions()
+    parser.add_argument(
+        "--tune-days",
+        type=float,
+        default=defaults.tune_days,
+        help=f"days of history each target is tuned on (default {defaults.tune_days:g})",
+    )
+    parser.add_argument(
+        "--tune-cold-start",
+        default=f"{defaults.cold_start_seconds:g}s",
+        help=f"the model servers' cold start, for tuning (default {defaults.cold_start_seconds:g}s)",
+    )
+    parser.add_argument(
+        "--tune-request-time",
+        default=f"{defaults.request_seconds:g}s",
+        help=f"how long a request runs, for tuning on per-minute history (default {defaults.request_seconds:g}s)",
+    )
+
+
+def history_options(args: argparse.Namespace) -> tuned_runs.HistoryOptions:
+    """The tuning flags as HistoryOptions; ValueError naming every bad flag and value."""
+    problems = []
+    seconds: dict[str, float] = {}
+    for flag, text in (("--tune-cold-start", args.tune_cold_start), ("--tune-request-time", args.tune_request_time)):
+        try:
+            seconds[flag] = targets.parse_duration(text).total_seconds()
+        except ValueError as e:
+            problems.append(f"{flag}: {text!r} {e}")
+            continue
+        if seconds[flag] <= 0:
+            problems.append(f"{flag}: {text!r} must be > 0")
+    if not (args.tune_days > 0 and args.tune_days < float("inf")):
+        problems.append(f"--tune-days: {args.tune_days} must be > 0")
+    if problems:
+        raise ValueError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
+    return tuned_runs.HistoryOptions(
+        tune_days=args.tune_days,
+        cold_start_seconds=seconds["--tune-cold-start"],
+        request_seconds=seconds["--tune-request-time"],
+    )
+
+
+def parse_objective(text: str) -> float:
+    """`cold=5%` -> 0.05; ValueError with a message about the value."""
+    key, sep, value = text.partition("=")
+    if key.strip() != "cold" or not sep:
+        raise ValueError("is not cold=SHARE (e.g. cold=5%)")
+    return targets.parse_share(value)

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import math
 import sys
 import time
 from datetime import timedelta
@@ -12,9 +13,10 @@ from typing import TextIO
 
 import numpy as np
 
+from prewarm.cli import arguments
 from prewarm.core import targets
 from prewarm.forecast import arrival_model, minute_features
-from prewarm.replay import evaluator, report, traces
+from prewarm.replay import evaluator, report, traces, tuned_runs
 from prewarm.service import config_file
 
 DEFAULT_POLICIES = "knative-default,keepalive:600,hybrid-histogram,prewarm,oracle"
@@ -46,6 +48,23 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--refit", default="6h", help="trace time between forecaster refits (default 6h)")
     parser.add_argument("--hold", default="120s", help="prewarm's scale-down hold (default 120s, as serve's)")
     parser.add_argument("--no-sweep", action="store_true", help="skip the keepalive and quantile sweeps")
+    parser.add_argument(
+        "--objective",
+        action="append",
+        default=[],
+        help="tune every target for at most this share of cold starts, e.g. cold=5%% (repeat for several)",
+    )
+    parser.add_argument(
+        "--fleet-budget",
+        help="tune the fleet for this many warm replica-hours per day, e.g. 150h/day; a comma list sweeps",
+    )
+    parser.add_argument(
+        "--tune-days",
+        type=float,
+        default=tuned_runs.DEFAULT_TUNE_DAYS,
+        help="days of history before --score-from that objectives and budgets are tuned on "
+        f"(default {tuned_runs.DEFAULT_TUNE_DAYS:g})",
+    )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
     parser.set_defaults(run=run)
 
@@ -90,6 +109,11 @@ def _settings(
         problems.append(f"--concurrency: {args.concurrency} must be >= 1")
     if not 0.0 < args.quantile < 1.0:
         problems.append(f"--quantile: {args.quantile} must be in (0, 1)")
+    objectives, budgets = _tuning_requests(args, problems)
+    if (objectives or budgets) and score_from is None:
+        problems.append("--objective and --fleet-budget need --score-from: they are tuned on the history before it")
+    if not (args.tune_days > 0 and math.isfinite(args.tune_days)):
+        problems.append(f"--tune-days: {args.tune_days} must be > 0")
     if problems:
         raise ValueError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
     specs: dict[str, targets.TargetSpec] = {}
@@ -117,8 +141,30 @@ def _settings(
         refit_minutes=max(1, round(durations["--refit"] / 60)),
         hold=timedelta(seconds=durations["--hold"]),
         cron_specs=by_trace_name,
+        tune_days=args.tune_days if objectives or budgets else 0.0,
     )
     return trace, settings, choices
+
+
+def _tuning_requests(args: argparse.Namespace, problems: list[str]) -> tuple[list[float], list[float]]:
+    """`--objective cold=5%` (repeatable) and `--fleet-budget 150h/day[,250h/day...]`."""
+    objectives: list[float] = []
+    for text in args.objective:
+        try:
+            objectives.append(arguments.parse_objective(text))
+        except ValueError as e:
+            problems.append(f"--objective: {text!r} {e}")
+    budgets: list[float] = []
+    for text in (args.fleet_budget or "").split(","):
+        if not text.strip():
+            continue
+        try:
+            budgets.append(targets.parse_daily_hours(text))
+        except ValueError as e:
+            problems.append(f"--fleet-budget: {text.strip()!r} {e}")
+    if args.fleet_budget is not None and not budgets and not any("--fleet-budget" in p for p in problems):
+        problems.append(f"--fleet-budget: {args.fleet_budget!r} names no budget (e.g. 150h/day)")
+    return objectives, budgets
 
 
 class ProgressBar:
@@ -166,19 +212,36 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     if trace.skipped:
         print(f"prewarm replay: {trace.skipped} rows name no target and were left out", file=sys.stderr)
+    objectives, budgets = _tuning_requests(args, [])
+    replay = evaluator.Replay(trace, settings)
     result = evaluator.run_replay(
-        trace, settings, choices, sweep=not args.no_sweep, on_progress=ProgressBar(sys.stderr)
+        trace, settings, choices, sweep=not args.no_sweep, on_progress=ProgressBar(sys.stderr), replay=replay
     )
+    tuned = None
+    if objectives or budgets:
+        tuned = tuned_runs.run_tuning(
+            replay,
+            objectives=objectives,
+            fleet_budgets=budgets,
+            tune_days=settings.tune_days,
+            on_progress=ProgressBar(sys.stderr),
+        )
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "summary.json").write_text(json.dumps(report.summary_rows(result.scores), indent=2) + "\n")
+    summary = report.summary_rows(result.scores) + ([] if tuned is None else report.tuned_rows(tuned))
+    (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     frontier = {
         "keepalive": report.summary_rows(result.keepalive_frontier),
         "prewarm": report.summary_rows(result.prewarm_frontier),
         "prewarm_intent": report.summary_rows(result.prewarm_intent_frontier),
     }
+    if tuned is not None and tuned.fleet:
+        frontier["prewarm_fleet"] = report.summary_rows([run.score for run in tuned.fleet])
     (args.out / "frontier.json").write_text(json.dumps(frontier, indent=2) + "\n")
-    (args.out / "report.md").write_text(report.render_report(result, describe_inputs(args), trace) + "\n")
-    report.plot_frontier(result, args.out / "frontier.png")
+    (args.out / "report.md").write_text(report.render_report(result, describe_inputs(args), trace, tuned) + "\n")
+    report.plot_frontier(result, args.out / "frontier.png", tuned)
     for line in report.policy_table(result.scores):
         print(line)
+    if tuned is not None:
+        for line in report.achieved_table(tuned, result):
+            print(line)
     return 0

@@ -74,6 +74,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         choices=["revision", "podautoscaler"],
         help="where min-scale goes (default: detected from the installed Knative version)",
     )
+    parser.add_argument(
+        "--knative-system-namespace",
+        default="knative-serving",
+        metavar="NAMESPACE",
+        help="where Knative Serving runs; its version is read from this namespace's labels or its controller's",
+    )
     parser.add_argument("--http", type=arguments.parse_address, default=("0.0.0.0", 8080), help="listener HOST:PORT")
     parser.add_argument("--token-file", type=Path, help="bearer tokens for server-side emitters, one a line")
     parser.add_argument("--cors-origin", action="append", default=[], help="browser origin allowed (repeat)")
@@ -81,6 +87,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", type=float, default=100.0, help="token-bucket burst per client")
     parser.add_argument("--grpc", type=arguments.parse_address, help="serve the KEDA external scaler on HOST:PORT")
     arguments.add_tls_arguments(parser)
+    arguments.add_tuning_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -94,7 +101,7 @@ def run(args: argparse.Namespace) -> int:
         return process.EXIT_CONFIG_ERROR
     try:
         options = serve_options(args, os.environ)
-    except targets.ConfigError as e:
+    except (targets.ConfigError, ValueError) as e:
         print(f"prewarm: {e}", file=sys.stderr)
         return process.EXIT_CONFIG_ERROR
     return process.run_until_signalled(
@@ -118,6 +125,7 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         actuators=tuple(args.actuator or ["log"]),
         kubeconfig=args.kubeconfig,
         knative_floor_object=args.knative_floor_object,
+        knative_system_namespace=args.knative_system_namespace,
         leader_lease=args.leader_election,
         knative_namespaces=tuple(args.knative_namespace),
         identity=f"{env.get('POD_NAME') or socket.gethostname()}-{secrets.token_hex(3)}",
@@ -128,4 +136,5 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         decider_lease=args.decider_lease,
         store_wait_replicas=args.redis_wait_replicas,
         store_wait_timeout=args.redis_wait_timeout,
+        tuning=arguments.history_options(args),
     )

@@ -45,6 +45,7 @@ class Signals:
     sessions: int = 0
     next_session_expiry: datetime | None = None
     forecast: float | None = None  # replicas the forecaster would keep warm; None when it has none
+    forecast_note: str = ""  # how the forecast's setting was chosen, for the reason (e.g. an objective)
 
     def __post_init__(self) -> None:
         if self.sessions < 0:
@@ -124,7 +125,11 @@ def decide_floor(
     candidates = [
         _Candidate(target.min, Source.MIN, f"min {target.min}"),
         _Candidate(cron.floor, Source.CRON, _describe_cron(cron)),
-        _Candidate(forecast, Source.FORECAST, f"forecast {forecast}"),
+        _Candidate(
+            forecast,
+            Source.FORECAST,
+            f"forecast {forecast}" + (f" ({signals.forecast_note})" if signals.forecast_note else ""),
+        ),
         _Candidate(
             intent,
             Source.INTENT,

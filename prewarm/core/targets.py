@@ -32,6 +32,7 @@ DEFAULT_SESSION_TTL = timedelta(seconds=300)
 DEFAULT_HOLD = timedelta(seconds=120)
 DEFAULT_FORECAST_QUANTILE = 0.9
 DEFAULT_FORECAST_HORIZON = timedelta(seconds=60)
+DEFAULT_FLEET = "default"
 
 
 class TargetKind(enum.Enum):
@@ -59,6 +60,38 @@ class ForecastSettings:
     enabled: bool = False
     quantile: float = DEFAULT_FORECAST_QUANTILE
     horizon: timedelta = DEFAULT_FORECAST_HORIZON
+    keep_alive: timedelta = timedelta(0)  # keep `keep_alive_replicas` warm this long after a minute with arrivals
+    keep_alive_replicas: int = 1
+
+    def __post_init__(self) -> None:
+        if not 0.0 < self.quantile < 1.0:
+            raise ValueError("ForecastSettings.quantile must be in (0, 1)")
+        if self.keep_alive < timedelta(0) or self.keep_alive_replicas < 1:
+            raise ValueError("ForecastSettings needs keep_alive >= 0 and keep_alive_replicas >= 1")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ObjectiveSettings:
+    """What the user asks of a forecast target instead of knobs: the share of requests that may meet
+    a cold start (None: no objective, the configured quantile stands)."""
+
+    cold_starts: float | None = None
+
+    def __post_init__(self) -> None:
+        if self.cold_starts is not None and not 0.0 <= self.cold_starts <= 1.0:
+            raise ValueError("ObjectiveSettings.cold_starts must be in [0, 1]")
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class FleetBudget:
+    """Warm replica-hours per day that the forecast targets of one fleet group may keep in total."""
+
+    name: str
+    hours_per_day: float
+
+    def __post_init__(self) -> None:
+        if not (math.isfinite(self.hours_per_day) and self.hours_per_day >= 0):
+            raise ValueError("FleetBudget.hours_per_day must be a finite number >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -75,6 +108,8 @@ class TargetSpec:
     cron: tuple[schedule.CronWindow, ...] = ()
     forecast: ForecastSettings = ForecastSettings()
     budget: float | None = None  # pre-warm replica-hours per UTC day; None is unlimited
+    objective: ObjectiveSettings = ObjectiveSettings()
+    fleet: str = DEFAULT_FLEET  # the fleet group whose budget this target shares
 
     def __post_init__(self) -> None:
         if not 0 <= self.min <= self.max:
@@ -113,6 +148,7 @@ class ParsedTargets:
 
     targets: tuple[TargetSpec, ...]
     warnings: tuple[str, ...] = ()
+    fleets: tuple[FleetBudget, ...] = ()
 
 
 # --- scalar parsers: each returns a value or raises ValueError with a message about the value ---
@@ -192,6 +228,48 @@ def parse_quantile(raw: object) -> float:
     return value
 
 
+_SHARE_RE = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*%\s*")
+
+
+def parse_share(raw: object) -> float:
+    """Parse a share of requests: `5%`, or a fraction such as 0.05; between 0% and 100%."""
+    if isinstance(raw, str) and (match := _SHARE_RE.fullmatch(raw)):
+        value = float(match.group(1)) / 100.0
+    else:
+        try:
+            value = parse_float(raw, minimum=-math.inf)
+        except ValueError:
+            raise ValueError("is not a share (use 5% or 0.05)") from None
+    if not 0.0 <= value <= 1.0:
+        raise ValueError("must be between 0% and 100%")
+    return value
+
+
+_DAILY_HOURS_RE = re.compile(r"\s*([+-]?\d+(?:\.\d+)?)\s*(?:h\s*(?:/\s*(?:day|d))?)?\s*")
+
+
+def parse_daily_hours(raw: object) -> float:
+    """Parse replica-hours per day: `400h/day`, `400h`, or a bare number of hours; at least 0."""
+    if isinstance(raw, bool):
+        raise ValueError("is not replica-hours per day (use 400h/day)")
+    if isinstance(raw, int | float):
+        value = float(raw)
+    elif isinstance(raw, str) and (match := _DAILY_HOURS_RE.fullmatch(raw)):
+        value = float(match.group(1))
+    else:
+        raise ValueError("is not replica-hours per day (use 400h/day)")
+    if not math.isfinite(value) or value < 0:
+        raise ValueError("must be >= 0 replica-hours per day")
+    return value
+
+
+def parse_fleet_name(raw: object) -> str:
+    """Parse a fleet group name: a lowercase DNS label."""
+    if not isinstance(raw, str) or not _DNS_LABEL.fullmatch(raw):
+        raise ValueError("is not a fleet name (a lowercase DNS label)")
+    return raw
+
+
 def parse_ref(raw: object) -> TargetRef:
     """Parse `namespace/name` (both DNS-1123 labels or subdomains)."""
     if not isinstance(raw, str):
@@ -203,6 +281,7 @@ def parse_ref(raw: object) -> TargetRef:
 
 
 _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
+_DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
 # --- cron windows: a YAML list of mappings, or the compact text form for flat string maps ---
@@ -312,7 +391,11 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "forecast.enabled": ("forecast-enabled", "forecastEnabled"),
     "forecast.quantile": ("forecast-quantile", "forecastQuantile"),
     "forecast.horizon": ("forecast-horizon", "forecastHorizon"),
+    "forecast.keepAlive": ("forecast-keep-alive", "forecastKeepAlive"),
+    "forecast.keepAliveReplicas": ("forecast-keep-alive-replicas", "forecastKeepAliveReplicas"),
     "budget": ("budget", "budget"),
+    "objective.coldStarts": ("objective-cold-starts", "objectiveColdStarts"),
+    "fleet": ("fleet", "fleet"),
 }
 
 _FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
@@ -324,7 +407,11 @@ _FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
     "forecast.enabled": parse_bool,
     "forecast.quantile": parse_quantile,
     "forecast.horizon": parse_duration,
+    "forecast.keepAlive": parse_duration,
+    "forecast.keepAliveReplicas": lambda raw: parse_int(raw, minimum=1),
     "budget": parse_float,
+    "objective.coldStarts": parse_share,
+    "fleet": parse_fleet_name,
 }
 
 
@@ -376,8 +463,12 @@ def _build_target(
             enabled=values.get("forecast.enabled", False),
             quantile=values.get("forecast.quantile", DEFAULT_FORECAST_QUANTILE),
             horizon=values.get("forecast.horizon", DEFAULT_FORECAST_HORIZON),
+            keep_alive=values.get("forecast.keepAlive", timedelta(0)),
+            keep_alive_replicas=values.get("forecast.keepAliveReplicas", 1),
         ),
         budget=values.get("budget"),
+        objective=ObjectiveSettings(cold_starts=values.get("objective.coldStarts")),
+        fleet=values.get("fleet", DEFAULT_FLEET),
     )
 
 
@@ -412,12 +503,41 @@ def _parse_kind(raw: object) -> TargetKind:
 
 # --- source 1: the YAML file ---
 
-_YAML_TARGET_KEYS = frozenset({"name", "kind", "forecast"}) | (set(FLAT_KEYS) - {k for k in FLAT_KEYS if "." in k})
-_YAML_FORECAST_KEYS = frozenset({"enabled", "quantile", "horizon"})
+# Nested YAML mappings and the canonical keys they hold: `forecast: {quantile: 0.9}` is `forecast.quantile`.
+_YAML_GROUPS: dict[str, frozenset[str]] = {
+    group: frozenset(k.partition(".")[2] for k in FLAT_KEYS if k.startswith(group + "."))
+    for group in ("forecast", "objective")
+}
+_YAML_TARGET_KEYS = frozenset({"name", "kind"} | set(_YAML_GROUPS)) | {k for k in FLAT_KEYS if "." not in k}
+_YAML_TOP_LEVEL_KEYS = frozenset({"targets", "fleet", "fleets"})
+
+
+def _parse_fleets(document: Mapping[str, object], problems: list[Problem]) -> tuple[FleetBudget, ...]:
+    """`fleet: {budget: 400h/day}` (the default group) and `fleets: {NAME: {budget: ...}}`."""
+    raw: dict[str, tuple[str, object]] = {}
+    if "fleet" in document:
+        raw[DEFAULT_FLEET] = ("fleet", document["fleet"])
+    named = document.get("fleets")
+    if isinstance(named, Mapping):
+        for name, value in named.items():
+            raw[str(name)] = (f"fleets.{name}", value)
+            _parse_field(name, parse_fleet_name, f"fleets.{name}", problems)
+    elif named is not None:
+        problems.append(Problem("fleets", named, "is not a mapping of fleet names to {budget: ...}"))
+    fleets: list[FleetBudget] = []
+    for name, (key, value) in raw.items():
+        if not isinstance(value, Mapping) or set(value) != {"budget"}:
+            problems.append(Problem(key, value, "is not a mapping with one key, budget (e.g. {budget: 400h/day})"))
+            continue
+        hours = _parse_field(value["budget"], parse_daily_hours, f"{key}.budget", problems)
+        if hours is not None:
+            fleets.append(FleetBudget(name, hours))
+    return tuple(fleets)
 
 
 def parse_config_document(text: str, *, source: str) -> ParsedTargets:
-    """Parse a YAML config document (`targets:` list); raise ConfigError listing every problem."""
+    """Parse a YAML config document (`targets:` list, optional `fleet:`/`fleets:` budgets); raise
+    ConfigError listing every problem."""
     try:
         document = yaml.safe_load(text)
     except yaml.YAMLError as e:
@@ -425,7 +545,8 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
     if not isinstance(document, Mapping) or not isinstance(document.get("targets"), list):
         raise ConfigError(source, [Problem("targets", None, "is required: a list of targets")])
     problems: list[Problem] = []
-    warnings = [f"{source}: unknown top-level key {k!r} ignored" for k in document if k != "targets"]
+    warnings = [f"{source}: unknown top-level key {k!r} ignored" for k in document if k not in _YAML_TOP_LEVEL_KEYS]
+    fleets = _parse_fleets(document, problems)
     targets: list[TargetSpec] = []
     seen: set[TargetRef] = set()
     for index, item in enumerate(document["targets"]):
@@ -439,14 +560,13 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
         if ref is not None and ref in seen:
             problems.append(Problem(f"{prefix}.name", str(ref), "is listed twice"))
         raw: dict[str, object] = {k: v for k, v in item.items() if k in FLAT_KEYS}
-        forecast = item.get("forecast")
-        if isinstance(forecast, Mapping):
-            warnings.extend(
-                f"{source}: unknown key {prefix}.forecast.{k} ignored" for k in forecast if k not in _YAML_FORECAST_KEYS
-            )
-            raw.update({f"forecast.{k}": v for k, v in forecast.items() if k in _YAML_FORECAST_KEYS})
-        elif forecast is not None:
-            problems.append(Problem(f"{prefix}.forecast", forecast, "is not a mapping (enabled, quantile, horizon)"))
+        for group, keys in _YAML_GROUPS.items():
+            nested = item.get(group)
+            if isinstance(nested, Mapping):
+                warnings.extend(f"{source}: unknown key {prefix}.{group}.{k} ignored" for k in nested if k not in keys)
+                raw.update({f"{group}.{k}": v for k, v in nested.items() if k in keys})
+            elif nested is not None:
+                problems.append(Problem(f"{prefix}.{group}", nested, f"is not a mapping ({', '.join(sorted(keys))})"))
         spec = _build_target(
             ref=ref,
             kind=kind,
@@ -460,7 +580,7 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
             targets.append(spec)
     if problems:
         raise ConfigError(source, problems)
-    return ParsedTargets(targets=tuple(targets), warnings=tuple(warnings))
+    return ParsedTargets(targets=tuple(targets), warnings=tuple(warnings), fleets=fleets)
 
 
 # --- source 2: Kubernetes annotations (prewarm.dev/kebab-case) ---
@@ -557,6 +677,9 @@ def _canonical_values(spec: TargetSpec) -> dict[str, object]:
         "forecast.enabled": spec.forecast.enabled,
         "forecast.quantile": spec.forecast.quantile,
         "forecast.horizon": spec.forecast.horizon.total_seconds(),
+        "forecast.keepAlive": spec.forecast.keep_alive.total_seconds(),
+        "forecast.keepAliveReplicas": spec.forecast.keep_alive_replicas,
+        "fleet": spec.fleet,
     }
     if spec.cron:
         values["cron"] = [
@@ -570,4 +693,6 @@ def _canonical_values(spec: TargetSpec) -> dict[str, object]:
         ]
     if spec.budget is not None:
         values["budget"] = spec.budget
+    if spec.objective.cold_starts is not None:
+        values["objective.coldStarts"] = spec.objective.cold_starts
     return values

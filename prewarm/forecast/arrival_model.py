@@ -80,6 +80,23 @@ def replicas_for(p_arrival: np.ndarray, tail: np.ndarray, quantile: float, concu
     return np.asarray(np.ceil(requests / concurrency), dtype=np.float64)
 
 
+def keep_alive_replicas(
+    counts: np.ndarray, minutes: np.ndarray, *, keep_alive_minutes: int, replicas: int = 1
+) -> np.ndarray:
+    """`replicas` at the start of each minute index m that had arrivals within the last
+    `keep_alive_minutes` minutes (read from `counts[:m]`, like the features), else 0.
+
+    A per-target keep-alive beside the learned floor: the tuner raises it where recent traffic
+    predicts the next request better than the pooled model does.
+    """
+    minutes = np.asarray(minutes, dtype=np.int64)
+    if keep_alive_minutes <= 0:
+        return np.zeros(minutes.size)
+    seen = minute_features.last_arrival_before(np.asarray(counts), minutes)
+    recent = (seen >= 0) & (minutes - seen <= keep_alive_minutes)
+    return np.where(recent, float(replicas), 0.0)
+
+
 def build_model(kind: ModelKind, seed: int) -> Any:
     """A fresh, unfitted scikit-learn classifier of `kind`."""
     from sklearn.ensemble import HistGradientBoostingClassifier

@@ -129,6 +129,7 @@ class ReplaySettings:
     refit_minutes: int = 360
     hold: timedelta = targets.DEFAULT_HOLD  # the prewarm policy's scale-down hold
     cron_specs: Mapping[str, targets.TargetSpec] = dataclasses.field(default_factory=dict)  # by trace target name
+    tune_days: float = 0.0  # history before the scored window that objectives and fleet budgets are tuned on
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -137,6 +138,8 @@ class ReplaySettings:
             raise ValueError("cold starts must be > 0 seconds")
         if self.refit_minutes < 1:
             raise ValueError("refit interval must be >= 1 minute")
+        if not (math.isfinite(self.tune_days) and self.tune_days >= 0):
+            raise ValueError("tune days must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -292,11 +295,41 @@ class TraceForecast:
     probability: Mapping[str, np.ndarray]
     fallback: Mapping[str, np.ndarray]  # the hybrid-histogram rule's floor where probability is NaN
     tails: Mapping[str, np.ndarray]
+    counts: Mapping[str, np.ndarray]  # arrivals per minute, from `first_minute`
 
-    def replicas(self, target: str, quantile: float, concurrency: int) -> np.ndarray:
-        p = self.probability[target]
+    def replicas(
+        self,
+        target: str,
+        quantile: float,
+        concurrency: int,
+        *,
+        keep_alive: timedelta = timedelta(0),
+        keep_alive_replicas: int = 1,
+        span: tuple[int, int] | None = None,
+    ) -> np.ndarray:
+        """Replicas per minute for `target`: the learned floor (the fallback where the model does not
+        speak), and at least `keep_alive_replicas` for `keep_alive` after a minute with arrivals.
+
+        With `span` (minute indexes [lo, hi)) only those minutes are computed; the others read 0.
+        """
+        p_all = self.probability[target]
+        lo, hi = (0, p_all.size) if span is None else (max(0, span[0]), min(p_all.size, span[1]))
+        p = p_all[lo:hi]
         learned = arrival_model.replicas_for(np.nan_to_num(p), self.tails[target], quantile, concurrency)
-        return np.where(np.isnan(p), self.fallback[target], learned)
+        part = np.where(np.isnan(p), self.fallback[target][lo:hi], learned)
+        if keep_alive > timedelta(0):
+            recent = arrival_model.keep_alive_replicas(
+                self.counts[target],
+                np.arange(lo, hi),
+                keep_alive_minutes=math.ceil(keep_alive.total_seconds() / 60.0),
+                replicas=keep_alive_replicas,
+            )
+            part = np.maximum(part, recent)
+        if span is None:
+            return np.asarray(part, dtype=np.float64)
+        floor = np.zeros(p_all.size)
+        floor[lo:hi] = part
+        return floor
 
 
 def minute_grid(trace: traces.Trace) -> tuple[int, int]:
@@ -354,7 +387,7 @@ def forecast_trace(
                 fallback[name][block:block_end] = idle_histogram.fallback_replicas(c, span, learned_until=block)
         if on_refit is not None:
             on_refit()
-    return TraceForecast(first_minute, probability, fallback, tails)
+    return TraceForecast(first_minute, probability, fallback, tails, counts)
 
 
 def refit_count(trace: traces.Trace, predict_from: float, refit_minutes: int) -> int:
@@ -390,7 +423,8 @@ class Replay:
 
     @property
     def forecast_predict_from(self) -> float:
-        return max(self.trace.start, self.window.start - 3600.0)  # an hour of warm-up before scoring
+        """An hour of warm-up before scoring, or before the tuning history when there is one."""
+        return max(self.trace.start, self.window.start - self.settings.tune_days * 86400.0 - 3600.0)
 
     def prepare_forecast(self, on_refit: Callable[[], None] | None = None) -> TraceForecast:
         if self._forecast is None:
@@ -431,24 +465,56 @@ class Replay:
             cron_only = dataclasses.replace(spec, forecast=targets.ForecastSettings(enabled=False))
             return decision_floor(cron_only, start=start, end=end)
         quantile = choice.value if choice.value is not None else self.settings.quantile
+        return self.prewarm_floor(self.spec_for(request.name, quantile), request, intent=intent, start=start, end=end)
+
+    def spec_for(self, target: str, quantile: float) -> targets.TargetSpec:
+        """The spec the `prewarm` policy replays `target` with at `quantile`."""
         horizon_seconds = self.settings.forecast.horizon * 60.0  # what the forecaster predicts for
-        spec = default_spec(request.name, quantile, horizon_seconds, self.settings.concurrency, self.settings.hold)
-        trace_forecast = self.prepare_forecast()
-        replicas = trace_forecast.replicas(request.name, spec.forecast.quantile, self.settings.concurrency)
+        return default_spec(target, quantile, horizon_seconds, self.settings.concurrency, self.settings.hold)
+
+    def prewarm_floor(
+        self, spec: targets.TargetSpec, request: traces.TargetRequests, *, intent: bool, start: float, end: float
+    ) -> simulation.FloorSteps:
+        """The floor `decide_floor` sets for `spec` over [start, end) from the trace's forecast (and
+        synthetic sessions with `intent`); none from the forecast when `spec` turns it off, as live."""
         return decision_floor(
             spec,
             start=start,
             end=end,
-            forecast_replicas=replicas,
-            first_minute=trace_forecast.first_minute,
+            forecast_replicas=self.forecast_replicas(spec, request.name) if spec.forecast.enabled else None,
+            first_minute=self.prepare_forecast().first_minute,
             sessions=self.sessions()[request.name] if intent else (),
+        )
+
+    def forecast_replicas(self, spec: targets.TargetSpec, target: str) -> np.ndarray:
+        """The replicas per minute the trace's forecast asks for under `spec`'s forecast settings."""
+        return self.prepare_forecast().replicas(
+            target,
+            spec.forecast.quantile,
+            self.settings.concurrency,
+            keep_alive=spec.forecast.keep_alive,
+            keep_alive_replicas=spec.forecast.keep_alive_replicas,
+        )
+
+    def simulate(
+        self, index: int, floor: simulation.FloorSteps, window: simulation.Window | None = None
+    ) -> simulation.Outcome:
+        """Target `index`'s requests under the reactive autoscaler over `floor`, scored in `window`."""
+        request = self.trace.targets[index]
+        return simulation.simulate(
+            request.arrivals,
+            request.exec_seconds,
+            floor,
+            simulation.ColdStarts(self.settings.cold_starts, self.settings.seed, index),
+            concurrency=self.settings.concurrency,
+            window=self.window if window is None else window,
         )
 
     def run_policy(self, choice: PolicyChoice, *, intent: bool = False) -> simulation.Outcome:
         total = simulation.Outcome()
         for index, request in enumerate(self.trace.targets):
-            cold = simulation.ColdStarts(self.settings.cold_starts, self.settings.seed, index)
             if choice.kind is PolicyKind.ORACLE:
+                cold = simulation.ColdStarts(self.settings.cold_starts, self.settings.seed, index)
                 outcome = simulation.simulate_oracle(
                     request.arrivals,
                     request.exec_seconds,
@@ -457,20 +523,27 @@ class Replay:
                     window=self.window,
                 )
             else:
-                outcome = simulation.simulate(
-                    request.arrivals,
-                    request.exec_seconds,
-                    self.floor(choice, request, intent=intent),
-                    cold,
-                    concurrency=self.settings.concurrency,
-                    window=self.window,
-                )
+                outcome = self.simulate(index, self.floor(choice, request, intent=intent))
             total.add(outcome)
         return total
 
     def score(self, choice: PolicyChoice, *, intent: bool = False) -> PolicyScore:
         name = choice.name + (" +intent" if intent else "")
         return PolicyScore.from_outcome(name, self.run_policy(choice, intent=intent), self.days, synthetic=intent)
+
+
+class ProgressSteps:
+    """Counts finished steps of a known total and reports each to `on_progress` (label, done, total)."""
+
+    def __init__(self, total: int, on_progress: Callable[[str, int, int], None] | None) -> None:
+        self._total = total
+        self._done = 0
+        self._on_progress = on_progress
+
+    def __call__(self, label: str) -> None:
+        self._done += 1
+        if self._on_progress is not None:
+            self._on_progress(label, self._done, self._total)
 
 
 def run_replay(
@@ -480,9 +553,11 @@ def run_replay(
     *,
     sweep: bool = True,
     on_progress: Callable[[str, int, int], None] | None = None,
+    replay: Replay | None = None,
 ) -> ReplayResult:
-    """Score `choices` (with synthetic intent added to `prewarm` when a lead is set) and the frontier sweeps."""
-    replay = Replay(trace, settings)
+    """Score `choices` (with synthetic intent added to `prewarm` when a lead is set) and the frontier
+    sweeps; `replay` (of this trace and settings) lets a caller reuse its forecast afterwards."""
+    replay = replay or Replay(trace, settings)
     intent = settings.intent_lead is not None
     jobs: list[tuple[PolicyChoice, bool, str]] = []
     for choice in choices:
@@ -496,15 +571,7 @@ def run_replay(
             jobs += [(PolicyChoice(PolicyKind.PREWARM, q), True, "prewarm+intent") for q in QUANTILE_SWEEP]
     needs_forecast = any(choice.kind is PolicyKind.PREWARM for choice, _, _ in jobs)
     refits = refit_count(trace, replay.forecast_predict_from, settings.refit_minutes) if needs_forecast else 0
-    total = refits + len(jobs)
-    done = 0
-
-    def step(label: str) -> None:
-        nonlocal done
-        done += 1
-        if on_progress is not None:
-            on_progress(label, done, total)
-
+    step = ProgressSteps(refits + len(jobs), on_progress)
     if needs_forecast:
         replay.prepare_forecast(on_refit=lambda: step("forecast refit"))
     groups: dict[str, list[PolicyScore]] = {"summary": [], "keepalive": [], "prewarm": [], "prewarm+intent": []}

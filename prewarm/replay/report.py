@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from prewarm.replay import evaluator, traces
+from prewarm.replay import evaluator, traces, tuned_runs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -27,6 +27,90 @@ class ReplayInputs:
 
 def summary_rows(scores: Sequence[evaluator.PolicyScore]) -> list[dict[str, object]]:
     return [dataclasses.asdict(s) for s in scores]
+
+
+def tuned_rows(report: tuned_runs.TuningReport) -> list[dict[str, object]]:
+    """summary.json rows of tuned runs: the score, what was requested, what the history predicted,
+    and each target's setting, prediction and achievement."""
+    rows = []
+    for run in (*report.objectives, *report.fleet):
+        requested: dict[str, float] = {}
+        if run.objective is not None:
+            requested["cold_start_fraction"] = run.objective
+        if run.fleet_budget is not None:
+            requested["warm_replica_hours_per_day"] = run.fleet_budget
+        rows.append(
+            {
+                **dataclasses.asdict(run.score),
+                "requested": requested,
+                "over_budget": run.over_budget,
+                "predicted": {
+                    "cold_start_fraction": run.predicted.cold_share,
+                    "warm_replica_hours_per_day": run.predicted.warm_hours_per_day,
+                },
+                "targets": [
+                    {
+                        "target": t.target,
+                        "setting": t.setting,
+                        "reason": t.reason,
+                        "predicted_cold_start_fraction": t.predicted_cold_share,
+                        "predicted_warm_replica_hours_per_day": t.predicted_warm_hours_per_day,
+                        "requests": t.requests,
+                        "cold_starts": t.cold_starts,
+                        "cold_start_fraction": t.cold_share,
+                        "warm_replica_hours_per_day": t.warm_hours_per_day,
+                    }
+                    for t in run.targets
+                ],
+            }
+        )
+    return rows
+
+
+def keepalive_for_fraction(frontier: Sequence[evaluator.PolicyScore], fraction: float) -> evaluator.PolicyScore | None:
+    """The cheapest keep-alive of the sweep whose cold-start fraction is at most `fraction`."""
+    reaching = [s for s in frontier if s.cold_start_fraction <= fraction + 1e-12]
+    return min(reaching, key=lambda s: s.warm_replica_hours_per_day) if reaching else None
+
+
+def achieved_table(report: tuned_runs.TuningReport, result: evaluator.ReplayResult) -> list[str]:
+    """Requested against predicted (on the tuning history) and achieved (scored window), beside the
+    keep-alive frontier at the achieved hours and the keep-alive that reaches the achieved share."""
+    lines = [
+        "| tuned | requested | predicted on history | achieved | keep-alive frontier there | ratio "
+        "| keep-alive for the same share |",
+        "|---|---|---|---|---:|---:|---|",
+    ]
+    for run in (*report.objectives, *report.fleet):
+        s = run.score
+        requested = (
+            f"{run.objective:.1%} cold" if run.objective is not None else f"{run.fleet_budget or 0:g} warm h/day"
+        )
+        if run.over_budget:
+            requested += " (below what the cheapest settings need)"
+        predicted = f"{run.predicted.cold_share:.1%} at {run.predicted.warm_hours_per_day:.1f} h"
+        achieved = f"{s.cold_start_fraction:.1%} ({s.cold_starts}) at {s.warm_replica_hours_per_day:.1f} h"
+        reference = evaluator.frontier_cold_starts(result.keepalive_frontier, s.warm_replica_hours_per_day)
+        there, ratio = (
+            ("outside the sweep", "-") if not reference else (f"{reference:.0f}", f"{s.cold_starts / reference:.2f}")
+        )
+        same = keepalive_for_fraction(result.keepalive_frontier, s.cold_start_fraction)
+        needed = "none up to 2 h" if same is None else f"{same.policy} at {same.warm_replica_hours_per_day:.1f} h"
+        lines.append(f"| {s.policy} | {requested} | {predicted} | {achieved} | {there} | {ratio} | {needed} |")
+    return lines
+
+
+def _per_target_table(run: tuned_runs.TunedRun) -> list[str]:
+    lines = [
+        "| target | requests | setting | predicted cold | achieved cold | achieved warm h/day |",
+        "|---|---:|---|---:|---:|---:|",
+    ]
+    for t in sorted(run.targets, key=lambda t: (-t.requests, t.target)):
+        lines.append(
+            f"| {t.target} | {t.requests} | {t.setting} | {t.predicted_cold_share:.1%} | {t.cold_share:.1%} | "
+            f"{t.warm_hours_per_day:.2f} |"
+        )
+    return lines
 
 
 def policy_table(scores: Sequence[evaluator.PolicyScore]) -> list[str]:
@@ -74,7 +158,12 @@ def _versus_histogram(histogram: evaluator.PolicyScore, result: evaluator.Replay
     return lines or ["- no prewarm sweep point spends as little as the hybrid histogram"]
 
 
-def render_report(result: evaluator.ReplayResult, inputs: ReplayInputs, trace: traces.Trace) -> str:
+def render_report(
+    result: evaluator.ReplayResult,
+    inputs: ReplayInputs,
+    trace: traces.Trace,
+    tuned: tuned_runs.TuningReport | None = None,
+) -> str:
     """report.md: what was replayed, every score, and prewarm against the keep-alive frontier."""
     window = result.window
     scored_from = evaluator.utc_datetime(window.start)
@@ -127,10 +216,30 @@ def render_report(result: evaluator.ReplayResult, inputs: ReplayInputs, trace: t
             *policy_table(result.prewarm_intent_frontier),
             "",
         ]
+    if tuned is not None:
+        lines += _tuned_sections(tuned, result)
     return "\n".join(lines)
 
 
-def plot_frontier(result: evaluator.ReplayResult, path: Path) -> None:
+def _tuned_sections(tuned: tuned_runs.TuningReport, result: evaluator.ReplayResult) -> list[str]:
+    start = evaluator.utc_datetime(tuned.tune_window.start)
+    end = evaluator.utc_datetime(tuned.tune_window.end)
+    lines = [
+        "## Objectives and fleet budgets",
+        "",
+        f"Tuned on the history from {start:%Y-%m-%d %H:%M} to {end:%Y-%m-%d %H:%M} UTC (before the scored "
+        "window, which the tuner never sees), scored after it. Predicted: the chosen settings replayed on that "
+        "history; achieved: the scored window.",
+        "",
+        *achieved_table(tuned, result),
+        "",
+    ]
+    for run in tuned.objectives:
+        lines += [f"### {run.score.policy}: per target", "", *_per_target_table(run), ""]
+    return lines
+
+
+def plot_frontier(result: evaluator.ReplayResult, path: Path, tuned: tuned_runs.TuningReport | None = None) -> None:
     """frontier.png: cold-start fraction against warm replica-hours per day."""
     import matplotlib
 
@@ -138,11 +247,13 @@ def plot_frontier(result: evaluator.ReplayResult, path: Path) -> None:
     from matplotlib import pyplot
 
     figure, axes = pyplot.subplots(figsize=(8, 5.5), dpi=110)
-    sweeps = (
+    sweeps: tuple[tuple[Sequence[evaluator.PolicyScore], str, str], ...] = (
         (result.keepalive_frontier, "keep-alive 60 s .. 2 h", "o-"),
         (result.prewarm_frontier, "prewarm, quantile 0.5 .. 0.99", "s-"),
         (result.prewarm_intent_frontier, "prewarm + synthetic intent", "^--"),
     )
+    if tuned is not None and tuned.fleet:
+        sweeps += (([run.score for run in tuned.fleet], "prewarm (fleet), tuned per budget", "D-"),)
     for scores, label, style in sweeps:
         if scores:
             points = sorted((s.warm_replica_hours_per_day, s.cold_start_fraction) for s in scores)
@@ -150,6 +261,9 @@ def plot_frontier(result: evaluator.ReplayResult, path: Path) -> None:
     for s in result.scores:
         if s.policy.startswith(("knative-default", "hybrid-histogram", "oracle", "cron")):
             axes.plot(s.warm_replica_hours_per_day, s.cold_start_fraction, "x", markersize=9, label=s.policy)
+    for run in () if tuned is None else tuned.objectives:
+        s = run.score
+        axes.plot(s.warm_replica_hours_per_day, s.cold_start_fraction, "*", markersize=11, label=s.policy)
     axes.set_xlabel("warm replica-hours per day")
     axes.set_ylabel("cold-start fraction")
     axes.set_title("Cold starts against warm GPU time")

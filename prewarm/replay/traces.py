@@ -11,7 +11,7 @@ import csv
 import dataclasses
 import enum
 import math
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import TextIO
@@ -267,3 +267,22 @@ def sessions_of(
     sessions.extend((run[0], run[2]) for run in open_runs.values())
     sessions.sort()
     return sessions
+
+
+def trace_from_minute_counts(
+    counts: Mapping[str, Mapping[int, int]], *, request_seconds: float, seed: int
+) -> Trace | None:
+    """A trace from per-minute arrival counts (absolute minutes since the epoch), as live history
+    records them: each minute's arrivals spread uniformly inside it with a seeded generator, each
+    running `request_seconds`. None when no target has an arrival."""
+    per_target: dict[str, list[tuple[float, float, str]]] = {}
+    for index, name in enumerate(sorted(counts)):
+        rng = np.random.default_rng([seed, index])
+        rows: list[tuple[float, float, str]] = []
+        for minute, count in sorted(counts[name].items()):
+            if count > 0:
+                offsets = np.sort(rng.uniform(0.0, 60.0, int(count)))
+                rows.extend((minute * 60.0 + float(o), request_seconds, "") for o in offsets)
+        if rows:
+            per_target[name] = rows
+    return _build_trace(per_target) if per_target else None

@@ -21,6 +21,7 @@ from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
 from knative import leader as knative_leader
 from prewarm.core import targets
+from prewarm.replay import tuned_runs
 from prewarm.service import (
     actuation,
     clock,
@@ -34,6 +35,7 @@ from prewarm.service import (
     state,
     telemetry,
 )
+from prewarm.service import tuner as tuning
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -48,6 +50,7 @@ class ServeOptions:
     actuators: tuple[str, ...] = ("log",)
     kubeconfig: Path | None = None  # for the knative actuator; in-cluster credentials when None
     knative_floor_object: str | None = None  # revision | podautoscaler; detected when None
+    knative_system_namespace: str = "knative-serving"  # where Knative Serving runs: its version is read there
     leader_lease: str | None = None  # namespace/name of the Lease; None: this replica always patches
     knative_namespaces: tuple[str, ...] = ()  # where to discover annotated Services; () is everywhere
     identity: str = "prewarm"
@@ -58,6 +61,7 @@ class ServeOptions:
     decider_lease: float = 10.0  # seconds; with Redis, one replica decides each target under a lease
     store_wait_replicas: int = 0  # acknowledge events only once this many Redis replicas have them
     store_wait_timeout: float = 1.0  # seconds WAIT may take before the event is answered 503
+    tuning: tuned_runs.HistoryOptions = dataclasses.field(default_factory=tuned_runs.HistoryOptions)
 
 
 @dataclasses.dataclass(slots=True)
@@ -119,6 +123,8 @@ async def run_service(
         knative = knative_actuator.KnativeActuator(
             kube,
             floor_object=options.knative_floor_object,
+            system_namespace=options.knative_system_namespace,
+            on_refused=instruments.record_knative_refusal,
             wake=knative_targets.send_wake,
             is_leader=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
             # configured or discovered Knative targets only: KEDA targets are served by the scaler
@@ -127,10 +133,20 @@ async def run_service(
             ),
         )
         actuators.append(knative)
+    tuner = tuning.Tuner(
+        history=store.arrivals,
+        clock=clock,
+        specs=lambda: loop.specs,
+        fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
+        on_change=lambda target: loop.mark_changed(target),
+        options=options.tuning,
+        starts=instruments.starts,
+        telemetry=instruments,
+    )
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
-        specs=lambda: loop.specs,
+        specs=tuner.effective_specs,
         on_change=lambda target: loop.mark_changed(target),
         telemetry=instruments,
     )
@@ -152,6 +168,8 @@ async def run_service(
         telemetry=instruments,
         forecast=forecaster.current_forecast,
         ownership=leases,
+        tuned=tuner.effective,
+        explain_tuning=tuner.describe,
     )
 
     def current_floor(target: str) -> int | None:
@@ -163,7 +181,7 @@ async def run_service(
         store=store,
         clock=clock,
         settings=options.listener,
-        targets_view=loop.describe,
+        targets_view=knative_targets.describe_targets(loop, knative),
         telemetry=instruments,
         current_floor=current_floor,
         note_trace=loop.note_trace,
@@ -215,6 +233,8 @@ async def run_service(
             stack.callback(discovering.cancel)
         forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
         stack.callback(forecasting.cancel)
+        tuning_task = asyncio.create_task(tuner.run(), name="tuner")
+        stack.callback(tuning_task.cancel)
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(

@@ -28,6 +28,8 @@ from prewarm.service import actuation, clock, state, telemetry
 log = logging.getLogger(__name__)
 
 ForecastSource = Callable[[targets.TargetSpec, datetime], float | None]
+# A target's spec as tuned for its objective or fleet budget, and a note on how (empty: untuned).
+TunedSpec = Callable[[targets.TargetSpec], tuple[targets.TargetSpec, str]]
 RETRY_FIRST = timedelta(milliseconds=100)  # after a failed decision; doubled per failure
 RETRY_CAP = timedelta(seconds=2)
 
@@ -68,6 +70,8 @@ class Decider:
         forecast: ForecastSource | None = None,
         telemetry: telemetry.Telemetry | None = None,
         ownership: Ownership | None = None,
+        tuned: TunedSpec | None = None,
+        explain_tuning: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
         self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
         self._store = store
@@ -76,6 +80,8 @@ class Decider:
         self._forecast = forecast
         self._telemetry = telemetry
         self._ownership = ownership
+        self._tuned = tuned
+        self._explain_tuning = explain_tuning
         self._traces: dict[str, str] = {}  # target -> traceparent of the event that changed it
         self._decisions: dict[str, policy.FloorDecision] = {}
         self._dirty: set[str] = set(self._specs)  # to decide (when this replica decides them)
@@ -228,7 +234,9 @@ class Decider:
 
     async def _decide(self, target: str, now: datetime, span: trace.Span | None) -> policy.FloorDecision:
         began = time.perf_counter()
-        spec = self._specs[target]
+        spec, note = self._specs[target], ""
+        if self._tuned is not None:
+            spec, note = self._tuned(spec)
         fence = "" if self._ownership is None else self._ownership.fence(target)
         if fence is None:
             raise state.LeaseLost(f"{target}: this replica no longer decides it")
@@ -241,6 +249,7 @@ class Decider:
             sessions=sessions.active,
             next_session_expiry=sessions.next_expiry,
             forecast=forecast,
+            forecast_note=note,
         )
         decision = policy.decide_floor(spec, signals, now, previous)
         await self._store.save_decision(decision, fence=fence)  # refused once another replica took over
@@ -279,7 +288,7 @@ class Decider:
     async def describe(self) -> list[dict[str, Any]]:
         """What the decision core sees per target, for operators: floor, source, reason, sessions."""
         now = self._clock.now()
-        view = []
+        view: list[dict[str, Any]] = []
         for target, spec in sorted(self._specs.items()):
             decision = self._decisions.get(target)
             sessions = await self._store.count_sessions(target, now)
@@ -299,6 +308,8 @@ class Decider:
                     "max": spec.max,
                 }
             )
+            if self._explain_tuning is not None and (tuning := self._explain_tuning(target)) is not None:
+                view[-1]["tuning"] = tuning
         return view
 
     def _next_wake(self) -> datetime | None:

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+from collections.abc import Awaitable, Callable
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +40,23 @@ async def send_wake(method: str, url: str) -> int:
     timeout = aiohttp.ClientTimeout(total=10)
     async with aiohttp.ClientSession(timeout=timeout) as http, http.request(method, url) as response:
         return response.status
+
+
+def describe_targets(
+    loop: decider.Decider, actuator: knative_actuator.KnativeActuator | None
+) -> Callable[[], Awaitable[list[dict[str, Any]]]]:
+    """`/targets`: the decider's view, and for each Knative target where its min-scale goes (which
+    object, the Knative Serving version and where it was read) or why its floor was not written."""
+
+    async def view() -> list[dict[str, Any]]:
+        rows = await loop.describe()
+        if actuator is not None:
+            for row in rows:
+                if row["kind"] == targets.TargetKind.KNATIVE.value:
+                    row["knative"] = actuator.describe(row["target"])
+        return rows
+
+    return view
 
 
 def on_leadership_change(

@@ -87,6 +87,11 @@ class Telemetry:
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
         self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
+        self._knative_refusals = meter.create_counter(
+            "prewarm.knative.refusals",
+            unit="{actuation}",
+            description="Knative floors not written because the installed Knative Serving version is unknown",
+        )
         meter.create_observable_counter(
             "prewarm.cold_starts",
             callbacks=[self._observe_cold],
@@ -123,6 +128,23 @@ class Telemetry:
             unit="1",
             description="Share of intent-driven raises used before the floor fell",
         )
+        self._objective = meter.create_gauge(
+            "prewarm.objective.cold_starts", unit="1", description="Requested share of cold starts (objective)"
+        )
+        self._objective_observed = meter.create_gauge(
+            "prewarm.objective.observed", unit="1", description="Cold-start share of session starts in the last hour"
+        )
+        self._objective_predicted = meter.create_gauge(
+            "prewarm.objective.predicted", unit="1", description="Cold-start share the tuned setting had on history"
+        )
+        self._objective_hours = meter.create_gauge(
+            "prewarm.objective.warm_hours",
+            unit="h",
+            description="Warm replica-hours per day the tuned setting had on history",
+        )
+        self._objective_quantile = meter.create_gauge(
+            "prewarm.objective.quantile", unit="1", description="The tuned forecast quantile (0: forecast off)"
+        )
         self._floor_source: dict[str, str] = {}
         self._starts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # target -> [warm, cold]
         self._raises: dict[str, _Raise] = {}
@@ -149,6 +171,32 @@ class Telemetry:
     def record_session_opened(self, target: str, floor_before: int | None) -> None:
         """A session opened: warm if the target's floor already kept a replica, cold otherwise."""
         self._starts[self._target(target)][0 if floor_before else 1] += 1
+
+    def starts(self, target: str) -> tuple[int, int]:
+        """Session starts of `target` counted so far: (warm, cold)."""
+        warm, cold = self._starts.get(self._target(target), (0, 0))
+        return warm, cold
+
+    def record_tuning(
+        self,
+        target: str,
+        *,
+        objective: float | None,
+        quantile: float | None,
+        predicted_cold_share: float,
+        predicted_warm_hours: float,
+    ) -> None:
+        """The tuner chose a setting for `target` (`prewarm.objective.*`)."""
+        attributes = {"target": self._target(target)}
+        if objective is not None:
+            self._objective.set(objective, attributes)
+        self._objective_predicted.set(predicted_cold_share, attributes)
+        self._objective_hours.set(predicted_warm_hours, attributes)
+        self._objective_quantile.set(0.0 if quantile is None else quantile, attributes)
+
+    def record_observed_cold_share(self, target: str, share: float) -> None:
+        """The cold-start share of `target`'s session starts over the last hour."""
+        self._objective_observed.set(share, {"target": self._target(target)})
 
     def _observe_warm(self, options: CallbackOptions) -> Iterable[Observation]:
         for target, (warm, _) in sorted(self._starts.items()):
@@ -198,6 +246,10 @@ class Telemetry:
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
         self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
         self._actuation_duration.record(seconds, {"actuator": actuator})
+
+    def record_knative_refusal(self, target: str) -> None:
+        """A Knative target's floor was not written: which object carries min-scale is unknown."""
+        self._knative_refusals.add(1, {"target": self._target(target)})
 
     # --- pod start phases: one trace per pod start, a span per phase ---
 

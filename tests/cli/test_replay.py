@@ -254,3 +254,86 @@ def test_the_shared_alibaba_trace_parses() -> None:
     assert len(trace.targets) > 50
     samples = traces.read_cold_start_distribution(SHARED / "alibaba_genai_2026" / "basemodel_load_latency_ms.csv")
     assert 15.0 < float(np.median(samples)) < 30.0
+
+
+def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "requests.csv"
+    arrivals = write_alibaba(trace)
+    out = tmp_path / "out"
+    args = replay_args(
+        trace,
+        out,
+        "--no-sweep",
+        "--policies",
+        "knative-default,keepalive:600",
+        "--score-from",
+        "2024-11-17 00:00:00",
+        "--tune-days",
+        "1",
+        "--objective",
+        "cold=10%",
+        "--fleet-budget",
+        "30h/day,2h/day",
+    )
+    assert cli.main(args) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert [r["policy"] for r in summary] == [
+        "knative-default",
+        "keepalive:600",
+        "prewarm (objective 10.0%)",
+        "prewarm (fleet 2h/day)",
+        "prewarm (fleet 30h/day)",
+    ]
+    scored = sum(a >= datetime(2024, 11, 17, tzinfo=UTC) for a in arrivals)
+    objective, cheap, rich = summary[2:]
+    assert objective["requested"] == {"cold_start_fraction": 0.1}
+    assert cheap["requested"] == {"warm_replica_hours_per_day": 2.0}
+    for row in (objective, cheap, rich):
+        assert set(row) == SUMMARY_KEYS | {"requested", "over_budget", "predicted", "targets"}
+        assert row["requests"] == scored == sum(t["requests"] for t in row["targets"])
+        assert {t["target"] for t in row["targets"]} == {"M0000", "M0001", "M0002"}
+    assert rich["cold_starts"] <= cheap["cold_starts"]
+    # 2 h/day is less than the reactive autoscaler alone keeps warm: every target's forecast is off
+    assert cheap["over_budget"] is True and rich["over_budget"] is False
+    assert {t["setting"] for t in cheap["targets"]} == {"forecast off"}
+    assert rich["predicted"]["warm_replica_hours_per_day"] <= 30.0
+    frontier = json.loads((out / "frontier.json").read_text())
+    assert [r["policy"] for r in frontier["prewarm_fleet"]] == ["prewarm (fleet 2h/day)", "prewarm (fleet 30h/day)"]
+    report = (out / "report.md").read_text()
+    assert "## Objectives and fleet budgets" in report
+    assert "Tuned on the history from 2024-11-16 00:00 to 2024-11-17 00:00 UTC" in report
+    assert "### prewarm (objective 10.0%): per target" in report
+    assert (
+        "| prewarm (fleet 2h/day) | 2 warm h/day (below what the cheapest settings need) |" in capsys.readouterr().out
+    )
+
+
+@pytest.mark.parametrize(
+    ("extra", "message"),
+    [
+        (["--objective", "cold=150%"], "--objective: 'cold=150%' must be between 0% and 100%"),
+        (["--objective", "warm=5%"], "--objective: 'warm=5%' is not cold=SHARE (e.g. cold=5%)"),
+        (["--fleet-budget=-3h"], "--fleet-budget: '-3h' must be >= 0 replica-hours per day"),
+        (["--fleet-budget", "lots"], "--fleet-budget: 'lots' is not replica-hours per day (use 400h/day)"),
+        (["--fleet-budget", "100h/day", "--tune-days", "0"], "--tune-days: 0.0 must be > 0"),
+    ],
+    ids=["share-over-100", "unknown-objective", "negative-budget", "not-hours", "no-tune-days"],
+)
+def test_bad_objectives_and_budgets_exit_2_naming_the_flag_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], message: str
+) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    args = replay_args(trace, tmp_path / "out", "--score-from", "2024-11-17 00:00:00", *extra)
+    assert cli.main(args) == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
+
+
+def test_objectives_need_score_from(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    assert cli.main(replay_args(trace, tmp_path / "out", "--objective", "cold=5%")) == 2
+    assert "--objective and --fleet-budget need --score-from" in capsys.readouterr().err

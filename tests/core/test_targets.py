@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 from datetime import timedelta
@@ -211,6 +212,32 @@ def test_every_problem_in_one_error() -> None:
             "targets: [{name: a/b, kind: keda, max: 2}, {name: a/b, kind: keda, max: 2}]",
             ["targets[1].name: 'a/b' is listed twice"],
         ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, objective: {coldStarts: 150%}}]",
+            ["targets[0].objective.coldStarts: '150%' must be between 0% and 100%"],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, objective: {coldStarts: many}}]",
+            ["targets[0].objective.coldStarts: 'many' is not a share (use 5% or 0.05)"],
+        ),
+        (
+            "{fleet: {budget: -3h}, targets: [{name: a/b, kind: keda, max: 2}]}",
+            ["fleet.budget: '-3h' must be >= 0 replica-hours per day"],
+        ),
+        (
+            "{fleets: {A100: {budget: 10h/day}, b: {hours: 3}}, targets: []}",
+            [
+                "fleets.A100: 'A100' is not a fleet name (a lowercase DNS label)",
+                "fleets.b: {'hours': 3} is not a mapping with one key, budget (e.g. {budget: 400h/day})",
+            ],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, fleet: GPU, forecast: {keepAlive: soon}}]",
+            [
+                "targets[0].forecast.keepAlive: 'soon' is not a duration (use 90s, 5m or 2h)",
+                "targets[0].fleet: 'GPU' is not a fleet name (a lowercase DNS label)",
+            ],
+        ),
         ("targets: 3", ["targets: None is required: a list of targets"]),
         ("targets: [", None),
     ],
@@ -225,6 +252,11 @@ def test_every_problem_in_one_error() -> None:
         "quantile-range",
         "compact-garbage",
         "duplicate",
+        "objective-over-100",
+        "objective-not-a-share",
+        "negative-fleet-budget",
+        "bad-fleets",
+        "bad-fleet-and-keep-alive",
         "not-a-list",
         "not-yaml",
     ],
@@ -314,3 +346,51 @@ def test_serve_without_config_needs_the_knative_actuator() -> None:
     result = run_prewarm("serve")
     assert result.returncode == 2
     assert "--config is required" in result.stderr
+
+
+def test_objectives_fleets_and_keep_alive_in_every_form() -> None:
+    parsed = targets.parse_config_document(
+        """
+fleet: {budget: 400h/day}
+fleets: {a100: {budget: 120}}
+targets:
+  - name: llm/chat
+    kind: knative
+    max: 4
+    fleet: a100
+    objective: {coldStarts: 5%}
+    forecast: {enabled: true, keepAlive: 10m, keepAliveReplicas: 2}
+""",
+        source="t.yaml",
+    )
+    assert parsed.fleets == (targets.FleetBudget("default", 400.0), targets.FleetBudget("a100", 120.0))
+    (from_yaml,) = parsed.targets
+    from_annotations, _ = targets.parse_annotations(
+        {
+            "prewarm.dev/max": "4",
+            "prewarm.dev/fleet": "a100",
+            "prewarm.dev/objective-cold-starts": "0.05",
+            "prewarm.dev/forecast-enabled": "true",
+            "prewarm.dev/forecast-keep-alive": "600",
+            "prewarm.dev/forecast-keep-alive-replicas": "2",
+        },
+        ref=targets.TargetRef("llm", "chat"),
+    )
+    from_metadata, _ = targets.parse_scaler_metadata(
+        {
+            "target": "llm/chat",
+            "max": "4",
+            "fleet": "a100",
+            "objectiveColdStarts": "5%",
+            "forecastEnabled": "true",
+            "forecastKeepAlive": "10m",
+            "forecastKeepAliveReplicas": "2",
+        },
+        scaled_object=targets.TargetRef("llm", "so"),
+    )
+    assert from_yaml == from_annotations == dataclasses.replace(from_metadata, kind=targets.TargetKind.KNATIVE)
+    assert from_yaml.objective == targets.ObjectiveSettings(0.05)
+    assert from_yaml.forecast.keep_alive == timedelta(minutes=10) and from_yaml.forecast.keep_alive_replicas == 2
+    # inline keys override a base without losing its objective and fleet
+    inline, _ = targets.parse_scaler_metadata({"max": "3"}, scaled_object=from_yaml.ref, base=from_yaml)
+    assert (inline.max, inline.objective, inline.fleet) == (3, from_yaml.objective, "a100")

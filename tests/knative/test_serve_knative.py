@@ -5,12 +5,16 @@ from __future__ import annotations
 
 import contextlib
 import io
+import logging
 from pathlib import Path
+from typing import Any
 
 import aiohttp
+import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from support import RedisServer, wait_for
+from prometheus_client.parser import text_string_to_metric_families
+from support import RedisServer, wait_for, wait_for_async
 
 from prewarm.service import clock, composition
 
@@ -93,6 +97,18 @@ async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: P
             await open_session(service.http_port, "llm/chat", "a")
             revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
             await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=10)
+            async with (
+                aiohttp.ClientSession() as http,
+                http.get(f"http://127.0.0.1:{service.http_port}/targets") as response,
+            ):
+                rows = {row["target"]: row for row in (await response.json())["targets"]}
+    assert rows["llm/chat"]["knative"] == {
+        "min_scale_on": "revision",
+        "serving_version": "1.23.0",
+        "version_from": "label app.kubernetes.io/version=1.23.0 of namespace knative-serving",
+        "refused": None,
+    }
+    assert "knative" not in rows["vision/sdxl"]  # a KEDA target
     # this replica campaigned for the Lease and held it while it patched
     assert fake.get("coordination.k8s.io/v1", "prewarm", "leases", "prewarm-knative")["spec"]["holderIdentity"] == (
         "replica-1"
@@ -179,6 +195,74 @@ async def test_a_drifted_routed_revision_gets_the_floor_back(tmp_path: Path) -> 
             fake.add(SERVING, "revisions", {**revision("chat-00000"), "spec": {"note": "touched"}})
             await wait_for(lambda: revision("chat-00000").get("spec") == {"note": "touched"})
     assert [p for p, _, _ in fake.patches() if p.endswith("/chat-00000")] == []
+
+
+async def test_an_unknown_knative_version_is_refused_in_the_log_metrics_and_targets(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    fake = KubeAPIServer()
+    fake.namespaces["knative-serving"] = {"metadata": {"name": "knative-serving"}}  # no version label, no controller
+    fake.add(
+        SERVING,
+        "services",
+        {
+            "metadata": {"name": "chat", "namespace": "llm", "annotations": {"prewarm.dev/enabled": "true"}},
+            "spec": {"template": {"metadata": {"annotations": {"autoscaling.knative.dev/max-scale": "4"}}}},
+            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
+        },
+    )
+    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    no_label = "no app.kubernetes.io/version or serving.knative.dev/release label"
+    source = f"namespace knative-serving: {no_label}; deployment knative-serving/controller: not found"
+    async with TestServer(fake.app) as api:
+        options = composition.ServeOptions(
+            config=None,
+            http_host="127.0.0.1",
+            http_port=0,
+            actuators=("knative",),
+            kubeconfig=write_kubeconfig(tmp_path, api),
+        )
+        with caplog.at_level(logging.ERROR, logger="knative.actuator"):
+            async with (
+                composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service,
+                aiohttp.ClientSession() as http,
+            ):
+                base = f"http://127.0.0.1:{service.http_port}"
+                await wait_for(lambda: "llm/chat" in service.decider.specs, within=10)
+                await open_session(service.http_port, "llm/chat", "a")
+
+                async def knative_view() -> dict[str, Any]:
+                    async with http.get(f"{base}/targets") as response:
+                        rows = (await response.json())["targets"]
+                    return dict(rows[0].get("knative") or {})
+
+                async def refused() -> bool:
+                    return (await knative_view()).get("refused") is not None
+
+                await wait_for_async(refused, within=10)
+                view = await knative_view()
+                async with http.get(f"{base}/metrics") as response:
+                    metrics = await response.text()
+                await wait_for(lambda: service.decider.decisions["llm/chat"].floor == 1, within=10)
+    assert view == {
+        "min_scale_on": None,
+        "serving_version": None,
+        "version_from": source,
+        "refused": (
+            f"min-scale not written: Knative Serving version unknown ({source}); set --knative-system-namespace "
+            "to where Knative Serving runs, let this service account read it (manifests/overlays/knative/rbac.yaml), "
+            "or choose with --knative-floor-object"
+        ),
+    }
+    assert f"llm/chat: {view['refused']}" in [r.getMessage() for r in caplog.records if r.levelname == "ERROR"]
+    refusals = [
+        sample
+        for family in text_string_to_metric_families(metrics)
+        for sample in family.samples
+        if sample.name == "prewarm_knative_refusals_total"
+    ]
+    assert [(s.labels["target"], s.value >= 1) for s in refusals] == [("llm/chat", True)]
+    assert fake.patches() == []  # no Revision (or anything else) patched on an unknown version
 
 
 async def test_with_redis_only_the_lease_holder_decides_and_patches(tmp_path: Path, redis_server: RedisServer) -> None:
