@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import io
+import re
 import subprocess
 from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
@@ -260,8 +261,12 @@ async def test_the_cache_re_reads_its_decisions_after_a_gap_in_the_feed(redis_se
             await raw.set("prewarm:{ml/chat}:decision", state.encode_decision(newer))
             await raw.aclose()
             assert running.cache.cached("ml/chat") == decision(CHAT, 0)  # nothing told it yet
+            # the subscription may still be connecting when the first read filled the cache
+            await wait_for(
+                lambda: re.search(rb" sub=[1-9]", redis_server.command(b"CLIENT LIST TYPE pubsub")) is not None
+            )
             assert redis_server.command(b"CLIENT KILL TYPE pubsub").startswith(b":1")  # the gap
-            await wait_for(lambda: running.cache.cached("ml/chat") == newer)
+            await wait_for(lambda: running.cache.cached("ml/chat") == newer, within=10)
     finally:
         await feed.close()
         await writer.close()
