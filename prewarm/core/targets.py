@@ -153,6 +153,7 @@ class ParsedTargets:
 
 # --- scalar parsers: each returns a value or raises ValueError with a message about the value ---
 
+MAX_DURATION = timedelta(days=366)  # no setting needs more; far longer ones overflow timedelta
 _DURATION_RE = re.compile(r"(\d+(?:\.\d+)?)(ms|s|m|h|d)")
 _DURATION_UNITS = {"ms": 0.001, "s": 1.0, "m": 60.0, "h": 3600.0, "d": 86400.0}
 
@@ -176,6 +177,8 @@ def parse_duration(raw: object) -> timedelta:
         raise ValueError("is not a duration (use 90s, 5m or 2h)")
     if not math.isfinite(seconds) or seconds < 0:
         raise ValueError("is not a non-negative duration")
+    if seconds > MAX_DURATION.total_seconds():
+        raise ValueError(f"is longer than {MAX_DURATION.days} days")
     return timedelta(seconds=seconds)
 
 
