@@ -27,6 +27,7 @@ log = logging.getLogger(__name__)
 ChangeListener = Callable[[str], None]
 DecisionListener = Callable[[policy.FloorDecision], None]
 
+_INTERACTIVE = ledger.Priority.INTERACTIVE
 DEDUP_TTL = timedelta(hours=24)
 ARRIVAL_HISTORY = timedelta(days=8)  # enough for "same minute last week" features
 
@@ -134,7 +135,7 @@ class MemoryStore:
                 book = self._ledgers[intent.target] = ledger.SessionLedger(capacity=self._sessions_per_target)
             if book.apply(intent.event):
                 changed.add(intent.target)
-            if intent.event.type is ledger.SessionEventType.OPENED:
+            if intent.event.type is ledger.SessionEventType.OPENED and intent.event.priority is _INTERACTIVE:
                 counts = self._arrivals.setdefault(intent.target, {})
                 minute = _minute(now)
                 counts[minute] = counts.get(minute, 0) + 1
@@ -212,6 +213,8 @@ def encode_decision(decision: policy.FloorDecision) -> str:
             "held": [[h.floor, h.source.value, h.wanted_until.isoformat()] for h in decision.held],
             "budget_day": decision.budget_day.isoformat(),
             "budget_used": decision.budget_used,
+            "batch_replicas": decision.batch_replicas,
+            "batch_used": decision.batch_used,
         },
         separators=(",", ":"),
     )
@@ -236,6 +239,8 @@ def decode_decision(text: str | bytes) -> policy.FloorDecision:
             ),
             budget_day=date.fromisoformat(raw["budget_day"]),
             budget_used=float(raw["budget_used"]),
+            batch_replicas=int(raw.get("batch_replicas", 0)),  # absent from decisions stored before batch
+            batch_used=float(raw.get("batch_used", 0.0)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a stored decision: {e}") from e
@@ -243,12 +248,14 @@ def decode_decision(text: str | bytes) -> policy.FloorDecision:
 
 # --- Redis ---
 
-# KEYS: three per target of the batch (sessions, closed, arrivals), then one dedup key per intent.
+# KEYS: three per target of the batch (sessions, closed, arrivals), then one dedup key per intent,
+#       then one per target: its batch sessions.
 # ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, number of targets, the target names, then
-#       one packed string per intent: "<target index>|<o|h|c>|<expires_ms>|<minute>|<session id>".
+#       one packed string per intent: "<target index>|<o|h|c>[b]|<expires_ms>|<minute>|<session id>"
+#       (`b` marks a batch session: kept in the batch set, not counted as an arrival).
 # Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}, and publishes the changed
 # targets, newline-separated, as one message on prewarm:changes. All keys of a target share its
-# {namespace/name} hash tag.
+# {namespace/name} hash tag. A session keeps the class of the first event seen for it.
 _INGEST_SCRIPT = r"""
 local now = tonumber(ARGV[1])
 local cap = tonumber(ARGV[2])
@@ -256,34 +263,43 @@ local dedup_ttl = tonumber(ARGV[3])
 local arrivals_ttl = tonumber(ARGV[4])
 local ntargets = tonumber(ARGV[5])
 local first_intent = 6 + ntargets
+local first_batch = ntargets*3 + #ARGV - first_intent + 1
 for t = 1, ntargets do
   redis.call('ZREMRANGEBYSCORE', KEYS[t*3-2], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[t*3-1], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[first_batch + t], '-inf', now)
 end
 local dropped = 0
 local results = {0}
 local changed, touched = {}, {}
 for a = first_intent, #ARGV do
-  local ti, kind, expires, minute, session = string.match(ARGV[a], '^(%d+)|(%a)|(%d+)|(%d+)|(.*)$')
+  local ti, kind, batch, expires, minute, session = string.match(ARGV[a], '^(%d+)|(%a)(b?)|(%d+)|(%d+)|(.*)$')
   ti = tonumber(ti)
   local sessions, closed, arrivals = KEYS[ti*3-2], KEYS[ti*3-1], KEYS[ti*3]
+  local batches = KEYS[first_batch + ti]
   if not redis.call('SET', KEYS[ntargets*3 + a - first_intent + 1], '1', 'NX', 'EX', dedup_ttl) then
     results[#results + 1] = 0
   else
     results[#results + 1] = 1
     touched[ti] = true
     if kind == 'c' then
-      if redis.call('ZREM', sessions, session) == 1 then changed[ti] = true end
+      if redis.call('ZREM', sessions, session) + redis.call('ZREM', batches, session) > 0 then changed[ti] = true end
       redis.call('ZADD', closed, 'GT', expires, session)
     elseif not redis.call('ZSCORE', closed, session) then
-      if redis.call('ZADD', sessions, 'GT', 'CH', expires, session) == 1 then changed[ti] = true end
-      local size = redis.call('ZCARD', sessions)
+      local live = sessions
+      if batch == 'b' then
+        if not redis.call('ZSCORE', sessions, session) then live = batches end
+      elseif redis.call('ZSCORE', batches, session) then
+        live = batches
+      end
+      if redis.call('ZADD', live, 'GT', 'CH', expires, session) == 1 then changed[ti] = true end
+      local size = redis.call('ZCARD', live)
       if size > cap then
-        redis.call('ZPOPMIN', sessions, size - cap)
+        redis.call('ZPOPMIN', live, size - cap)
         dropped = dropped + size - cap
       end
     end
-    if kind == 'o' then
+    if kind == 'o' and batch == '' then
       redis.call('HINCRBY', arrivals, minute, 1)
     end
   end
@@ -292,6 +308,7 @@ local names = {}
 for ti, _ in pairs(touched) do
   redis.call('PEXPIRE', KEYS[ti*3-2], dedup_ttl * 1000)
   redis.call('PEXPIRE', KEYS[ti*3-1], dedup_ttl * 1000)
+  redis.call('PEXPIRE', KEYS[first_batch + ti], dedup_ttl * 1000)
   redis.call('EXPIRE', KEYS[ti*3], arrivals_ttl)
   if changed[ti] then names[#names + 1] = ARGV[5 + ti] end
 end
@@ -444,10 +461,12 @@ class RedisStore:
         for intent in intents:
             keys.append(_key(intent.target, "dedup:" + json.dumps([intent.source, intent.id], separators=(",", ":"))))
             event = intent.event
+            batch = "" if event.priority is _INTERACTIVE else "b"
             args.append(
-                f"{index[intent.target]}|{_TYPE_CODES[event.type]}|{_ms(event.at + event.ttl)}|"
+                f"{index[intent.target]}|{_TYPE_CODES[event.type]}{batch}|{_ms(event.at + event.ttl)}|"
                 f"{_minute(event.at)}|{event.session}"
             )
+        keys += [_key(target, "batch") for target in index]
         try:
             reply = await self._ingest(keys=keys, args=args)
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
@@ -456,16 +475,18 @@ class RedisStore:
         return [int(flag) for flag in reply[1:]]
 
     async def count_sessions(self, target: str, now: datetime) -> ledger.SessionCount:
-        key = _key(target, "sessions")
+        alive = f"({_ms(now)}"
         try:
             async with self._client.pipeline(transaction=False) as pipe:
-                pipe.zcount(key, f"({_ms(now)}", "+inf")
-                pipe.zrangebyscore(key, f"({_ms(now)}", "+inf", start=0, num=1, withscores=True)
-                active, first = await pipe.execute()
+                for key in (_key(target, "sessions"), _key(target, "batch")):
+                    pipe.zcount(key, alive, "+inf")
+                    pipe.zrangebyscore(key, alive, "+inf", start=0, num=1, withscores=True)
+                interactive, first, batch, first_batch = await pipe.execute()
         except (redis.exceptions.ConnectionError, redis.exceptions.TimeoutError, OSError) as e:
             raise StateUnavailable(f"redis: {e}") from e
-        next_expiry = datetime.fromtimestamp(first[0][1] / 1000, UTC) if first else None
-        return ledger.SessionCount(active=int(active), next_expiry=next_expiry)
+        expiries = [entries[0][1] for entries in (first, first_batch) if entries]
+        next_expiry = datetime.fromtimestamp(min(expiries) / 1000, UTC) if expiries else None
+        return ledger.SessionCount(active=int(interactive) + int(batch), next_expiry=next_expiry, batch=int(batch))
 
     async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, int]:
         try:
