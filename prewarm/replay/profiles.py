@@ -295,6 +295,19 @@ def burst_offsets(shape: str, count: int, length: float, rng: np.random.Generato
     return np.sort(np.minimum(offsets, np.nextafter(length, 0.0)))
 
 
+def requests_of_user(
+    rng: np.random.Generator, *, model: str, group: str, start: float, count: int, think: float, run_seconds: float
+) -> list[Request]:
+    """One user's requests, one after another: each after the previous reply plus a pause (mean `think`)."""
+    runs = run_times(rng, run_seconds, count)
+    pauses = rng.exponential(think, count) if think > 0 else np.zeros(count)
+    requests, at = [], start
+    for run, pause in zip(runs.tolist(), pauses.tolist(), strict=True):
+        requests.append(Request(model, at, run, group))
+        at += run + pause
+    return requests
+
+
 # --- the profiles ---
 
 
@@ -303,31 +316,38 @@ def idle_to_burst(
     seed: int,
     *,
     cycles: Annotated[int, Count("idle-then-burst cycles")] = 96,
-    idle_min: Annotated[float, Duration("shortest silence before a burst")] = 600.0,
+    idle_min: Annotated[float, Duration("shortest silence before a burst (from the last request)")] = 600.0,
     idle_max: Annotated[float, Duration("longest silence before a burst")] = 900.0,
-    burst_requests: Annotated[int, Count("requests in each burst, across the family")] = 40,
-    burst_length: Annotated[float, Duration("span of a burst", minimum=1.0)] = 60.0,
-    burst_shape: Annotated[str, Choice("arrival density in a burst", ("spike", "square", "ramp"))] = "spike",
-    users: Annotated[int, Count("users in each burst; each sticks to one model")] = 8,
+    burst_users: Annotated[int, Count("users arriving in each burst; each sticks to one model")] = 20,
+    burst_length: Annotated[float, Duration("span over which a burst's users arrive", minimum=1.0)] = 60.0,
+    burst_shape: Annotated[str, Choice("arrival density of users in a burst", ("spike", "square", "ramp"))] = "spike",
+    user_requests: Annotated[int, Count("requests each user sends, one after another")] = 2,
+    think: Annotated[float, Duration("mean pause between a reply and the user's next request")] = 10.0,
     models: Annotated[int, Count("models of the family")] = 3,
     run_seconds: Annotated[float, Number("median run time of a request, seconds")] = 4.0,
 ) -> list[Request]:
-    """No traffic for idle_min..idle_max, then a sharp burst, again and again."""
+    """No traffic for idle_min..idle_max, then a sharp burst of users, again and again."""
     if idle_max < idle_min:
         raise bad("idle_max", f"{idle_max:g}s", f"must be >= idle_min ({idle_min:g}s)")
     rng = np.random.default_rng([seed, 0])
     names, popularity = family(models)
     requests: list[Request] = []
-    t = 0.0
+    last = 0.0
     for cycle in range(cycles):
-        t += float(rng.uniform(idle_min, idle_max))
-        offsets = burst_offsets(burst_shape, burst_requests, burst_length, rng)
-        user_model = rng.choice(models, size=users, p=popularity)
-        user_of = rng.integers(users, size=burst_requests)
-        runs = run_times(rng, run_seconds, burst_requests)
-        for offset, user, run in zip(offsets.tolist(), user_of.tolist(), runs.tolist(), strict=True):
-            requests.append(Request(names[user_model[user]], t + offset, run, f"burst{cycle}-user{user}"))
-        t += burst_length
+        start = last + float(rng.uniform(idle_min, idle_max))
+        offsets = burst_offsets(burst_shape, burst_users, burst_length, rng)
+        chosen = rng.choice(models, size=burst_users, p=popularity)
+        for user, (offset, model) in enumerate(zip(offsets.tolist(), chosen.tolist(), strict=True)):
+            requests += requests_of_user(
+                rng,
+                model=names[model],
+                group=f"burst{cycle}-user{user}",
+                start=start + offset,
+                count=user_requests,
+                think=think,
+                run_seconds=run_seconds,
+            )
+        last = max(r.at for r in requests)
     return requests
 
 
@@ -336,33 +356,42 @@ def sawtooth(
     seed: int,
     *,
     cycles: Annotated[int, Count("ramp-and-drain cycles")] = 64,
-    ramp: Annotated[float, Duration("time for the rate to rise from 0 to the peak", minimum=1.0)] = 600.0,
-    drain: Annotated[float, Duration("time for the rate to fall from the peak to 0", minimum=1.0)] = 120.0,
-    rest: Annotated[float, Duration("silence after each drain")] = 300.0,
-    peak_rate: Annotated[float, Number("requests per second at the peak, across the family")] = 0.5,
-    users: Annotated[int, Count("users per cycle; each sticks to one model")] = 30,
+    ramp: Annotated[float, Duration("time for the user arrival rate to rise from 0 to the peak", minimum=1.0)] = 600.0,
+    drain: Annotated[float, Duration("time for it to fall from the peak to 0", minimum=1.0)] = 120.0,
+    rest: Annotated[float, Duration("silence after each cycle's last request")] = 300.0,
+    peak_users: Annotated[float, Number("users arriving per second at the peak, across the family")] = 0.1,
+    user_requests: Annotated[int, Count("requests each user sends, one after another")] = 3,
+    think: Annotated[float, Duration("mean pause between a reply and the user's next request")] = 20.0,
     models: Annotated[int, Count("models of the family")] = 3,
     run_seconds: Annotated[float, Number("median run time of a request, seconds")] = 4.0,
 ) -> list[Request]:
-    """Repeated linear ramp-ups and drains with a rest between: the pool grows and empties every cycle."""
+    """Repeated linear ramp-ups and drains of arriving users, with a rest between: the pool grows and
+    empties every cycle."""
     rng = np.random.default_rng([seed, 0])
     names, popularity = family(models)
-    rising, falling = round(peak_rate * ramp / 2.0), round(peak_rate * drain / 2.0)
+    rising, falling = round(peak_users * ramp / 2.0), round(peak_users * drain / 2.0)
     if rising + falling == 0:
-        raise bad("peak_rate", peak_rate, "gives no request per cycle (peak_rate x (ramp + drain) / 2 < 0.5)")
+        raise bad("peak_users", peak_users, "gives no user per cycle (peak_users x (ramp + drain) / 2 < 0.5)")
     requests: list[Request] = []
-    period = ramp + drain + rest
+    last = -rest
     for cycle in range(cycles):
-        start = cycle * period
+        start = last + rest
         offsets = np.concatenate(
             [ramp * np.sqrt(rng.random(rising)), ramp + drain * (1.0 - np.sqrt(rng.random(falling)))]
         )
         offsets = np.sort(np.minimum(offsets, np.nextafter(ramp + drain, 0.0)))
-        user_model = rng.choice(models, size=users, p=popularity)
-        user_of = rng.integers(users, size=offsets.size)
-        runs = run_times(rng, run_seconds, offsets.size)
-        for offset, user, run in zip(offsets.tolist(), user_of.tolist(), runs.tolist(), strict=True):
-            requests.append(Request(names[user_model[user]], start + offset, run, f"cycle{cycle}-user{user}"))
+        chosen = rng.choice(models, size=offsets.size, p=popularity)
+        for user, (offset, model) in enumerate(zip(offsets.tolist(), chosen.tolist(), strict=True)):
+            requests += requests_of_user(
+                rng,
+                model=names[model],
+                group=f"cycle{cycle}-user{user}",
+                start=start + offset,
+                count=user_requests,
+                think=think,
+                run_seconds=run_seconds,
+            )
+        last = max(r.at for r in requests)
     return requests
 
 
@@ -372,7 +401,7 @@ def mixed_priority(
     *,
     length: Annotated[float, Duration("trace length", minimum=3600.0)] = 86400.0,
     sessions_per_hour: Annotated[float, Number("interactive sessions started per hour, across the family")] = 30.0,
-    session_requests: Annotated[int, Count("requests in each interactive session")] = 4,
+    session_requests: Annotated[int, Count("requests in each interactive session, one after another")] = 4,
     think: Annotated[float, Duration("mean pause between a reply and the next request of a session")] = 30.0,
     run_seconds: Annotated[float, Number("median run time of an interactive request, seconds")] = 4.0,
     batch_share: Annotated[float, Share("share of all requests that are batch")] = 0.3,
@@ -390,12 +419,15 @@ def mixed_priority(
     requests: list[Request] = []
     for index, start in enumerate(starts.tolist()):
         model = names[int(chat.choice(models, p=popularity))]
-        runs = run_times(chat, run_seconds, session_requests)
-        pauses = chat.exponential(think, session_requests)
-        at = start
-        for k in range(session_requests):
-            requests.append(Request(model, at, float(runs[k]), f"chat{index}"))
-            at += float(runs[k] + pauses[k])
+        requests += requests_of_user(
+            chat,
+            model=model,
+            group=f"chat{index}",
+            start=start,
+            count=session_requests,
+            think=think,
+            run_seconds=run_seconds,
+        )
     interactive = len(requests)
     jobs = np.random.default_rng([seed, 2])
     flood = round(interactive * batch_share / (1.0 - batch_share))

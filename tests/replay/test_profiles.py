@@ -27,18 +27,33 @@ def clusters(arrivals: np.ndarray, silence: float) -> list[np.ndarray]:
     return np.split(arrivals, cuts)
 
 
+def users_one_request_at_a_time(trace: traces.Trace) -> bool:
+    """Each user's next request comes after the reply to the previous one."""
+    for target in trace.targets:
+        per_user: dict[str, list[tuple[float, float]]] = {}
+        for group, at, run in zip(target.groups, target.arrivals.tolist(), target.exec_seconds.tolist(), strict=True):
+            per_user.setdefault(group, []).append((at, run))
+        for requests in per_user.values():
+            if any(nxt[0] < at + run for (at, run), nxt in itertools.pairwise(requests)):
+                return False
+    return True
+
+
 def test_idle_to_burst_counts_gaps_and_spans() -> None:
     made = profiles.generate(
-        "idle-to-burst", ["cycles=30", "burst_requests=25", "idle_min=10m", "idle_max=15m"], seed=SEED
+        "idle-to-burst",
+        ["cycles=30", "burst_users=10", "user_requests=2", "idle_min=10m", "idle_max=15m"],
+        seed=SEED,
     )
     arrivals, batch = merged(made.trace)
-    assert made.trace.requests == 30 * 25
+    assert made.trace.requests == 30 * 10 * 2
     assert not batch.any()  # no batch traffic in this profile
-    bursts = clusters(arrivals, silence=60.0)  # nothing inside a 60 s burst is 60 s apart
-    assert [b.size for b in bursts] == [25] * 30
-    assert all(b[-1] - b[0] < 60.0 for b in bursts)
+    bursts = clusters(arrivals, silence=300.0)  # a burst lasts a minute or two; the silences 10-15 min
+    assert [b.size for b in bursts] == [20] * 30
     gaps = np.asarray([nxt[0] - cur[-1] for cur, nxt in itertools.pairwise(bursts)])
-    assert gaps.min() >= 600.0 and gaps.max() <= 900.0 + 60.0
+    assert gaps.min() >= 600.0 and gaps.max() <= 900.0 + 60.0  # silence, then users within the 60 s burst
+    assert users_one_request_at_a_time(made.trace)
+    assert len({g for t in made.trace.targets for g in t.groups}) == 30 * 10
     assert [t.name for t in made.trace.targets] == ["llm-7b-0", "llm-7b-1", "llm-7b-2"]
     assert made.score_from == profiles.PROFILE_START.timestamp() + 6 * 3600  # default warmup
 
@@ -58,20 +73,30 @@ def test_burst_shapes(shape: str, first_fifth: float, first_half: float) -> None
 
 
 def test_sawtooth_counts_per_cycle_rest_and_ramp_density() -> None:
-    made = profiles.generate("sawtooth", ["cycles=20", "ramp=10m", "drain=2m", "rest=5m", "peak_rate=0.5"], seed=SEED)
+    made = profiles.generate(
+        "sawtooth",
+        ["cycles=20", "ramp=10m", "drain=2m", "rest=5m", "peak_users=0.1", "user_requests=3"],
+        seed=SEED,
+    )
     arrivals, batch = merged(made.trace)
-    per_cycle = round(0.5 * 600 / 2) + round(0.5 * 120 / 2)  # 150 rising + 30 falling
-    assert made.trace.requests == 20 * per_cycle
+    users = round(0.1 * 600 / 2) + round(0.1 * 120 / 2)  # 30 arriving on the ramp, 6 on the drain
+    assert made.trace.requests == 20 * users * 3
     assert not batch.any()
-    cycles = clusters(arrivals, silence=300.0)
-    assert [c.size for c in cycles] == [per_cycle] * 20
-    starts = profiles.PROFILE_START.timestamp() + np.arange(20) * 1020.0  # period = ramp + drain + rest
-    for start, cycle in zip(starts.tolist(), cycles, strict=True):
-        assert start <= cycle[0] and cycle[-1] < start + 720.0  # silent for the 300 s rest
-    # the rate rises linearly: the ramp's second half holds three times its first half
-    offsets = np.concatenate([c - s for c, s in zip(cycles, starts.tolist(), strict=True)])
+    cycles = clusters(arrivals, silence=299.0)
+    assert [c.size for c in cycles] == [users * 3] * 20
+    assert users_one_request_at_a_time(made.trace)
+    # each cycle starts `rest` after the previous one's last request; users arrive on a linear ramp,
+    # so the ramp's second half brings three times its first half
+    starts = [profiles.PROFILE_START.timestamp()] + [c[-1] + 300.0 for c in cycles[:-1]]
+    firsts: dict[str, float] = {}
+    for target in made.trace.targets:
+        for group, at in zip(target.groups, target.arrivals.tolist(), strict=True):
+            firsts[group] = min(at, firsts.get(group, at))
+    offsets = np.asarray([at - starts[int(group.split("-")[0].removeprefix("cycle"))] for group, at in firsts.items()])
+    assert offsets.min() >= 0.0 and offsets.max() < 720.0
     first, second = np.sum(offsets < 300.0), np.sum((offsets >= 300.0) & (offsets < 600.0))
-    assert second / first == pytest.approx(3.0, rel=0.15)
+    assert (first + second, np.sum(offsets >= 600.0)) == (20 * 30, 20 * 6)
+    assert second / first == pytest.approx(3.0, rel=0.25)
 
 
 def test_mixed_priority_counts_shares_and_jobs() -> None:
@@ -129,8 +154,8 @@ def test_the_same_seed_gives_the_same_trace(name: str) -> None:
         ("idle-to-burst", ["cycles=0"], "cycles='0' must be >= 1"),
         ("idle-to-burst", ["burst_shape=wave"], "burst_shape='wave' is not one of spike, square, ramp"),
         ("idle-to-burst", ["idle_min=20m"], "idle_max='900s' must be >= idle_min (1200s)"),
-        ("sawtooth", ["peak_rate=-1"], "peak_rate='-1' must be > 0"),
-        ("sawtooth", ["peak_rate=0.001"], "peak_rate=0.001 gives no request per cycle"),
+        ("sawtooth", ["peak_users=-1"], "peak_users='-1' must be > 0"),
+        ("sawtooth", ["peak_users=0.001"], "peak_users=0.001 gives no user per cycle"),
         ("mixed-priority", ["batch_share=100%"], "batch_share='100%' must be below 100%"),
         ("mixed-priority", ["batch_share=1.5"], "batch_share='1.5' is not a share (use 20% or a fraction"),
         ("mixed-priority", ["length=30m"], "length='30m' must be at least 3600s"),
@@ -161,8 +186,8 @@ def test_bad_parameters_name_the_parameter_and_value(name: str, assignments: lis
 
 def test_every_problem_is_reported_at_once() -> None:
     with pytest.raises(profiles.ProfileError) as caught:
-        profiles.generate("idle-to-burst", ["cycles=x", "users=0"], seed=SEED)
-    assert caught.value.problems == ("cycles='x' is not an integer", "users='0' must be >= 1")
+        profiles.generate("idle-to-burst", ["cycles=x", "burst_users=0"], seed=SEED)
+    assert caught.value.problems == ("cycles='x' is not an integer", "burst_users='0' must be >= 1")
 
 
 def test_a_profile_is_one_registered_function() -> None:
