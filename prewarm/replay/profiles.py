@@ -184,7 +184,7 @@ def profile(name: str) -> Callable[[ProfileFunction], ProfileFunction]:
             if len(kinds) != 1 or parameter.default is inspect.Parameter.empty:
                 raise TypeError(f"profile {name}: parameter {parameter.name} needs a default and one kind")
             parameters[parameter.name] = Parameter(kinds[0], parameter.default)
-        summary = (inspect.getdoc(function) or name).splitlines()[0]
+        summary = " ".join((inspect.getdoc(function) or name).split("\n\n")[0].split())
         PROFILES[name] = Profile(name, summary, function, parameters)
         return function
 
