@@ -254,7 +254,7 @@ def test_the_same_seed_gives_the_same_profile_summary(tmp_path: Path) -> None:
     [
         (
             ["--profile-param", "batch_share=150%", "--profile-param", "jobs=3"],
-            ["batch_share='150%' is not a share", "jobs='3': mixed-priority has no parameter 'jobs'"],
+            ["batch_share='150%' must be between 0% and 100%", "jobs='3': mixed-priority has no parameter 'jobs'"],
         ),
         (["--profile-param", "length=ten hours"], ["length='ten hours' is not a duration"]),
         (["--batch-budget-share", "20%"], ["--batch-budget-share: '20%' needs a --budget to share"]),

@@ -157,7 +157,7 @@ def test_the_same_seed_gives_the_same_trace(name: str) -> None:
         ("sawtooth", ["peak_users=-1"], "peak_users='-1' must be > 0"),
         ("sawtooth", ["peak_users=0.001"], "peak_users=0.001 gives no user per cycle"),
         ("mixed-priority", ["batch_share=100%"], "batch_share='100%' must be below 100%"),
-        ("mixed-priority", ["batch_share=1.5"], "batch_share='1.5' is not a share (use 20% or a fraction"),
+        ("mixed-priority", ["batch_share=1.5"], "batch_share='1.5' must be between 0% and 100%"),
         ("mixed-priority", ["length=30m"], "length='30m' must be at least 3600s"),
         ("mixed-priority", ["jobsize=5"], "jobsize='5': mixed-priority has no parameter 'jobsize' (known: length,"),
         ("mixed-priority", ["batch_share"], "'batch_share' is not name=value"),
