@@ -190,7 +190,8 @@ def render_report(
             f"- **synthetic intent** ({inputs.intent_lead}): no public trace records intent; rows marked +intent use it"
         )
     lines += ["", "## Policies", "", *policy_table(result.scores), ""]
-    lines += ttft.report_section(result.scores, inputs.model_ttft)
+    runs = () if tuned is None else (*tuned.objectives, *tuned.fleet)
+    lines += ttft.report_section([*result.scores, *(run.score for run in runs)], inputs.model_ttft)
     compared = [s for s in result.scores if s.policy.startswith(("prewarm", "hybrid-histogram"))]
     compared += list(result.prewarm_frontier) + list(result.prewarm_intent_frontier)
     if result.keepalive_frontier:

@@ -426,6 +426,9 @@ def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
         assert set(row) == SUMMARY_KEYS | {"requested", "over_budget", "predicted", "targets"}
         assert row["requests"] == scored == sum(t["requests"] for t in row["targets"])
         assert {t["target"] for t in row["targets"]} == {"M0000", "M0001", "M0002"}
+        assert [(c["priority"], c["requests"]) for c in row["ttft"]] == [("all", scored), ("interactive", scored),
+                                                                         ("batch", 0)]  # fmt: skip
+        assert row["ttft"][0]["cold_starts"] == row["cold_starts"]
     assert rich["cold_starts"] <= cheap["cold_starts"]
     # 2 h/day is less than the reactive autoscaler alone keeps warm: every target's forecast is off
     assert cheap["over_budget"] is True and rich["over_budget"] is False
@@ -437,6 +440,7 @@ def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
     assert "## Objectives and fleet budgets" in report
     assert "Tuned on the history from 2024-11-16 00:00 to 2024-11-17 00:00 UTC" in report
     assert "### prewarm (objective 10.0%): per target" in report
+    assert "| prewarm (fleet 30h/day) | interactive |" in report  # in the TTFT table too
     assert (
         "| prewarm (fleet 2h/day) | 2 warm h/day (below what the cheapest settings need) |" in capsys.readouterr().out
     )
