@@ -53,6 +53,7 @@ class DecisionCache:
         self._load_timeout = load_timeout
         self._decisions: dict[str, policy.FloorDecision] = {}
         self._streams: dict[str, set[asyncio.Queue[bool]]] = {}
+        self.refreshes = 0  # re-reads of every cached decision completed (one per gap in the feed)
 
     def update(self, decision: policy.FloorDecision) -> None:
         """Keep `decision` if it is not older than the cached one; push a change of activeness."""
@@ -98,6 +99,7 @@ class DecisionCache:
                 return  # the store is away again: its recovery asks for another refresh
             if loaded is not None:
                 self.update(loaded)
+        self.refreshes += 1
 
     def subscribe(self, target: str) -> asyncio.Queue[bool]:
         """A queue that receives every later change of `target`'s activeness."""

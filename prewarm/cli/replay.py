@@ -1,4 +1,5 @@
-"""`prewarm replay`: read a trace, replay the policies, write summary.json, report.md and frontier.png."""
+"""`prewarm replay`: read a trace or generate a profile, replay the policies, write summary.json,
+report.md, frontier.png and ttft.png."""
 
 from __future__ import annotations
 
@@ -7,6 +8,7 @@ import json
 import math
 import sys
 import time
+import typing
 from datetime import timedelta
 from pathlib import Path
 from typing import TextIO
@@ -16,21 +18,34 @@ import numpy as np
 from prewarm.cli import arguments
 from prewarm.core import targets
 from prewarm.forecast import arrival_model, minute_features
-from prewarm.replay import evaluator, report, traces, tuned_runs
+from prewarm.replay import evaluator, profiles, report, traces, ttft, tuned_runs
 from prewarm.service import config_file
 
 DEFAULT_POLICIES = "knative-default,keepalive:600,hybrid-histogram,prewarm,oracle"
 EXIT_USAGE = 2
 
 
-HELP = "score pre-warming policies on a request trace"
+HELP = "score pre-warming policies on a request trace or a synthetic load profile"
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """`prewarm replay`'s flags."""
-    parser.description = "Score pre-warming policies on a request trace: cold starts against warm replica-hours."
-    parser.add_argument("--trace", type=Path, required=True, help="trace file")
-    parser.add_argument("--format", choices=[f.value for f in traces.TraceFormat], required=True)
+    parser.description = (
+        "Score pre-warming policies on a request trace or a synthetic load profile: cold starts and time to "
+        "first token against warm replica-hours."
+    )
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--trace", type=Path, help="trace file (with --format)")
+    source.add_argument("--profile", choices=profiles.profile_names(), help="generate a seeded load profile instead")
+    parser.add_argument("--format", choices=[f.value for f in traces.TraceFormat], help="the trace's format")
+    parser.add_argument(
+        "--profile-param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="override a profile parameter (repeatable; see docs/replay.md)",
+    )
+    parser.add_argument("--ttft-dist", type=Path, help="CSV of the model's own TTFT: `value` (ms), optional `target`")
     parser.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
     cold = parser.add_mutually_exclusive_group()
     cold.add_argument("--cold-start", default="23s", help="fixed cold-start duration (default 23s)")
@@ -47,6 +62,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--forecast-horizon", default="60s", help="how far ahead P(arrival) looks (default 60s)")
     parser.add_argument("--refit", default="6h", help="trace time between forecaster refits (default 6h)")
     parser.add_argument("--hold", default="120s", help="prewarm's scale-down hold (default 120s, as serve's)")
+    parser.add_argument("--batch-floor", default="0", help="prewarm's batch allowance: replicas batch may keep warm")
+    parser.add_argument("--batch-budget-share", help="prewarm's batch share of --budget, e.g. 20%% (needs --budget)")
+    parser.add_argument("--budget", help="prewarm's daily pre-warm budget per target, replica-hours")
     parser.add_argument("--no-sweep", action="store_true", help="skip the keepalive and quantile sweeps")
     parser.add_argument(
         "--objective",
@@ -66,14 +84,53 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         f"(default {tuned_runs.DEFAULT_TUNE_DAYS:g})",
     )
     parser.add_argument("--out", type=Path, required=True, help="output folder")
-    parser.set_defaults(run=run)
+    parser.set_defaults(run=run, generated=None)  # `generated`: the profile `_settings` made, if any
+
+
+def _batch_allowance(args: argparse.Namespace, problems: list[str]) -> tuple[targets.BatchAllowance, float | None]:
+    """--batch-floor, --batch-budget-share and --budget, each problem named by its flag."""
+    floor, share, budget = 0, None, None
+    checks: list[tuple[str, str | None, typing.Callable[[object], typing.Any]]] = [
+        ("--batch-floor", args.batch_floor, targets.parse_int),
+        ("--batch-budget-share", args.batch_budget_share, targets.parse_share),
+        ("--budget", args.budget, targets.parse_float),
+    ]
+    values: dict[str, typing.Any] = {}
+    for flag, text, parse in checks:
+        if text is None:
+            continue
+        try:
+            values[flag] = parse(text)
+        except ValueError as e:
+            problems.append(f"{flag}: {text!r} {e}")
+    floor = values.get("--batch-floor", floor)
+    share = values.get("--batch-budget-share", share)
+    budget = values.get("--budget", budget)
+    if args.batch_budget_share is not None and args.budget is None:
+        problems.append(f"--batch-budget-share: {args.batch_budget_share!r} needs a --budget to share")
+    return targets.BatchAllowance(floor=floor, budget_share=share), budget
 
 
 def _settings(
     args: argparse.Namespace,
 ) -> tuple[traces.Trace, evaluator.ReplaySettings, tuple[evaluator.PolicyChoice, ...]]:
-    """Parse every argument and input file; ValueError (incl. TraceError, ConfigError) on any problem."""
+    """Parse every argument and input file; ValueError (incl. TraceError, ConfigError) on any problem.
+
+    With --profile, the generated profile is left in `args.generated` for the report.
+    """
     problems: list[str] = []
+    if args.trace is not None and args.format is None:
+        problems.append("--format: required with --trace")
+    if args.profile is not None and args.format is not None:
+        problems.append(f"--format: {args.format!r} applies to --trace only")
+    if args.profile is None and args.profile_param:
+        problems.append(f"--profile-param: {args.profile_param[0]!r} needs --profile")
+    if args.profile is not None:
+        try:
+            profiles.parse_parameters(args.profile, args.profile_param)
+        except profiles.ProfileError as e:
+            problems.append(str(e))
+    batch, budget = _batch_allowance(args, problems)
     choices: tuple[evaluator.PolicyChoice, ...] = ()
     try:
         choices = evaluator.parse_policies(args.policies)
@@ -110,7 +167,7 @@ def _settings(
     if not 0.0 < args.quantile < 1.0:
         problems.append(f"--quantile: {args.quantile} must be in (0, 1)")
     objectives, budgets = _tuning_requests(args, problems)
-    if (objectives or budgets) and score_from is None:
+    if (objectives or budgets) and score_from is None and args.profile is None:  # a profile's `warmup` sets it
         problems.append("--objective and --fleet-budget need --score-from: they are tuned on the history before it")
     if not (args.tune_days > 0 and math.isfinite(args.tune_days)):
         problems.append(f"--tune-days: {args.tune_days} must be > 0")
@@ -120,11 +177,21 @@ def _settings(
     if args.cron_config is not None:
         parsed = config_file.load_config_file(args.cron_config)
         specs = {spec.ref.name: spec for spec in parsed.targets}
-    trace = traces.read_trace(args.trace, traces.TraceFormat(args.format), seed=args.seed)
+    if args.profile is not None:
+        args.generated = profiles.generate(args.profile, args.profile_param, seed=args.seed)
+        trace = args.generated.trace
+        if score_from is None:
+            score_from = args.generated.score_from
+    else:
+        trace = traces.read_trace(args.trace, traces.TraceFormat(args.format), seed=args.seed)
     if args.cold_start_dist is not None:
         cold_starts = traces.read_cold_start_distribution(args.cold_start_dist)
     else:
         cold_starts = np.asarray([cold_fixed], dtype=np.float64)
+    model_ttft = ttft.default_distribution() if args.ttft_dist is None else ttft.read_distribution(args.ttft_dist)
+    unknown = ttft.unknown_targets(model_ttft, trace)
+    if unknown:
+        raise ValueError(f"--ttft-dist: {args.ttft_dist}: targets not in the trace: {', '.join(unknown)}")
     by_trace_name = {t.name: specs[t.name.lower()] for t in trace.targets if t.name.lower() in specs}
     settings = evaluator.ReplaySettings(
         cold_starts=cold_starts,
@@ -142,6 +209,9 @@ def _settings(
         hold=timedelta(seconds=durations["--hold"]),
         cron_specs=by_trace_name,
         tune_days=args.tune_days if objectives or budgets else 0.0,
+        model_ttft=model_ttft,
+        batch=batch,
+        budget=budget,
     )
     return trace, settings, choices
 
@@ -185,21 +255,23 @@ class ProgressBar:
         self._stream.flush()
 
 
-def describe_inputs(args: argparse.Namespace) -> report.ReplayInputs:
+def describe_inputs(args: argparse.Namespace, settings: evaluator.ReplaySettings) -> report.ReplayInputs:
     """What the report says was replayed."""
     if args.cold_start_dist is not None:
         cold = f"sampled from {args.cold_start_dist.name} (seed {args.seed})"
     else:
         cold = f"fixed {args.cold_start}"
+    generated: profiles.GeneratedProfile | None = args.generated
     return report.ReplayInputs(
-        trace_name=args.trace.name,
-        trace_format=args.format,
+        trace_name=args.trace.name if generated is None else generated.describe(),
+        trace_format=args.format if generated is None else f"synthetic profile, seed {args.seed}",
         cold_start=cold,
         concurrency=args.concurrency,
         forecast_model=args.forecast_model,
         forecast_horizon=args.forecast_horizon,
         refit=args.refit,
         intent_lead=args.intent_lead,
+        model_ttft=settings.model_ttft.label,
     )
 
 
@@ -237,9 +309,12 @@ def run(args: argparse.Namespace) -> int:
     if tuned is not None and tuned.fleet:
         frontier["prewarm_fleet"] = report.summary_rows([run.score for run in tuned.fleet])
     (args.out / "frontier.json").write_text(json.dumps(frontier, indent=2) + "\n")
-    (args.out / "report.md").write_text(report.render_report(result, describe_inputs(args), trace, tuned) + "\n")
+    (args.out / "report.md").write_text(
+        report.render_report(result, describe_inputs(args, settings), trace, tuned) + "\n"
+    )
     report.plot_frontier(result, args.out / "frontier.png", tuned)
-    for line in report.policy_table(result.scores):
+    ttft.plot(result.scores, args.out / "ttft.png")
+    for line in [*report.policy_table(result.scores), "", *ttft.table(result.scores)]:
         print(line)
     if tuned is not None:
         for line in report.achieved_table(tuned, result):

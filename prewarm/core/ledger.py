@@ -4,6 +4,8 @@ Pure: every operation takes the event's time. Events are idempotent and may arri
 a session is alive while `now < expires_at`; heartbeats only ever extend it; a `closed` leaves a
 tombstone so that an `opened` or heartbeat that arrives after it (reordered delivery) stays dead.
 Tombstones are kept for the session TTL after the close, longer than any late copy should take.
+Sessions are counted by class (interactive or batch); a session's class is the one of the first
+event seen for it.
 """
 
 from __future__ import annotations
@@ -13,6 +15,13 @@ import dataclasses
 import enum
 from collections.abc import Iterable
 from datetime import datetime, timedelta
+
+
+class Priority(enum.Enum):
+    """A session's class: interactive sessions raise floors, batch ones only up to the batch allowance."""
+
+    INTERACTIVE = "interactive"
+    BATCH = "batch"
 
 
 class SessionEventType(enum.Enum):
@@ -31,6 +40,7 @@ class SessionEvent:
     session: str
     at: datetime
     ttl: timedelta
+    priority: Priority = Priority.INTERACTIVE
 
     def __post_init__(self) -> None:
         if self.at.tzinfo is None:
@@ -43,23 +53,26 @@ class SessionEvent:
 class _Entry:
     expires_at: datetime
     closed: bool
+    priority: Priority = Priority.INTERACTIVE
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class SessionCount:
-    """Sessions alive at an instant, and when the first of them expires (a floor may drop then)."""
+    """Sessions alive at an instant (`batch` of them batch), and when the first expires (a floor may drop then)."""
 
     active: int
     next_expiry: datetime | None
+    batch: int = 0
 
 
 class SessionLedger:
     """The sessions of one target. Deterministic: the same events give the same answers.
 
     `capacity` bounds memory: when full, an `opened` for a new id evicts the entry that expires
-    first (dead entries before live ones) and `dropped` counts live sessions lost that way.
-    Live sessions and tombstones are also kept sorted by expiry, so counting, pruning and
-    eviction cost O(log n) searches instead of a walk over every session.
+    first (tombstones first, then batch sessions, so a batch flood never pushes out an interactive
+    session) and `dropped` counts live sessions lost that way.
+    Live sessions (per class) and tombstones are also kept sorted by expiry, so counting, pruning
+    and eviction cost O(log n) searches instead of a walk over every session.
     """
 
     __slots__ = ("_dead", "_entries", "_live", "capacity", "dropped")
@@ -68,7 +81,8 @@ class SessionLedger:
         if capacity < 1:
             raise ValueError("capacity must be >= 1")
         self._entries: dict[str, _Entry] = {}
-        self._live: list[tuple[datetime, str]] = []  # (expires_at, session) of open sessions, sorted
+        # (expires_at, session) of open sessions, per class, sorted
+        self._live: dict[Priority, list[tuple[datetime, str]]] = {p: [] for p in Priority}
         self._dead: list[tuple[datetime, str]] = []  # the same for tombstones (closed sessions)
         self.capacity = capacity
         self.dropped = 0
@@ -81,7 +95,7 @@ class SessionLedger:
         if event.type is SessionEventType.CLOSED:
             if entry is None:
                 self._make_room(event.at)
-                self._add(session, _Entry(expires_at=expires_at, closed=True))
+                self._add(session, _Entry(expires_at=expires_at, closed=True, priority=event.priority))
                 return True
             if entry.closed:
                 if expires_at > entry.expires_at:
@@ -91,7 +105,7 @@ class SessionLedger:
             return True
         if entry is None:
             self._make_room(event.at)
-            self._add(session, _Entry(expires_at=expires_at, closed=False))
+            self._add(session, _Entry(expires_at=expires_at, closed=False, priority=event.priority))
             return True
         if entry.closed or expires_at <= entry.expires_at:
             return False
@@ -106,16 +120,24 @@ class SessionLedger:
         return changed
 
     def count(self, now: datetime) -> SessionCount:
-        """Live sessions at `now` (alive while now < expires_at) and the earliest expiry among them."""
-        first_alive = bisect.bisect_right(self._live, now, key=_expiry)
-        if first_alive == len(self._live):
-            return SessionCount(active=0, next_expiry=None)
-        return SessionCount(active=len(self._live) - first_alive, next_expiry=self._live[first_alive][0])
+        """Live sessions at `now` (alive while now < expires_at), how many are batch, and the earliest expiry."""
+        active = batch = 0
+        next_expiry: datetime | None = None
+        for priority, ordered in self._live.items():
+            first_alive = bisect.bisect_right(ordered, now, key=_expiry)
+            alive = len(ordered) - first_alive
+            if not alive:
+                continue
+            active += alive
+            batch += alive if priority is Priority.BATCH else 0
+            first = ordered[first_alive][0]
+            next_expiry = first if next_expiry is None else min(next_expiry, first)
+        return SessionCount(active=active, next_expiry=next_expiry, batch=batch)
 
     def prune(self, now: datetime) -> int:
         """Forget entries (live or tombstones) that expired at or before `now`; return how many."""
         forgotten = 0
-        for ordered in (self._live, self._dead):
+        for ordered in (*self._live.values(), self._dead):
             gone = bisect.bisect_right(ordered, now, key=_expiry)
             for _, session in ordered[:gone]:
                 del self._entries[session]
@@ -126,15 +148,18 @@ class SessionLedger:
     def __len__(self) -> int:
         return len(self._entries)
 
+    def _ordered(self, entry: _Entry) -> list[tuple[datetime, str]]:
+        return self._dead if entry.closed else self._live[entry.priority]
+
     def _add(self, session: str, entry: _Entry) -> None:
         self._entries[session] = entry
-        bisect.insort(self._dead if entry.closed else self._live, (entry.expires_at, session))
+        bisect.insort(self._ordered(entry), (entry.expires_at, session))
 
     def _move(self, session: str, entry: _Entry, expires_at: datetime, *, closed: bool) -> None:
-        ordered = self._dead if entry.closed else self._live
+        ordered = self._ordered(entry)
         del ordered[bisect.bisect_left(ordered, (entry.expires_at, session))]
         entry.expires_at, entry.closed = expires_at, closed
-        bisect.insort(self._dead if closed else self._live, (expires_at, session))
+        bisect.insort(self._ordered(entry), (expires_at, session))
 
     def _make_room(self, now: datetime) -> None:
         if len(self._entries) < self.capacity:
@@ -145,7 +170,8 @@ class SessionLedger:
         if self._dead:
             _, victim = self._dead.pop(0)
         else:
-            _, victim = self._live.pop(0)
+            batch = self._live[Priority.BATCH]
+            _, victim = (batch or self._live[Priority.INTERACTIVE]).pop(0)
             self.dropped += 1
         del self._entries[victim]
 

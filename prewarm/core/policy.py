@@ -2,12 +2,16 @@
 
 Pure: no I/O, no clock; `now` is a parameter and the previous decision carries all memory.
 
-    wanted = clamp(max(min, ceil(sessions / sessionsPerReplica), cron, forecast), 0, max)
+    wanted = clamp(max(min, ceil(sessions / sessionsPerReplica), cron, forecast, batch), 0, max)
+    batch = min(ceil((sessions + batch sessions) / sessionsPerReplica), batch.floor)
 
-Raises take effect at once. A lower floor waits until `hold` has passed since each higher level
-was last wanted (a sliding-window maximum, kept exact in `FloorDecision.held`). Replica-hours the
-floor spends above max(min, cron) count against the target's daily `budget` (UTC days); once it is
-spent, the floor is max(min, cron) until the next UTC midnight, and the hold does not apply.
+`sessions` are interactive sessions; batch sessions raise the floor only up to the target's batch
+allowance. Raises take effect at once. A lower floor waits until `hold` has passed since each
+higher level was last wanted (a sliding-window maximum, kept exact in `FloorDecision.held`).
+Replica-hours the floor spends above max(min, cron) count against the target's daily `budget` (UTC
+days); once it is spent, the floor is max(min, cron) until the next UTC midnight, and the hold does
+not apply. The replicas only batch asks for also count against `batch.budgetShare` of that budget;
+once their share is spent, batch raises nothing (held batch levels included) until midnight.
 """
 
 from __future__ import annotations
@@ -30,26 +34,30 @@ class Source(enum.Enum):
     CRON = "cron"
     FORECAST = "forecast"
     INTENT = "intent"
+    BATCH = "batch"
     BUDGET = "budget"
 
 
 # When several signals ask for the same level, name the most static one: the floor would be the
-# same without the others.
-_SOURCE_PRIORITY = (Source.MIN, Source.CRON, Source.FORECAST, Source.INTENT)
+# same without the others. Batch comes last: it never takes credit for what interactive users need.
+_SOURCE_PRIORITY = (Source.MIN, Source.CRON, Source.FORECAST, Source.INTENT, Source.BATCH)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Signals:
-    """What the store knows about one target at `now`."""
+    """What the store knows about one target at `now`: interactive and batch sessions, the forecast."""
 
-    sessions: int = 0
-    next_session_expiry: datetime | None = None
+    sessions: int = 0  # interactive sessions
+    next_session_expiry: datetime | None = None  # of either class
     forecast: float | None = None  # replicas the forecaster would keep warm; None when it has none
     forecast_note: str = ""  # how the forecast's setting was chosen, for the reason (e.g. an objective)
+    batch_sessions: int = 0
 
     def __post_init__(self) -> None:
         if self.sessions < 0:
             raise ValueError("Signals.sessions must be >= 0")
+        if self.batch_sessions < 0:
+            raise ValueError("Signals.batch_sessions must be >= 0")
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -77,6 +85,8 @@ class FloorDecision:
     held: tuple[HeldLevel, ...]  # levels above `wanted` still held, highest first
     budget_day: date
     budget_used: float  # pre-warm replica-hours spent on budget_day up to decided_at
+    batch_replicas: int = 0  # replicas of `floor` that only batch sessions asked for
+    batch_used: float = 0.0  # replica-hours batch_replicas spent on budget_day up to decided_at
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -93,16 +103,20 @@ def sanitize_forecast(value: float | None) -> int:
     return math.ceil(value - _FORECAST_EPSILON)
 
 
-def _budget_spent_today(previous: FloorDecision | None, now: datetime, today: date) -> float:
+def _spent_today(previous: FloorDecision | None, now: datetime, today: date) -> tuple[float, float]:
+    """Replica-hours spent today up to `now`: above the baseline, and by batch alone."""
     if previous is None:
-        return 0.0
+        return 0.0, 0.0
     day_start = datetime.combine(today, time(), tzinfo=UTC)
-    used = previous.budget_used if previous.budget_day == today else 0.0
-    rate = max(0, previous.floor - previous.baseline)
+    same_day = previous.budget_day == today
+    used = previous.budget_used if same_day else 0.0
+    batch_used = previous.batch_used if same_day else 0.0
     since = max(previous.decided_at, day_start)
-    if rate and now > since:
-        used += rate * (now - since).total_seconds() / 3600.0
-    return used
+    if now > since:
+        hours = (now - since).total_seconds() / 3600.0
+        used += max(0, previous.floor - previous.baseline) * hours
+        batch_used += previous.batch_replicas * hours
+    return used, batch_used
 
 
 def decide_floor(
@@ -120,8 +134,25 @@ def decide_floor(
     today = now.date()
     cron = schedule.evaluate_windows(target.cron, now)
 
-    intent = math.ceil(signals.sessions / target.sessions_per_replica)
+    per_replica = target.sessions_per_replica
+    intent = math.ceil(signals.sessions / per_replica)
     forecast = sanitize_forecast(signals.forecast) if target.forecast.enabled else 0
+    used, batch_used = _spent_today(previous, now, today)
+    budget = target.budget
+    batch_budget = None if budget is None or target.batch.budget_share is None else budget * target.batch.budget_share
+    batch_spent = batch_budget is not None and batch_used >= batch_budget - _BUDGET_EPSILON
+    batch = 0
+    if signals.batch_sessions and not batch_spent:
+        batch = min(math.ceil((signals.sessions + signals.batch_sessions) / per_replica), target.batch.floor)
+    if batch_spent and signals.batch_sessions:
+        batch_detail = (
+            f"batch 0 ({signals.batch_sessions} batch sessions; batch share {batch_budget:g} replica-hours/day spent)"
+        )
+    else:
+        batch_detail = (
+            f"batch {batch} ({signals.batch_sessions} batch sessions / {per_replica} per replica, "
+            f"batch floor {target.batch.floor})"
+        )
     candidates = [
         _Candidate(target.min, Source.MIN, f"min {target.min}"),
         _Candidate(cron.floor, Source.CRON, _describe_cron(cron)),
@@ -133,19 +164,21 @@ def decide_floor(
         _Candidate(
             intent,
             Source.INTENT,
-            f"intent {intent} ({signals.sessions} sessions / {target.sessions_per_replica} per replica)",
+            f"intent {intent} ({signals.sessions} interactive sessions / {per_replica} per replica)",
         ),
+        _Candidate(batch, Source.BATCH, batch_detail),
     ]
     top = max(c.floor for c in candidates)
     chosen = next(c for src in _SOURCE_PRIORITY for c in candidates if c.source is src and c.floor == top)
     wanted = min(top, target.max)
+    without_batch = min(max(c.floor for c in candidates if c.source is not Source.BATCH), target.max)
     baseline = min(max(target.min, cron.floor), target.max)
     clamp_note = f", clamped to max {target.max}" if top > target.max else ""
 
-    used = _budget_spent_today(previous, now, today)
-    budget = target.budget
     changes: list[datetime] = [t for t in (cron.next_change, signals.next_session_expiry) if t is not None]
     held = _hold_levels(previous, wanted, now, target.hold)
+    if batch_spent:
+        held = tuple(level for level in held if level.source is not Source.BATCH)
     unbudgeted = held[0].floor if held else wanted
 
     if budget is not None and used >= budget - _BUDGET_EPSILON and unbudgeted > baseline:
@@ -168,6 +201,8 @@ def decide_floor(
             held=(),
             budget_day=today,
             budget_used=used,
+            batch_replicas=0,
+            batch_used=batch_used,
         )
 
     if held:
@@ -185,6 +220,10 @@ def decide_floor(
     if budget is not None and floor > baseline:
         remaining = max(0.0, budget - used)
         changes.append(now + timedelta(hours=remaining / (floor - baseline)))
+    others = max([without_batch, *(level.floor for level in held if level.source is not Source.BATCH)])
+    batch_replicas = max(0, floor - others)
+    if batch_budget is not None and batch_replicas:
+        changes.append(now + timedelta(hours=max(0.0, batch_budget - batch_used) / batch_replicas))
 
     return FloorDecision(
         target=str(target.ref),
@@ -199,6 +238,8 @@ def decide_floor(
         held=held,
         budget_day=today,
         budget_used=used,
+        batch_replicas=batch_replicas,
+        batch_used=batch_used,
     )
 
 

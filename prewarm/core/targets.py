@@ -95,6 +95,15 @@ class FleetBudget:
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
+class BatchAllowance:
+    """How far batch sessions may raise the floor: at most `floor` replicas, and (with a daily
+    `budget`) at most `budget_share` of it in replica-hours; None leaves only the target's budget."""
+
+    floor: int = 0
+    budget_share: float | None = None
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
 class TargetSpec:
     """Everything the decision core needs to know about one target; built only by the parsers here."""
 
@@ -110,6 +119,7 @@ class TargetSpec:
     budget: float | None = None  # pre-warm replica-hours per UTC day; None is unlimited
     objective: ObjectiveSettings = ObjectiveSettings()
     fleet: str = DEFAULT_FLEET  # the fleet group whose budget this target shares
+    batch: BatchAllowance = BatchAllowance()
 
     def __post_init__(self) -> None:
         if not 0 <= self.min <= self.max:
@@ -399,6 +409,8 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "budget": ("budget", "budget"),
     "objective.coldStarts": ("objective-cold-starts", "objectiveColdStarts"),
     "fleet": ("fleet", "fleet"),
+    "batch.floor": ("batch-floor", "batchFloor"),
+    "batch.budgetShare": ("batch-budget-share", "batchBudgetShare"),
 }
 
 _FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
@@ -415,6 +427,8 @@ _FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
     "budget": parse_float,
     "objective.coldStarts": parse_share,
     "fleet": parse_fleet_name,
+    "batch.floor": parse_int,
+    "batch.budgetShare": parse_share,
 }
 
 
@@ -447,6 +461,12 @@ def _build_target(
     floor_min = values.get("min", 0)
     if ceiling is not None and "min" in values and floor_min > ceiling:
         problems.append(Problem(spelled("min"), raw["min"], f"is above max ({ceiling})"))
+    if ceiling is not None and values.get("batch.floor", 0) > ceiling:
+        problems.append(Problem(spelled("batch.floor"), raw["batch.floor"], f"is above max ({ceiling})"))
+    if "batch.budgetShare" in values and "budget" not in values:
+        problems.append(
+            Problem(spelled("batch.budgetShare"), raw["batch.budgetShare"], f"needs a {spelled('budget')} to share")
+        )
     if ceiling is not None:
         for index, window in enumerate(cron):
             if window.floor > ceiling:
@@ -472,6 +492,7 @@ def _build_target(
         budget=values.get("budget"),
         objective=ObjectiveSettings(cold_starts=values.get("objective.coldStarts")),
         fleet=values.get("fleet", DEFAULT_FLEET),
+        batch=BatchAllowance(floor=values.get("batch.floor", 0), budget_share=values.get("batch.budgetShare")),
     )
 
 
@@ -509,7 +530,7 @@ def _parse_kind(raw: object) -> TargetKind:
 # Nested YAML mappings and the canonical keys they hold: `forecast: {quantile: 0.9}` is `forecast.quantile`.
 _YAML_GROUPS: dict[str, frozenset[str]] = {
     group: frozenset(k.partition(".")[2] for k in FLAT_KEYS if k.startswith(group + "."))
-    for group in ("forecast", "objective")
+    for group in ("forecast", "objective", "batch")
 }
 _YAML_TARGET_KEYS = frozenset({"name", "kind"} | set(_YAML_GROUPS)) | {k for k in FLAT_KEYS if "." not in k}
 _YAML_TOP_LEVEL_KEYS = frozenset({"targets", "fleet", "fleets"})
@@ -698,4 +719,7 @@ def _canonical_values(spec: TargetSpec) -> dict[str, object]:
         values["budget"] = spec.budget
     if spec.objective.cold_starts is not None:
         values["objective.coldStarts"] = spec.objective.cold_starts
+    values["batch.floor"] = spec.batch.floor
+    if spec.batch.budget_share is not None:
+        values["batch.budgetShare"] = spec.batch.budget_share
     return values

@@ -18,7 +18,7 @@ import numpy as np
 
 from prewarm.core import policy, targets
 from prewarm.forecast import arrival_model, idle_histogram, minute_features
-from prewarm.replay import simulation, traces
+from prewarm.replay import simulation, traces, ttft
 
 SESSION_GAP = timedelta(minutes=10)
 KEEPALIVE_SWEEP = (60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)
@@ -130,6 +130,9 @@ class ReplaySettings:
     hold: timedelta = targets.DEFAULT_HOLD  # the prewarm policy's scale-down hold
     cron_specs: Mapping[str, targets.TargetSpec] = dataclasses.field(default_factory=dict)  # by trace target name
     tune_days: float = 0.0  # history before the scored window that objectives and fleet budgets are tuned on
+    model_ttft: ttft.TtftDistribution = dataclasses.field(default_factory=ttft.default_distribution)
+    batch: targets.BatchAllowance = dataclasses.field(default_factory=targets.BatchAllowance)  # prewarm policy's
+    budget: float | None = None  # the prewarm policy's daily pre-warm budget per target (replica-hours)
 
     def __post_init__(self) -> None:
         if self.concurrency < 1:
@@ -140,6 +143,10 @@ class ReplaySettings:
             raise ValueError("refit interval must be >= 1 minute")
         if not (math.isfinite(self.tune_days) and self.tune_days >= 0):
             raise ValueError("tune days must be >= 0")
+
+
+_ClassScores = tuple[ttft.ClassScore, ...]  # PolicyScore.ttft shadows the module inside the class
+_ScoredRequests = ttft.ScoredRequests
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -155,9 +162,18 @@ class PolicyScore:
     warm_replica_hours_per_day: float
     idle_replica_hours_per_day: float
     synthetic_intent: bool = False
+    ttft: _ClassScores = ()  # by class: all, interactive, batch
 
     @classmethod
-    def from_outcome(cls, name: str, outcome: simulation.Outcome, days: float, *, synthetic: bool) -> PolicyScore:
+    def from_outcome(
+        cls,
+        name: str,
+        outcome: simulation.Outcome,
+        days: float,
+        *,
+        synthetic: bool,
+        scored: _ScoredRequests | None = None,
+    ) -> PolicyScore:
         waits = np.asarray(outcome.waits) if outcome.waits else np.zeros(1)
         return cls(
             policy=name,
@@ -169,6 +185,7 @@ class PolicyScore:
             warm_replica_hours_per_day=outcome.warm_seconds / 3600.0 / days,
             idle_replica_hours_per_day=outcome.idle_seconds / 3600.0 / days,
             synthetic_intent=synthetic,
+            ttft=() if scored is None else ttft.class_scores(outcome, scored, days),
         )
 
 
@@ -235,8 +252,10 @@ def decision_floor(
     forecast_replicas: np.ndarray | None = None,
     first_minute: int = 0,
     sessions: Sequence[tuple[float, float]] = (),
+    batch_sessions: Sequence[tuple[float, float]] = (),
 ) -> simulation.FloorSteps:
-    """The floor `policy.decide_floor` sets over [start, end) from a per-minute forecast and sessions.
+    """The floor `policy.decide_floor` sets over [start, end) from a per-minute forecast and
+    (interactive and batch) sessions.
 
     Decides at every signal change (a forecast minute that differs, a session opening or closing)
     and at each decision's own next change, exactly as the live decider does.
@@ -248,8 +267,10 @@ def decision_floor(
         events.update(((changed + first_minute) * 60.0).tolist())
     opens = sorted(s[0] for s in sessions)
     closes = sorted(s[1] for s in sessions)
-    events.update(opens)
-    events.update(closes)
+    batch_opens = sorted(s[0] for s in batch_sessions)
+    batch_closes = sorted(s[1] for s in batch_sessions)
+    for times in (opens, closes, batch_opens, batch_closes):
+        events.update(times)
     timeline = sorted(t for t in events if start <= t < end)
     changes: list[tuple[float, int]] = []
     previous: policy.FloorDecision | None = None
@@ -257,15 +278,21 @@ def decision_floor(
     at = timeline[0] if timeline else math.inf
     while at < end:
         active = bisect.bisect_right(opens, at) - bisect.bisect_right(closes, at)
-        upcoming = bisect.bisect_right(closes, at)
+        batch_active = bisect.bisect_right(batch_opens, at) - bisect.bisect_right(batch_closes, at)
+        expiries = [
+            ends[i]
+            for live, ends in ((active, closes), (batch_active, batch_closes))
+            if live and (i := bisect.bisect_right(ends, at)) < len(ends)
+        ]
         value: float | None = None
         if forecast_replicas is not None:
             minute = int(at // 60) - first_minute
             value = float(forecast_replicas[minute]) if 0 <= minute < forecast_replicas.size else None
         signals = policy.Signals(
             sessions=active,
-            next_session_expiry=utc_datetime(closes[upcoming]) if active and upcoming < len(closes) else None,
+            next_session_expiry=utc_datetime(min(expiries)) if expiries else None,
             forecast=None if value is None or math.isnan(value) else value,
+            batch_sessions=batch_active,
         )
         previous = policy.decide_floor(spec, signals, utc_datetime(at), previous)
         changes.append((at, previous.floor))
@@ -276,6 +303,14 @@ def decision_floor(
             following = min(following, previous.next_change.timestamp())
         at = following
     return simulation.FloorSteps.from_changes(changes)
+
+
+def requests_of(request: traces.TargetRequests, members: np.ndarray) -> traces.TargetRequests:
+    """The requests of `request` that `members` selects (itself when it selects all)."""
+    if members.all():
+        return request
+    groups = tuple(g for g, keep in zip(request.groups, members.tolist(), strict=True) if keep)
+    return traces.TargetRequests(request.name, request.arrivals[members], request.exec_seconds[members], groups)
 
 
 def synthetic_sessions(
@@ -349,8 +384,8 @@ def forecast_trace(
     """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block."""
     first_minute, n_minutes = minute_grid(trace)
     minutes = np.arange(n_minutes)
-    counts = {
-        t.name: np.bincount((t.arrivals // 60).astype(np.int64) - first_minute, minlength=n_minutes)
+    counts = {  # interactive arrivals only: batch sessions raise floors through the batch allowance alone
+        t.name: np.bincount((t.arrivals[~t.batch_mask()] // 60).astype(np.int64) - first_minute, minlength=n_minutes)
         for t in trace.targets
     }
     features = {
@@ -358,7 +393,7 @@ def forecast_trace(
         for name, c in counts.items()
     }
     labels = {name: minute_features.arrival_labels(c, minutes, config.horizon) for name, c in counts.items()}
-    first_seen = {name: int(np.flatnonzero(c)[0]) for name, c in counts.items()}
+    first_seen = {name: int(np.flatnonzero(c)[0]) if c.any() else n_minutes for name, c in counts.items()}
     probability = {name: np.full(n_minutes, np.nan) for name in counts}
     fallback = {name: np.zeros(n_minutes) for name in counts}
     tails: dict[str, np.ndarray] = {}
@@ -420,6 +455,8 @@ class Replay:
         self.days = (self.window.end - self.window.start) / 86400.0
         self._forecast: TraceForecast | None = None
         self._sessions: dict[str, list[tuple[float, float]]] | None = None
+        self._batch_sessions: dict[str, list[tuple[float, float]]] = {}
+        self._scored: ttft.ScoredRequests | None = None
 
     @property
     def forecast_predict_from(self) -> float:
@@ -438,16 +475,31 @@ class Replay:
         return self._forecast
 
     def sessions(self) -> dict[str, list[tuple[float, float]]]:
+        """Synthetic interactive sessions per target (`batch_sessions` has the batch ones)."""
         if self._sessions is None:
             lead = self.settings.intent_lead
             self._sessions = {}
             for index, request in enumerate(self.trace.targets):
-                if lead is None:
-                    self._sessions[request.name] = []
-                else:
-                    rng = np.random.default_rng([self.settings.seed, index, 1])
-                    self._sessions[request.name] = synthetic_sessions(request, lead, rng)
+                batch = request.batch_mask()
+                for stream, members, into in ((1, ~batch, self._sessions), (2, batch, self._batch_sessions)):
+                    if lead is None or not members.any():
+                        into[request.name] = []
+                    else:
+                        rng = np.random.default_rng([self.settings.seed, index, stream])
+                        into[request.name] = synthetic_sessions(requests_of(request, members), lead, rng)
         return self._sessions
+
+    def batch_sessions(self) -> dict[str, list[tuple[float, float]]]:
+        self.sessions()
+        return self._batch_sessions
+
+    def scored_requests(self) -> ttft.ScoredRequests:
+        """Class and model TTFT of each scored request, shared by every policy."""
+        if self._scored is None:
+            self._scored = ttft.scored_requests(
+                self.trace, self.window, self.settings.model_ttft, seed=self.settings.seed
+            )
+        return self._scored
 
     def floor(self, choice: PolicyChoice, request: traces.TargetRequests, *, intent: bool) -> simulation.FloorSteps:
         kind = choice.kind
@@ -470,7 +522,8 @@ class Replay:
     def spec_for(self, target: str, quantile: float) -> targets.TargetSpec:
         """The spec the `prewarm` policy replays `target` with at `quantile`."""
         horizon_seconds = self.settings.forecast.horizon * 60.0  # what the forecaster predicts for
-        return default_spec(target, quantile, horizon_seconds, self.settings.concurrency, self.settings.hold)
+        spec = default_spec(target, quantile, horizon_seconds, self.settings.concurrency, self.settings.hold)
+        return dataclasses.replace(spec, batch=self.settings.batch, budget=self.settings.budget)
 
     def prewarm_floor(
         self, spec: targets.TargetSpec, request: traces.TargetRequests, *, intent: bool, start: float, end: float
@@ -484,6 +537,7 @@ class Replay:
             forecast_replicas=self.forecast_replicas(spec, request.name) if spec.forecast.enabled else None,
             first_minute=self.prepare_forecast().first_minute,
             sessions=self.sessions()[request.name] if intent else (),
+            batch_sessions=self.batch_sessions()[request.name] if intent else (),
         )
 
     def forecast_replicas(self, spec: targets.TargetSpec, target: str) -> np.ndarray:
@@ -529,7 +583,8 @@ class Replay:
 
     def score(self, choice: PolicyChoice, *, intent: bool = False) -> PolicyScore:
         name = choice.name + (" +intent" if intent else "")
-        return PolicyScore.from_outcome(name, self.run_policy(choice, intent=intent), self.days, synthetic=intent)
+        outcome = self.run_policy(choice, intent=intent)
+        return PolicyScore.from_outcome(name, outcome, self.days, synthetic=intent, scored=self.scored_requests())
 
 
 class ProgressSteps:

@@ -8,7 +8,7 @@ import dataclasses
 from collections.abc import Sequence
 from pathlib import Path
 
-from prewarm.replay import evaluator, traces, tuned_runs
+from prewarm.replay import evaluator, traces, ttft, tuned_runs
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -23,6 +23,7 @@ class ReplayInputs:
     forecast_horizon: str
     refit: str
     intent_lead: str | None
+    model_ttft: str = ttft.DEFAULT_LABEL  # where each request's model TTFT is drawn from
 
 
 def summary_rows(scores: Sequence[evaluator.PolicyScore]) -> list[dict[str, object]]:
@@ -189,6 +190,8 @@ def render_report(
             f"- **synthetic intent** ({inputs.intent_lead}): no public trace records intent; rows marked +intent use it"
         )
     lines += ["", "## Policies", "", *policy_table(result.scores), ""]
+    runs = () if tuned is None else (*tuned.objectives, *tuned.fleet)
+    lines += ttft.report_section([*result.scores, *(run.score for run in runs)], inputs.model_ttft)
     compared = [s for s in result.scores if s.policy.startswith(("prewarm", "hybrid-histogram"))]
     compared += list(result.prewarm_frontier) + list(result.prewarm_intent_frontier)
     if result.keepalive_frontier:

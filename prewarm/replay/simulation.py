@@ -77,6 +77,9 @@ class Outcome:
     waits: list[float] = dataclasses.field(default_factory=list)  # seconds, one per scored cold start
     warm_seconds: float = 0.0  # replica-seconds held (loading or ready)
     idle_seconds: float = 0.0  # replica-seconds ready with no request in flight
+    # seconds each scored request waited for a replica (0 when warm), in arrival order, target after target
+    request_waits: list[float] = dataclasses.field(default_factory=list)
+    busy_seconds: float = 0.0  # replica-seconds with at least one request in flight
 
     def add(self, other: Outcome) -> None:
         self.requests += other.requests
@@ -84,6 +87,8 @@ class Outcome:
         self.waits.extend(other.waits)
         self.warm_seconds += other.warm_seconds
         self.idle_seconds += other.idle_seconds
+        self.request_waits.extend(other.request_waits)
+        self.busy_seconds += other.busy_seconds
 
 
 class ColdStarts:
@@ -152,6 +157,7 @@ def simulate(
     def retire(replica: _Replica, at: float) -> None:
         replicas.remove(replica)
         outcome.warm_seconds += window.overlap(replica.started_at, at)
+        outcome.busy_seconds += replica.busy_seconds
         outcome.idle_seconds += max(0.0, window.overlap(replica.ready_at, at) - replica.busy_seconds)
 
     def next_retirement(now: float) -> tuple[float, _Replica | None]:
@@ -185,6 +191,7 @@ def simulate(
         served_at = _serve(replicas, now, run, concurrency, start_replica, window)
         if now >= window.start:
             outcome.requests += 1
+            outcome.request_waits.append(served_at - now)
             if served_at > now:
                 outcome.cold_starts += 1
                 outcome.waits.append(served_at - now)
@@ -250,6 +257,8 @@ def simulate_oracle(
             break
         scored = at >= window.start
         outcome.requests += scored
+        if scored:
+            outcome.request_waits.append(0.0)
         chosen: list[float] | None = None
         for slots in free:
             has_room = len(slots) < concurrency or min(slots) <= at
@@ -271,6 +280,7 @@ def simulate_oracle(
             outcome.warm_seconds += window.overlap(at - load, at)
         busy_from = max(at, max(chosen)) if chosen else at
         outcome.warm_seconds += window.overlap(busy_from, at + run)
+        outcome.busy_seconds += window.overlap(busy_from, at + run)
         if len(chosen) < concurrency:
             chosen.append(at + run)
         else:

@@ -51,6 +51,11 @@ class TargetRequests:
     arrivals: np.ndarray  # float64 seconds since the Unix epoch, non-decreasing
     exec_seconds: np.ndarray  # float64, >= 0
     groups: tuple[str, ...]  # the user group of each request ("" when the trace has none)
+    batch: np.ndarray | None = None  # bool per request: a batch request; None when all are interactive
+
+    def batch_mask(self) -> np.ndarray:
+        """True for each batch request (recorded traces have none)."""
+        return np.zeros(self.arrivals.size, dtype=bool) if self.batch is None else self.batch
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

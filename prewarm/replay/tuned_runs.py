@@ -258,7 +258,9 @@ def run_tuned(
     )
     name = f"prewarm ({', '.join(parts)})"
     return TunedRun(
-        score=evaluator.PolicyScore.from_outcome(name, total, replay.days, synthetic=False),
+        score=evaluator.PolicyScore.from_outcome(
+            name, total, replay.days, synthetic=False, scored=replay.scored_requests()
+        ),
         objective=objective,
         fleet_budget=fleet_budget,
         predicted=predicted,

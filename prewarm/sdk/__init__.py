@@ -3,6 +3,8 @@
     client = IntentClient("http://prewarm.prewarm:8080", token="...")
     with client.session("llm/chat-8b"):      # opened now, heartbeats while inside, closed at exit
         ...
+    with client.session("llm/chat-8b", priority="batch"):  # a batch job: raises floors only up to
+        ...                                                 # the target's batch allowance
     client.close()
 
     async with AsyncIntentClient(url) as client:
@@ -40,6 +42,7 @@ BATCH = "application/cloudevents-batch+json"
 TYPE_PREFIX = "dev.prewarm.session."
 PHASE_TYPE = "dev.prewarm.pod.phase"
 POD_PHASES = ("container_started", "cache_restored", "weights_loaded", "runtime_ready", "first_token")
+PRIORITIES = ("interactive", "batch")
 Sleep = Callable[[float], Awaitable[None]]
 
 
@@ -91,7 +94,7 @@ class _Sender:
         self._ready = asyncio.Event()
         self._idle = asyncio.Event()
         self._idle.set()
-        self._sessions: dict[str, str] = {}  # session id -> target
+        self._sessions: dict[str, tuple[str, str | None]] = {}  # session id -> (target, priority)
         self._ids = itertools.count(1)
         self._run_id = secrets.token_hex(8)
         self._tasks: list[asyncio.Task[None]] = []
@@ -100,14 +103,23 @@ class _Sender:
     def start(self) -> None:
         self._tasks = [asyncio.create_task(self._send_forever()), asyncio.create_task(self._beat_forever())]
 
-    def offer(self, kind: str, target: str, session: str, ttl: float | None = None) -> None:
-        """Queue one session event, or drop and count it when the queue is full. Never blocks."""
+    def offer(
+        self, kind: str, target: str, session: str, ttl: float | None = None, priority: str | None = None
+    ) -> None:
+        """Queue one session event, or drop and count it when the queue is full. Never blocks.
+
+        Heartbeats and `closed` carry the priority the session was opened with.
+        """
+        if priority is None and session in self._sessions:
+            priority = self._sessions[session][1]
         data: dict[str, Any] = {"target": target, "session": session}
         if ttl is not None:
             data["ttl"] = ttl
+        if priority is not None:
+            data["priority"] = priority
         if self._enqueue(TYPE_PREFIX + kind, data):
             if kind == "opened":
-                self._sessions[session] = target
+                self._sessions[session] = (target, priority)
             elif kind == "closed":
                 self._sessions.pop(session, None)
 
@@ -149,7 +161,7 @@ class _Sender:
     async def _beat_forever(self) -> None:
         while True:
             await self._sleep(self._settings.heartbeat_seconds)
-            for session, target in list(self._sessions.items()):
+            for session, (target, _) in list(self._sessions.items()):
                 self.offer("heartbeat", target, session)
 
     async def _send_forever(self) -> None:
@@ -222,6 +234,13 @@ def check_phase(phase: str) -> str:
     return phase
 
 
+def check_priority(priority: str | None) -> str | None:
+    """`priority` if it is None or a known class; raises ValueError otherwise (in the caller's thread)."""
+    if priority is not None and priority not in PRIORITIES:
+        raise ValueError(f"priority {priority!r} is not one of {PRIORITIES}")
+    return priority
+
+
 def new_session_id() -> str:
     """A random session id (128 bits)."""
     return secrets.token_hex(16)
@@ -264,10 +283,13 @@ class AsyncIntentClient:
             raise RuntimeError("AsyncIntentClient is not started (use `async with` or start())")
         return self._sender
 
-    def open(self, target: str, *, session: str | None = None, ttl: float | None = None) -> str:
-        """Queue `opened` and start heartbeats; return the session id."""
+    def open(
+        self, target: str, *, session: str | None = None, ttl: float | None = None, priority: str | None = None
+    ) -> str:
+        """Queue `opened` and start heartbeats; return the session id. `priority`: "interactive"
+        (what the listener assumes when it is left out) or "batch"."""
         session = session or new_session_id()
-        self._require().offer("opened", target, session, ttl)
+        self._require().offer("opened", target, session, ttl, check_priority(priority))
         return session
 
     def heartbeat(self, target: str, session: str) -> None:
@@ -284,9 +306,11 @@ class AsyncIntentClient:
         self._require().offer_phase(target, pod, check_phase(phase))
 
     @contextlib.asynccontextmanager
-    async def session(self, target: str, *, ttl: float | None = None) -> AsyncIterator[str]:
+    async def session(
+        self, target: str, *, ttl: float | None = None, priority: str | None = None
+    ) -> AsyncIterator[str]:
         """Open a session for the block's duration."""
-        session = self.open(target, ttl=ttl)
+        session = self.open(target, ttl=ttl, priority=priority)
         try:
             yield session
         finally:
@@ -337,10 +361,15 @@ class IntentClient:
     def stats(self) -> SenderStats:
         return self._client.stats
 
-    def open(self, target: str, *, session: str | None = None, ttl: float | None = None) -> str:
-        """Queue `opened` (non-blocking) and start heartbeats; return the session id."""
+    def open(
+        self, target: str, *, session: str | None = None, ttl: float | None = None, priority: str | None = None
+    ) -> str:
+        """Queue `opened` (non-blocking) and start heartbeats; return the session id (see AsyncIntentClient.open)."""
         session = session or new_session_id()
-        self._loop.call_soon_threadsafe(functools.partial(self._client.open, target, session=session, ttl=ttl))
+        opened = functools.partial(
+            self._client.open, target, session=session, ttl=ttl, priority=check_priority(priority)
+        )
+        self._loop.call_soon_threadsafe(opened)
         return session
 
     def heartbeat(self, target: str, session: str) -> None:
@@ -354,9 +383,9 @@ class IntentClient:
         self._loop.call_soon_threadsafe(self._client.phase, target, pod, check_phase(phase))
 
     @contextlib.contextmanager
-    def session(self, target: str, *, ttl: float | None = None) -> Iterator[str]:
+    def session(self, target: str, *, ttl: float | None = None, priority: str | None = None) -> Iterator[str]:
         """Open a session for the block's duration."""
-        session = self.open(target, ttl=ttl)
+        session = self.open(target, ttl=ttl, priority=priority)
         try:
             yield session
         finally:

@@ -2,6 +2,8 @@
 //
 //   import * as prewarm from "https://prewarm.example.com/sdk/prewarm.js";
 //   const session = prewarm.open({ endpoint: "https://prewarm.example.com", target: "llm/chat-8b" });
+//   // a batch job (raises the floor only up to the target's batch allowance):
+//   prewarm.open({ endpoint, target: "llm/chat-8b", priority: "batch" });
 //   // ... later, if the page stays open but the session ends:
 //   session.close();
 //
@@ -12,6 +14,7 @@
 
 const TYPE_PREFIX = "dev.prewarm.session.";
 const STRUCTURED = "application/cloudevents+json";
+const PRIORITIES = ["interactive", "batch"];
 
 function randomId() {
   const bytes = new Uint8Array(16);
@@ -21,8 +24,12 @@ function randomId() {
 
 /** A session of one target; created by `open`. */
 export class Session {
-  constructor({ endpoint, target, heartbeatSeconds = 60, ttlSeconds, source, token, fetchImpl, beacon, doc }) {
+  constructor({ endpoint, target, heartbeatSeconds = 60, ttlSeconds, priority, source, token, fetchImpl, beacon, doc }) {
     if (!endpoint || !target) throw new Error("prewarm.open needs {endpoint, target}");
+    if (priority !== undefined && !PRIORITIES.includes(priority)) {
+      throw new Error(`prewarm.open: priority ${JSON.stringify(priority)} is not one of ${PRIORITIES.join(", ")}`);
+    }
+    this.priority = priority;
     this.endpoint = String(endpoint).replace(/\/+$/, "");
     this.target = target;
     this.id = randomId();
@@ -49,6 +56,7 @@ export class Session {
   _event(kind) {
     const data = { target: this.target, session: this.id };
     if (this.ttlSeconds) data.ttl = this.ttlSeconds;
+    if (this.priority) data.priority = this.priority;
     this._seq += 1;
     return JSON.stringify({
       specversion: "1.0",

@@ -246,10 +246,11 @@ class Decider:
         sessions = await self._store.count_sessions(target, now)
         forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
         signals = policy.Signals(
-            sessions=sessions.active,
+            sessions=sessions.active - sessions.batch,
             next_session_expiry=sessions.next_expiry,
             forecast=forecast,
             forecast_note=note,
+            batch_sessions=sessions.batch,
         )
         decision = policy.decide_floor(spec, signals, now, previous)
         await self._store.save_decision(decision, fence=fence)  # refused once another replica took over
@@ -304,6 +305,7 @@ class Decider:
                     if decision is None or decision.next_change is None
                     else decision.next_change.isoformat(),
                     "sessions": sessions.active,
+                    "batch_sessions": sessions.batch,
                     "min": spec.min,
                     "max": spec.max,
                 }

@@ -42,6 +42,7 @@ STRUCTURED = "application/cloudevents+json"
 BATCH = "application/cloudevents-batch+json"
 _JSON_FORMAT = JSONFormat()
 _EVENT_TYPES = {t.value: t for t in ledger.SessionEventType}
+_PRIORITIES = {p.value: p for p in ledger.Priority}
 POD_PHASE_TYPE = "dev.prewarm.pod.phase"
 _CORS_ALLOWED_HEADERS = "Content-Type, ce-id, ce-source, ce-type, ce-specversion, ce-subject, ce-time"
 
@@ -241,11 +242,15 @@ def translate_event(
     ttl = spec.session_ttl
     if "ttl" in data:
         ttl = min(ttl, _parse_ttl(event_id, data["ttl"]))
+    raw_priority = data.get("priority", ledger.Priority.INTERACTIVE.value)
+    priority = _PRIORITIES.get(raw_priority) if isinstance(raw_priority, str) else None
+    if priority is None:
+        raise _fail(400, f"event {event_id!r}: data.priority {raw_priority!r} is not one of {list(_PRIORITIES)}")
     return state.Intent(
         target=target_name,
         source=source,
         id=event_id,
-        event=ledger.SessionEvent(type=event_type, session=session, at=at, ttl=ttl),
+        event=ledger.SessionEvent(type=event_type, session=session, at=at, ttl=ttl, priority=priority),
     )
 
 

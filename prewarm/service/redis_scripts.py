@@ -8,10 +8,16 @@ write would leave part of a batch stored. All keys one call names share one targ
 
 from __future__ import annotations
 
-# KEYS: three per target of the call (sessions, closed, arrivals), then one dedup key per intent.
+# The keys the ingest script reads per target, in order: live interactive sessions, closed
+# sessions (tombstones), arrivals per minute, live batch sessions.
+INGEST_KEYS = ("sessions", "closed", "arrivals", "batch")
+
+# KEYS: four per target of the call (INGEST_KEYS), then one dedup key per intent.
 # ARGV: now_ms, session cap, dedup ttl s, arrivals ttl s, touch duplicates (0|1), number of targets,
 #       the target names, then one packed string per intent:
-#       "<target index>|<o|h|c>|<expires_ms>|<minute>|<session id>".
+#       "<target index>|<o|h|c>[b]|<expires_ms>|<minute>|<session id>"
+#       (`b` marks a batch session: kept in the batch set, not counted as an arrival; a session
+#       keeps the class of the first event seen for it).
 # Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}, and publishes the changed
 # targets, newline-separated, as one message on prewarm:changes. With "touch duplicates", a
 # duplicate's dedup key is rewritten (same value, same expiry) so that the call propagates to the
@@ -24,37 +30,38 @@ local arrivals_ttl = tonumber(ARGV[4])
 local touch_duplicates = ARGV[5] == '1'
 local ntargets = tonumber(ARGV[6])
 if not (now and cap and dedup_ttl and arrivals_ttl and ntargets) or now < 0 or ntargets < 1
-    or #KEYS ~= ntargets * 3 + #ARGV - 6 - ntargets then
+    or #KEYS ~= ntargets * 4 + #ARGV - 6 - ntargets then
   return redis.error_reply('ERR prewarm ingest: malformed header arguments')
 end
 local first_intent = 7 + ntargets
 local parsed = {}
 for a = first_intent, #ARGV do
-  local ti, kind, expires, minute, session = string.match(ARGV[a], '^(%d+)|([ohc])|(%d+)|(%d+)|(.+)$')
+  local ti, kind, batch, expires, minute, session = string.match(ARGV[a], '^(%d+)|([ohc])(b?)|(%d+)|(%d+)|(.+)$')
   ti = tonumber(ti)
   if not ti or ti < 1 or ti > ntargets then
     return redis.error_reply('ERR prewarm ingest: malformed intent ' .. (a - first_intent + 1))
   end
-  parsed[#parsed + 1] = {ti, kind, expires, minute, session}
+  parsed[#parsed + 1] = {ti, kind, batch, expires, minute, session}
 end
-local types = {'zset', 'zset', 'hash'}
-for k = 1, ntargets * 3 do
+local types = {'zset', 'zset', 'hash', 'zset'}
+for k = 1, ntargets * 4 do
   local t = redis.call('TYPE', KEYS[k])['ok']
-  if t ~= 'none' and t ~= types[(k - 1) % 3 + 1] then
+  if t ~= 'none' and t ~= types[(k - 1) % 4 + 1] then
     return redis.error_reply('ERR prewarm ingest: ' .. KEYS[k] .. ' holds a ' .. t)
   end
 end
 for t = 1, ntargets do
-  redis.call('ZREMRANGEBYSCORE', KEYS[t*3-2], '-inf', now)
-  redis.call('ZREMRANGEBYSCORE', KEYS[t*3-1], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*4-3], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*4-2], '-inf', now)
+  redis.call('ZREMRANGEBYSCORE', KEYS[t*4], '-inf', now)
 end
 local dropped = 0
 local results = {0}
 local changed, touched = {}, {}
 for i, intent in ipairs(parsed) do
-  local ti, kind, expires, minute, session = intent[1], intent[2], intent[3], intent[4], intent[5]
-  local sessions, closed, arrivals = KEYS[ti*3-2], KEYS[ti*3-1], KEYS[ti*3]
-  local dedup = KEYS[ntargets*3 + i]
+  local ti, kind, batch, expires, minute, session = intent[1], intent[2], intent[3], intent[4], intent[5], intent[6]
+  local sessions, closed, arrivals, batches = KEYS[ti*4-3], KEYS[ti*4-2], KEYS[ti*4-1], KEYS[ti*4]
+  local dedup = KEYS[ntargets*4 + i]
   if not redis.call('SET', dedup, '1', 'NX', 'EX', dedup_ttl) then
     results[#results + 1] = 0
     if touch_duplicates then redis.call('SET', dedup, '1', 'XX', 'KEEPTTL') end
@@ -62,26 +69,33 @@ for i, intent in ipairs(parsed) do
     results[#results + 1] = 1
     touched[ti] = true
     if kind == 'c' then
-      if redis.call('ZREM', sessions, session) == 1 then changed[ti] = true end
+      if redis.call('ZREM', sessions, session) + redis.call('ZREM', batches, session) > 0 then changed[ti] = true end
       redis.call('ZADD', closed, 'GT', expires, session)
     elseif not redis.call('ZSCORE', closed, session) then
-      if redis.call('ZADD', sessions, 'GT', 'CH', expires, session) == 1 then changed[ti] = true end
-      local size = redis.call('ZCARD', sessions)
+      local live = sessions
+      if batch == 'b' then
+        if not redis.call('ZSCORE', sessions, session) then live = batches end
+      elseif redis.call('ZSCORE', batches, session) then
+        live = batches
+      end
+      if redis.call('ZADD', live, 'GT', 'CH', expires, session) == 1 then changed[ti] = true end
+      local size = redis.call('ZCARD', live)
       if size > cap then
-        redis.call('ZPOPMIN', sessions, size - cap)
+        redis.call('ZPOPMIN', live, size - cap)
         dropped = dropped + size - cap
       end
     end
-    if kind == 'o' then
+    if kind == 'o' and batch == '' then
       redis.call('HINCRBY', arrivals, minute, 1)
     end
   end
 end
 local names = {}
 for ti, _ in pairs(touched) do
-  redis.call('PEXPIRE', KEYS[ti*3-2], dedup_ttl * 1000)
-  redis.call('PEXPIRE', KEYS[ti*3-1], dedup_ttl * 1000)
-  redis.call('EXPIRE', KEYS[ti*3], arrivals_ttl)
+  redis.call('PEXPIRE', KEYS[ti*4-3], dedup_ttl * 1000)
+  redis.call('PEXPIRE', KEYS[ti*4-2], dedup_ttl * 1000)
+  redis.call('PEXPIRE', KEYS[ti*4], dedup_ttl * 1000)
+  redis.call('EXPIRE', KEYS[ti*4-1], arrivals_ttl)
   if changed[ti] then names[#names + 1] = ARGV[6 + ti] end
 end
 if #names > 0 then

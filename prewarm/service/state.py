@@ -33,6 +33,7 @@ ChangeListener = Callable[[str], None]
 DecisionListener = Callable[[policy.FloorDecision], None]
 ResyncListener = Callable[[], None]
 
+_INTERACTIVE = ledger.Priority.INTERACTIVE
 DEDUP_TTL = timedelta(hours=24)
 ARRIVAL_HISTORY = timedelta(days=8)  # enough for "same minute last week" features
 
@@ -177,7 +178,7 @@ class MemoryStore:
                 book = self._ledgers[intent.target] = ledger.SessionLedger(capacity=self._sessions_per_target)
             if book.apply(intent.event):
                 changed.add(intent.target)
-            if intent.event.type is ledger.SessionEventType.OPENED:
+            if intent.event.type is ledger.SessionEventType.OPENED and intent.event.priority is _INTERACTIVE:
                 counts = self._arrivals.setdefault(intent.target, {})
                 minute = _minute(now)
                 counts[minute] = counts.get(minute, 0) + 1
@@ -262,6 +263,8 @@ def encode_decision(decision: policy.FloorDecision) -> str:
             "held": [[h.floor, h.source.value, h.wanted_until.isoformat()] for h in decision.held],
             "budget_day": decision.budget_day.isoformat(),
             "budget_used": decision.budget_used,
+            "batch_replicas": decision.batch_replicas,
+            "batch_used": decision.batch_used,
         },
         separators=(",", ":"),
     )
@@ -286,6 +289,8 @@ def decode_decision(text: str | bytes) -> policy.FloorDecision:
             ),
             budget_day=date.fromisoformat(raw["budget_day"]),
             budget_used=float(raw["budget_used"]),
+            batch_replicas=int(raw.get("batch_replicas", 0)),  # absent from decisions stored before batch
+            batch_used=float(raw.get("batch_used", 0.0)),
         )
     except (KeyError, TypeError, ValueError) as e:
         raise ValueError(f"not a stored decision: {e}") from e
@@ -681,7 +686,7 @@ class RedisStore:
             index.setdefault(intent.target, len(index) + 1)
         keys: list[str] = []
         for target in index:
-            keys += [_key(target, "sessions"), _key(target, "closed"), _key(target, "arrivals")]
+            keys += [_key(target, part) for part in redis_scripts.INGEST_KEYS]
         args: list[str | int] = [
             _ms(now),
             self._cap,
@@ -694,8 +699,9 @@ class RedisStore:
         for intent in intents:
             keys.append(_key(intent.target, "dedup:" + json.dumps([intent.source, intent.id], separators=(",", ":"))))
             event = intent.event
+            batch = "" if event.priority is _INTERACTIVE else "b"
             args.append(
-                f"{index[intent.target]}|{_TYPE_CODES[event.type]}|{_ms(event.at + event.ttl)}|"
+                f"{index[intent.target]}|{_TYPE_CODES[event.type]}{batch}|{_ms(event.at + event.ttl)}|"
                 f"{_minute(event.at)}|{event.session}"
             )
         async with self._calling():
@@ -731,13 +737,15 @@ class RedisStore:
     # --- reads ---
 
     async def count_sessions(self, target: str, now: datetime) -> ledger.SessionCount:
-        key = _key(target, "sessions")
+        alive = f"({_ms(now)}"
         async with self._calling(), self._client.pipeline(transaction=False) as pipe:
-            pipe.zcount(key, f"({_ms(now)}", "+inf")
-            pipe.zrangebyscore(key, f"({_ms(now)}", "+inf", start=0, num=1, withscores=True)
-            active, first = await pipe.execute()
-        next_expiry = datetime.fromtimestamp(first[0][1] / 1000, UTC) if first else None
-        return ledger.SessionCount(active=int(active), next_expiry=next_expiry)
+            for key in (_key(target, "sessions"), _key(target, "batch")):
+                pipe.zcount(key, alive, "+inf")
+                pipe.zrangebyscore(key, alive, "+inf", start=0, num=1, withscores=True)
+            interactive, first, batch, first_batch = await pipe.execute()
+        expiries = [entries[0][1] for entries in (first, first_batch) if entries]
+        next_expiry = datetime.fromtimestamp(min(expiries) / 1000, UTC) if expiries else None
+        return ledger.SessionCount(active=int(interactive) + int(batch), next_expiry=next_expiry, batch=int(batch))
 
     async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, int]:
         async with self._calling():

@@ -27,6 +27,16 @@ SUMMARY_KEYS = {
     "warm_replica_hours_per_day",
     "idle_replica_hours_per_day",
     "synthetic_intent",
+    "ttft",
+}
+TTFT_KEYS = {
+    "priority",
+    "requests",
+    "cold_starts",
+    "hit_rate",
+    *(f"{kind}_p{q}_s" for kind in ("warm", "cold", "blended") for q in (50, 95, 99)),
+    "warm_replica_hours_per_day",
+    "gpu_busy_over_warm",
 }
 
 
@@ -88,6 +98,13 @@ def test_replay_writes_summary_report_and_frontier(tmp_path: Path, capsys: pytes
     assert all(set(row) == SUMMARY_KEYS for row in summary)
     scored = sum(a >= datetime(2024, 11, 16, tzinfo=UTC) for a in arrivals)
     assert {row["requests"] for row in summary} == {scored}
+    for row in summary:  # a recorded trace: every request interactive
+        assert [c["priority"] for c in row["ttft"]] == ["all", "interactive", "batch"]
+        assert all(set(c) == TTFT_KEYS for c in row["ttft"])
+        every, interactive, batch = row["ttft"]
+        assert every["requests"] == interactive["requests"] == scored and batch["requests"] == 0
+        assert every["cold_starts"] == row["cold_starts"]
+        assert batch["hit_rate"] is None and batch["blended_p95_s"] is None
     by_name = {row["policy"]: row for row in summary}
     assert by_name["oracle"]["cold_starts"] == 0
     assert by_name["knative-default"]["cold_starts"] > by_name["keepalive:600"]["cold_starts"] > 0
@@ -98,6 +115,8 @@ def test_replay_writes_summary_report_and_frontier(tmp_path: Path, capsys: pytes
     report = (out / "report.md").read_text()
     assert "**synthetic intent** (lognormal:15,1)" in report and "1 rows without a target left out" in report
     assert (out / "frontier.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert (out / "ttft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Time to first token (TTFT)" in report and "derived from published figures, not measured" in report
     captured = capsys.readouterr()
     assert "| oracle |" in captured.out and "/" in captured.err  # the table, and the progress bar
 
@@ -186,6 +205,119 @@ def test_bad_arguments_are_reported_together(tmp_path: Path, capsys: pytest.Capt
         "--concurrency: 0 must be >= 1",
     ):
         assert expected in err
+
+
+def profile_args(out: Path, *extra: str) -> list[str]:
+    return [
+        "replay", "--profile", "mixed-priority", "--profile-param", "length=8h", "--profile-param", "warmup=2h",
+        "--seed", "2", "--no-sweep", "--refit", "12h", "--out", str(out), *extra,
+    ]  # fmt: skip
+
+
+def test_a_profile_replay_reports_ttft_by_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    out = tmp_path / "out"
+    extra = ["--intent-lead", "lognormal:15,1", "--batch-floor", "1", "--budget", "4", "--batch-budget-share", "20%"]
+    assert cli.main(profile_args(out, *extra)) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    by_name = {row["policy"]: row for row in summary}
+    assert set(by_name) == {
+        "knative-default", "keepalive:600", "hybrid-histogram", "prewarm", "prewarm +intent", "oracle"
+    }  # fmt: skip
+    for row in summary:
+        every, interactive, batch = row["ttft"]
+        assert every["requests"] == interactive["requests"] + batch["requests"] == row["requests"]
+        assert every["cold_starts"] == interactive["cold_starts"] + batch["cold_starts"] == row["cold_starts"]
+        assert batch["requests"] > 0
+        assert 0 < every["gpu_busy_over_warm"] <= 1
+    oracle = by_name["oracle"]["ttft"][0]
+    assert (oracle["hit_rate"], oracle["cold_p50_s"]) == (1.0, None)
+    report = (out / "report.md").read_text()
+    assert "mixed-priority (length=28800s" in report and "(synthetic profile, seed 2)" in report
+    assert "| *published, 7B tuned (reference, not measured here)* | all |" in report
+    assert "| prewarm +intent | batch |" in report
+    assert (out / "ttft.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "| oracle | interactive |" in capsys.readouterr().out
+
+
+def test_the_same_seed_gives_the_same_profile_summary(tmp_path: Path) -> None:
+    outputs = []
+    for name, seed in (("a", "5"), ("b", "5"), ("c", "6")):
+        args = profile_args(tmp_path / name, "--policies", "knative-default,keepalive:600")
+        args[args.index("--seed") + 1] = seed
+        assert cli.main(args) == 0
+        outputs.append((tmp_path / name / "summary.json").read_text())
+    assert outputs[0] == outputs[1] != outputs[2]
+
+
+@pytest.mark.parametrize(
+    ("extra", "messages"),
+    [
+        (
+            ["--profile-param", "batch_share=150%", "--profile-param", "jobs=3"],
+            ["batch_share='150%' must be between 0% and 100%", "jobs='3': mixed-priority has no parameter 'jobs'"],
+        ),
+        (["--profile-param", "length=ten hours"], ["length='ten hours' is not a duration"]),
+        (["--batch-budget-share", "20%"], ["--batch-budget-share: '20%' needs a --budget to share"]),
+        (["--batch-floor", "-1", "--budget", "lots"], ["--batch-floor: '-1' must be >= 0", "--budget: 'lots'"]),
+        (["--format", "alibaba-genai"], ["--format: 'alibaba-genai' applies to --trace only"]),
+    ],
+    ids=["share-and-unknown", "bad-duration", "share-without-budget", "bad-batch-flags", "format-with-profile"],
+)
+def test_bad_profile_parameters_exit_2_naming_parameter_and_value(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], extra: list[str], messages: list[str]
+) -> None:
+    assert cli.main(profile_args(tmp_path / "out", *extra)) == 2
+    err = capsys.readouterr().err
+    for message in messages:
+        assert message in err
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_profile_check_across_parameters_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    args = ["replay", "--profile", "idle-to-burst", "--profile-param", "idle_min=20m", "--out", str(tmp_path)]
+    assert cli.main(args) == 2
+    assert "idle_max='900s' must be >= idle_min (1200s)" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("args", "message"),
+    [
+        (["--profile", "flat"], "argument --profile: invalid choice: 'flat'"),
+        ([], "one of the arguments --trace --profile is required"),
+        (["--trace", "t.csv", "--profile", "sawtooth"], "argument --profile: not allowed with argument --trace"),
+    ],
+    ids=["unknown-profile", "no-source", "both-sources"],
+)
+def test_the_source_is_a_trace_or_a_profile(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
+) -> None:
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["replay", *args, "--out", str(tmp_path / "out")])
+    assert exited.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_profile_param_without_a_profile_and_format_without_a_trace(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    args = ["replay", "--trace", str(trace), "--profile-param", "cycles=3", "--out", str(tmp_path / "out")]
+    assert cli.main(args) == 2
+    err = capsys.readouterr().err
+    assert "--profile-param: 'cycles=3' needs --profile" in err and "--format: required with --trace" in err
+
+
+def test_a_ttft_file_naming_an_unknown_target_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    dist = tmp_path / "ttft.csv"
+    dist.write_text("target,value\nllm-7b-0,500\nllm-7b-9,500\n")
+    assert cli.main(profile_args(tmp_path / "out", "--ttft-dist", str(dist))) == 2
+    assert "--ttft-dist" in (err := capsys.readouterr().err) and "targets not in the trace: llm-7b-9" in err
+    dist.write_text("target,value\nllm-7b-0,500\n")
+    assert cli.main(profile_args(tmp_path / "out", "--ttft-dist", str(dist), "--policies", "oracle")) == 0
+    summary = json.loads((tmp_path / "out" / "summary.json").read_text())
+    assert "ttft.csv (per target)" in (tmp_path / "out" / "report.md").read_text()
+    assert summary[0]["ttft"][0]["hit_rate"] == 1.0
 
 
 def test_a_missing_trace_file_exits_2(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
@@ -294,6 +426,9 @@ def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
         assert set(row) == SUMMARY_KEYS | {"requested", "over_budget", "predicted", "targets"}
         assert row["requests"] == scored == sum(t["requests"] for t in row["targets"])
         assert {t["target"] for t in row["targets"]} == {"M0000", "M0001", "M0002"}
+        assert [(c["priority"], c["requests"]) for c in row["ttft"]] == [("all", scored), ("interactive", scored),
+                                                                         ("batch", 0)]  # fmt: skip
+        assert row["ttft"][0]["cold_starts"] == row["cold_starts"]
     assert rich["cold_starts"] <= cheap["cold_starts"]
     # 2 h/day is less than the reactive autoscaler alone keeps warm: every target's forecast is off
     assert cheap["over_budget"] is True and rich["over_budget"] is False
@@ -305,6 +440,7 @@ def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
     assert "## Objectives and fleet budgets" in report
     assert "Tuned on the history from 2024-11-16 00:00 to 2024-11-17 00:00 UTC" in report
     assert "### prewarm (objective 10.0%): per target" in report
+    assert "| prewarm (fleet 30h/day) | interactive |" in report  # in the TTFT table too
     assert (
         "| prewarm (fleet 2h/day) | 2 warm h/day (below what the cheapest settings need) |" in capsys.readouterr().out
     )

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from datetime import UTC, datetime, timedelta
 
@@ -11,7 +12,7 @@ from hypothesis import strategies as st
 
 from prewarm.core import policy, schedule
 from prewarm.core.policy import Signals, Source
-from prewarm.core.targets import TargetKind, TargetRef, TargetSpec
+from prewarm.core.targets import BatchAllowance, TargetKind, TargetRef, TargetSpec
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -129,6 +130,46 @@ CASES = [
         [(0, Signals(sessions=20))],
         [(2, Source.BUDGET)],
     ),
+    # batch sessions: never above the batch allowance; interactive ones as before
+    (spec(sessions_per_replica=1), [(0, Signals(batch_sessions=1000))], [(0, Source.MIN)]),
+    (
+        spec(sessions_per_replica=1, batch=BatchAllowance(floor=2)),
+        [(0, Signals(batch_sessions=1000))],
+        [(2, Source.BATCH)],
+    ),
+    (
+        spec(sessions_per_replica=1, batch=BatchAllowance(floor=2)),
+        [(0, Signals(sessions=3, batch_sessions=1000))],
+        [(3, Source.INTENT)],
+    ),
+    (
+        # 1 interactive + 5 batch sessions need 2 replicas of 4 slots; interactive alone needs 1
+        spec(sessions_per_replica=4, batch=BatchAllowance(floor=2)),
+        [(0, Signals(sessions=1, batch_sessions=5))],
+        [(2, Source.BATCH)],
+    ),
+    (
+        spec(sessions_per_replica=1, batch=BatchAllowance(floor=2)),
+        [(0, Signals(sessions=2, batch_sessions=5))],
+        [(2, Source.INTENT)],
+    ),
+    (
+        # batch share 25% of 1 replica-hour: 2 batch replicas spend it in 450 s; interactive still raises
+        spec(sessions_per_replica=1, budget=1.0, batch=BatchAllowance(floor=2, budget_share=0.25)),
+        [
+            (0, Signals(batch_sessions=5)),
+            (449, Signals(batch_sessions=5)),
+            (450, Signals(batch_sessions=5)),
+            (460, Signals(sessions=1, batch_sessions=5)),
+        ],
+        [(2, Source.BATCH), (2, Source.BATCH), (0, Source.MIN), (1, Source.INTENT)],
+    ),
+    (
+        # a spent batch share also ends a held batch level, without waiting for the hold
+        spec(sessions_per_replica=1, hold=timedelta(hours=2), budget=1.0, batch=BatchAllowance(1, 0.1)),
+        [(0, Signals(batch_sessions=1)), (60, Signals()), (360, Signals())],
+        [(1, Source.BATCH), (1, Source.BATCH), (0, Source.MIN)],
+    ),
 ]
 IDS = [
     "nothing-wanted",
@@ -149,6 +190,13 @@ IDS = [
     "budget-cuts-hold",
     "zero-budget",
     "budget-keeps-cron",
+    "batch-flood-without-allowance",
+    "batch-flood-capped-at-allowance",
+    "interactive-above-batch-allowance",
+    "batch-tops-up-interactive",
+    "batch-tie-names-intent",
+    "batch-share-exhaustion",
+    "batch-share-cuts-hold",
 ]
 
 
@@ -162,13 +210,41 @@ def test_decide_floor_table(
 def test_reasons_are_one_line_and_name_the_signal() -> None:
     target = spec(max=2, sessions_per_replica=1, hold=timedelta(seconds=60), budget=1.0)
     first, held, spent = run(target, [(0, Signals(sessions=5)), (10, Signals()), (1800, Signals(sessions=5))])
-    assert first.reason == "intent 5 (5 sessions / 1 per replica), clamped to max 2"
+    assert first.reason == "intent 5 (5 interactive sessions / 1 per replica), clamped to max 2"
     assert held.reason == "holding 2 (intent) until 2026-05-01T12:01:10Z; now wanted 0: min 0"
     assert spent.reason == (
-        "budget 1 replica-hours/day spent (1.00 used); intent 5 (5 sessions / 1 per replica) ignored, "
+        "budget 1 replica-hours/day spent (1.00 used); intent 5 (5 interactive sessions / 1 per replica) ignored, "
         "floor 0 from max(min, cron) until midnight UTC"
     )
     assert all("\n" not in d.reason for d in (first, held, spent))
+
+
+def test_batch_reasons_name_the_class() -> None:
+    target = spec(sessions_per_replica=1, hold=timedelta(0), budget=1.0, batch=BatchAllowance(2, 0.25))
+    raised, spent = run(target, [(0, Signals(batch_sessions=40)), (450, Signals(batch_sessions=40))])
+    assert raised.reason == "batch 2 (40 batch sessions / 1 per replica, batch floor 2)"
+    assert raised.next_change == at(450)  # 2 batch replicas spend the 0.25 replica-hour share in 450 s
+    assert spent.reason == "min 0"  # the batch candidate lost: min is named, batch is 0
+    mixed = policy.decide_floor(target, Signals(sessions=1, batch_sessions=40), at(500), spent)
+    assert mixed.reason == "intent 1 (1 interactive sessions / 1 per replica)"
+    capped = policy.decide_floor(spec(max=1, batch=BatchAllowance(1)), Signals(batch_sessions=9), at(0), None)
+    assert capped.reason == "batch 1 (9 batch sessions / 4 per replica, batch floor 1)"
+
+
+def test_batch_replicas_and_their_spend_are_accounted() -> None:
+    target = spec(sessions_per_replica=1, budget=10.0, batch=BatchAllowance(floor=3, budget_share=0.5))
+    first, second, third = run(
+        target,
+        [
+            (0, Signals(sessions=1, batch_sessions=9)),  # floor 3: 1 for interactive, 2 for batch
+            (1800, Signals(sessions=2, batch_sessions=9)),  # floor 3: 1 for batch
+            (3600, Signals(sessions=4, batch_sessions=9)),  # floor 4: none for batch
+        ],
+    )
+    assert [(d.floor, d.batch_replicas) for d in (first, second, third)] == [(3, 2), (3, 1), (4, 0)]
+    assert second.batch_used == pytest.approx(1.0)  # 2 replicas for 30 min
+    assert third.batch_used == pytest.approx(1.5)
+    assert third.budget_used == pytest.approx(3.0)  # 3 replicas above the baseline of 0 for an hour
 
 
 def test_cron_reason_and_next_change() -> None:
@@ -260,6 +336,64 @@ target_strategy = st.builds(
     st.one_of(st.none(), st.floats(0, 5)),
     st.booleans(),
 )
+
+
+@settings(max_examples=300, deadline=None)
+@given(
+    target=target_strategy,
+    steps=st.lists(
+        st.tuples(
+            st.floats(min_value=0, max_value=4000),
+            st.integers(min_value=0, max_value=6),
+            st.one_of(st.none(), st.floats(0, 3)),
+        ),
+        min_size=1,
+        max_size=12,
+    ),
+    allowance=st.integers(0, 4),
+    share=st.one_of(st.none(), st.floats(0, 1)),
+    flood=st.lists(st.integers(0, 10_000), min_size=12, max_size=12),
+)
+def test_a_batch_flood_never_lifts_the_floor_above_the_batch_allowance(
+    target: TargetSpec,
+    steps: list[tuple[float, int, float | None]],
+    allowance: int,
+    share: float | None,
+    flood: list[int],
+) -> None:
+    """Beside the same interactive history, batch sessions add nothing above max(allowance, that floor),
+    and spend at most their share of the budget, deciding at every change as the decider does."""
+    allowance = min(allowance, target.max)
+    share = share if target.budget is not None else None
+    # no cron window and a low min, so that batch has room to matter
+    target = dataclasses.replace(target, min=min(target.min, 1), cron=(), batch=BatchAllowance(allowance, share))
+    flooded: policy.FloorDecision | None = None
+    alone: policy.FloorDecision | None = None
+    signals = (Signals(), Signals())
+    elapsed = 0.0
+
+    def decide(now: datetime) -> None:
+        nonlocal flooded, alone
+        flooded = policy.decide_floor(target, signals[0], now, flooded)
+        alone = policy.decide_floor(target, signals[1], now, alone)
+        assert all(d.next_change is None or d.next_change > now for d in (flooded, alone))
+        assert flooded.floor <= max(alone.floor, allowance)
+        assert flooded.batch_replicas <= allowance
+        if share is not None and target.budget is not None:
+            assert flooded.batch_used <= share * target.budget + 1e-6
+
+    for (gap, sessions, forecast), batch in zip(steps, flood, strict=False):
+        elapsed += gap
+        while flooded is not None and alone is not None:
+            due = [d.next_change for d in (flooded, alone) if d.next_change is not None and d.next_change < at(elapsed)]
+            if not due:
+                break
+            decide(min(due))
+        signals = (
+            Signals(sessions=sessions, forecast=forecast, batch_sessions=batch),
+            Signals(sessions=sessions, forecast=forecast),
+        )
+        decide(at(elapsed))
 
 
 @settings(max_examples=200, deadline=None)

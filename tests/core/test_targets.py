@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from prewarm.core import schedule, targets
-from prewarm.core.targets import ConfigError, ForecastSettings, TargetKind, TargetRef, TargetSpec
+from prewarm.core.targets import BatchAllowance, ConfigError, ForecastSettings, TargetKind, TargetRef, TargetSpec
 
 REPO = Path(__file__).resolve().parents[2]
 
@@ -32,6 +32,7 @@ targets:
       - {schedule: "0 22 * * *", duration: 4h, floor: 1}
     forecast: {enabled: true, quantile: 0.95, horizon: 2m}
     budget: 12.5
+    batch: {floor: 1, budgetShare: 20%}
 """
 EXPECTED = TargetSpec(
     ref=TargetRef("ml", "chat"),
@@ -47,6 +48,7 @@ EXPECTED = TargetSpec(
     ),
     forecast=ForecastSettings(enabled=True, quantile=0.95, horizon=timedelta(minutes=2)),
     budget=12.5,
+    batch=BatchAllowance(floor=1, budget_share=0.2),
 )
 COMPACT_CRON = "55 8 * * 1-5 for 13h = 2 in America/New_York; 0 22 * * * for 4h = 1"
 
@@ -65,6 +67,8 @@ def test_yaml_annotations_and_scaler_metadata_give_the_same_target() -> None:
             "prewarm.dev/forecast-quantile": "0.95",
             "prewarm.dev/forecast-horizon": "2m",
             "prewarm.dev/budget": "12.5",
+            "prewarm.dev/batch-floor": "1",
+            "prewarm.dev/batch-budget-share": "20%",
             "autoscaling.knative.dev/max-scale": "6",  # max taken from the platform
         },
         ref=TargetRef("ml", "chat"),
@@ -81,6 +85,8 @@ def test_yaml_annotations_and_scaler_metadata_give_the_same_target() -> None:
             "forecastQuantile": "0.95",
             "forecastHorizon": "2m",
             "budget": "12.5",
+            "batchFloor": "1",
+            "batchBudgetShare": "0.2",
         },
         scaled_object=TargetRef("ml", "chat"),
     )
@@ -100,12 +106,13 @@ def test_defaults() -> None:
     parsed = targets.parse_config_document("targets: [{name: a/b, kind: keda, max: 3}]", source="t.yaml")
     assert parsed.targets == (TargetSpec(ref=TargetRef("a", "b"), kind=TargetKind.KEDA, max=3),)
     spec = parsed.targets[0]
-    assert (spec.min, spec.sessions_per_replica, spec.session_ttl, spec.hold, spec.budget) == (
+    assert (spec.min, spec.sessions_per_replica, spec.session_ttl, spec.hold, spec.budget, spec.batch) == (
         0,
         4,
         timedelta(seconds=300),
         timedelta(seconds=120),
         None,
+        BatchAllowance(floor=0, budget_share=None),  # batch sessions raise no floor unless allowed
     )
 
 
@@ -202,6 +209,25 @@ def test_every_problem_in_one_error() -> None:
             ["targets[0].forecast.quantile: 1.5 must be between 0 and 1 (exclusive)"],
         ),
         (
+            "targets: [{name: a/b, kind: keda, max: 2, budget: 4, batch: {floor: -1, budgetShare: 150%}}]",
+            [
+                "targets[0].batch.floor: -1 must be >= 0",
+                "targets[0].batch.budgetShare: '150%' must be between 0% and 100%",
+            ],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, batch: {floor: 3}}]",
+            ["targets[0].batch.floor: 3 is above max (2)"],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, batch: {budgetShare: 0.2}}]",
+            ["targets[0].batch.budgetShare: 0.2 needs a targets[0].budget to share"],
+        ),
+        (
+            "targets: [{name: a/b, kind: keda, max: 2, batch: 20%}]",
+            ["targets[0].batch: '20%' is not a mapping (budgetShare, floor)"],
+        ),
+        (
             "targets: [{name: a/b, kind: keda, max: 2, cron: 'every day = 1'}]",
             [
                 "targets[0].cron[0]: 'every day = 1' is not a cron window "
@@ -250,6 +276,10 @@ def test_every_problem_in_one_error() -> None:
         "zero-spr",
         "negative-budget",
         "quantile-range",
+        "batch-floor-and-share-range",
+        "batch-floor-above-max",
+        "batch-share-without-budget",
+        "batch-not-a-mapping",
         "compact-garbage",
         "duplicate",
         "objective-over-100",
@@ -300,6 +330,43 @@ def test_annotation_errors_use_annotation_spelling() -> None:
         "  - prewarm.dev/cron[0].floor: 'x' is not an integer\n"
         "  - prewarm.dev/max: None is required (no platform max-scale to fall back on)"
     )
+
+
+def test_batch_allowance_errors_use_each_source_spelling() -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_annotations(
+            {"prewarm.dev/max": "2", "prewarm.dev/batch-floor": "many", "prewarm.dev/batch-budget-share": "10%"},
+            ref=TargetRef("a", "b"),
+        )
+    assert [str(p) for p in caught.value.problems] == [
+        "prewarm.dev/batch-floor: 'many' is not an integer",
+        "prewarm.dev/batch-budget-share: '10%' needs a prewarm.dev/budget to share",
+    ]
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_scaler_metadata(
+            {"max": "2", "budget": "3", "batchFloor": "5", "batchBudgetShare": "1.5"}, scaled_object=TargetRef("a", "b")
+        )
+    assert [str(p) for p in caught.value.problems] == [
+        "batchBudgetShare: '1.5' must be between 0% and 100%",
+        "batchFloor: '5' is above max (2)",
+    ]
+
+
+@pytest.mark.parametrize(
+    ("raw", "share"),
+    [("20%", 0.2), ("0%", 0.0), ("100%", 1.0), (0.25, 0.25), ("0.5", 0.5), (1, 1.0), (" 7.5 % ", 0.075)],
+    ids=["percent", "zero", "all", "fraction", "fraction-text", "one", "spaces"],
+)
+def test_parse_share(raw: object, share: float) -> None:
+    assert targets.parse_share(raw) == pytest.approx(share)
+
+
+def test_inline_scaler_metadata_keeps_the_base_batch_allowance() -> None:
+    base = targets.parse_config_document(
+        "targets: [{name: ml/chat, kind: keda, max: 4, budget: 2, batch: {floor: 1, budgetShare: 25%}}]", source="t"
+    ).targets[0]
+    spec, _ = targets.parse_scaler_metadata({"hold": "1m"}, scaled_object=TargetRef("ml", "chat"), base=base)
+    assert spec.batch == BatchAllowance(floor=1, budget_share=0.25)
 
 
 def test_scaler_metadata_errors_use_metadata_spelling() -> None:

@@ -314,5 +314,5 @@ async def test_with_redis_only_the_lease_holder_decides_and_patches(tmp_path: Pa
     assert outputs["replica-2"].getvalue() == ""
     assert [line.split(" ", 1)[1] for line in outputs["replica-1"].getvalue().splitlines()] == [
         "llm/chat - -> 0 [min] min 0",
-        "llm/chat 0 -> 1 [intent] intent 1 (1 sessions / 1 per replica)",
+        "llm/chat 0 -> 1 [intent] intent 1 (1 interactive sessions / 1 per replica)",
     ]

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import io
 from collections.abc import AsyncIterator, Awaitable, Callable
+from datetime import UTC, datetime
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,32 @@ async def test_async_client_open_heartbeat_close_reach_the_state(live: compositi
     assert await sessions(live) == 0
     assert client.stats == sdk.SenderStats(queued=3, sent=3, attempts=client.stats.attempts)
     assert live.listener.counts["accepted"] == 3
+
+
+async def test_batch_sessions_reach_the_state_as_batch(live: composition.RunningService) -> None:
+    ticks = Ticks(heartbeat_seconds=30)
+    settings = sdk.SenderSettings(heartbeat_seconds=30)
+    url = f"http://127.0.0.1:{live.http_port}"
+    async with sdk.AsyncIntentClient(url, token="t0ken", settings=settings, sleep=ticks) as client:
+        async with client.session("ml/chat", priority="batch"), client.session("ml/chat", priority="batch"):
+            ticks.beat()  # heartbeats carry the class the session was opened with
+            await wait_for(lambda: client.stats.queued == 4)
+            await client.flush()
+            view = (await live.decider.describe())[0]
+            assert (view["sessions"], view["batch_sessions"]) == (2, 2)
+            # no batch allowance configured: two batch sessions raise no floor (two interactive ones: 2)
+            decision = await live.decider.decide("ml/chat", datetime.now(UTC))
+            assert (decision.floor, decision.reason) == (0, "min 0")
+        await client.flush()
+    assert (await live.decider.describe())[0]["batch_sessions"] == 0
+    assert client.stats.sent == 6
+
+
+def test_a_bad_priority_fails_in_the_callers_thread() -> None:
+    with sdk.IntentClient("http://127.0.0.1:9") as client, pytest.raises(ValueError) as caught:
+        client.open("ml/chat", priority="urgent")
+    assert str(caught.value) == "priority 'urgent' is not one of ('interactive', 'batch')"
+    assert client.stats.queued == 0
 
 
 async def test_sync_client_is_a_context_manager(live: composition.RunningService) -> None:

@@ -53,8 +53,15 @@ def test_schema_is_valid() -> None:
             "id": "1",
             "data": {"target": "a/b", "session": "a", "ttl": 1e308},
         },
+        {
+            "specversion": "1.0",
+            "type": "dev.prewarm.session.opened",
+            "source": "/s",
+            "id": "1",
+            "data": {"target": "a/b", "session": "a", "priority": "urgent"},
+        },
     ],
-    ids=["no-target-nor-subject", "unknown-type", "zero-ttl", "huge-ttl"],
+    ids=["no-target-nor-subject", "unknown-type", "zero-ttl", "huge-ttl", "unknown-priority"],
 )
 def test_schema_rejects_what_the_listener_rejects(event: dict[str, object]) -> None:
     assert not VALIDATOR.is_valid(event)
@@ -73,9 +80,13 @@ async def test_python_sdk_events_match_the_schema() -> None:
         session = client.open("ml/chat", ttl=90)
         client.heartbeat("ml/chat", session)
         client.close_session("ml/chat", session)
+        job = client.open("ml/chat", priority="batch")
+        client.heartbeat("ml/chat", job)
+        client.close_session("ml/chat", job)
         await client.flush()
     events = [event for body in bodies for event in json.loads(body)]
-    assert [e["type"].rsplit(".", 1)[1] for e in events] == ["opened", "heartbeat", "closed"]
+    assert [e["type"].rsplit(".", 1)[1] for e in events] == ["opened", "heartbeat", "closed"] * 2
+    assert [e["data"].get("priority") for e in events] == [None] * 3 + ["batch"] * 3
     for event in events:
         VALIDATOR.validate(event)
 
@@ -114,8 +125,33 @@ MADE_EVENTS = """
 async def test_browser_sdk_events_match_the_schema(browser: Chromium, sdk_page: str) -> None:
     events = [json.loads(text) for text in await browser.evaluate(sdk_page, MADE_EVENTS)]
     assert [e["type"].rsplit(".", 1)[1] for e in events] == ["opened", "heartbeat", "closed"]
+    assert all("priority" not in e["data"] for e in events)  # interactive: the listener's default
     for event in events:
         VALIDATOR.validate(event)
+    batch = MADE_EVENTS.replace("ttlSeconds: 90,", 'ttlSeconds: 90, priority: "batch",')
+    events = [json.loads(text) for text in await browser.evaluate(sdk_page, batch)]
+    assert [e["data"]["priority"] for e in events] == ["batch"] * 3
+    for event in events:
+        VALIDATOR.validate(event)
+
+
+BAD_PRIORITY = """
+  (async () => {
+    while (!window.Session) await new Promise((r) => setTimeout(r, 10));
+    try {
+      new window.Session({ endpoint: "http://127.0.0.1:9", target: "ml/chat", priority: "urgent",
+                           fetchImpl: async () => ({ status: 202, headers: new Headers() }) });
+      return "no error";
+    } catch (error) {
+      return error.message;
+    }
+  })()
+"""
+
+
+async def test_browser_sdk_refuses_an_unknown_priority(browser: Chromium, sdk_page: str) -> None:
+    message = await browser.evaluate(sdk_page, BAD_PRIORITY)
+    assert message == 'prewarm.open: priority "urgent" is not one of interactive, batch'
 
 
 RETRY_AFTER = """

@@ -20,7 +20,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from support import RedisServer, wait_for
 
-from prewarm.core import targets
+from prewarm.core import ledger, policy, targets
 from prewarm.service import clock, decider, listener, state
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -31,6 +31,7 @@ SPEC = targets.TargetSpec(
     max=3,
     sessions_per_replica=2,
     session_ttl=timedelta(seconds=300),
+    batch=targets.BatchAllowance(floor=1),
 )
 OPENED = "dev.prewarm.session.opened"
 CLOSED = "dev.prewarm.session.closed"
@@ -203,9 +204,54 @@ async def test_accepted_event_re_decides_the_target_at_once(memory: Harness) -> 
             "decided_at": None,
             "next_change": "2026-05-01T12:05:00+00:00",
             "sessions": 3,
+            "batch_sessions": 0,
             "min": 0,
             "max": 3,
         }
+    finally:
+        task.cancel()
+
+
+@pytest.fixture(params=["memory", "redis_backed"])
+def either_store(request: pytest.FixtureRequest) -> Harness:
+    harness: Harness = request.getfixturevalue(request.param)
+    return harness
+
+
+async def test_priority_classes_are_counted_apart_and_batch_is_capped(either_store: Harness) -> None:
+    import asyncio
+
+    h = either_store
+    headers = AUTH if isinstance(h.store, state.MemoryStore) else {}
+    task = asyncio.create_task(h.decider.run())
+    try:
+        flood = [cloudevent(f"b{i}", session=f"job-{i}", priority="batch") for i in range(6)]
+        assert (await h.post(batch(*flood), **headers)).status == 202
+        count = await h.store.count_sessions("ml/chat", T0)
+        assert (count.active, count.batch) == (6, 6)
+        # batch sessions are not arrivals: the forecaster learns interactive demand only
+        assert await h.store.arrivals("ml/chat", T0 - timedelta(minutes=1), T0 + timedelta(minutes=1)) == {}
+        await wait_for(lambda: h.decider.decisions.get("ml/chat") is not None and h.decider.decisions["ml/chat"].floor)
+        decision = h.decider.decisions["ml/chat"]
+        assert (decision.floor, decision.source.value) == (1, "batch")  # six batch sessions, batch floor 1
+        assert decision.reason == "batch 1 (6 batch sessions / 2 per replica, batch floor 1)"
+
+        chats = [cloudevent(f"i{i}", session=f"chat-{i}", priority="interactive") for i in range(2)]
+        chats.append(cloudevent("i2", session="chat-2"))  # no priority: interactive
+        assert (await h.post(batch(*chats), **headers)).status == 202
+        await wait_for(lambda: h.decider.decisions["ml/chat"].floor == 2)
+        assert h.decider.decisions["ml/chat"].reason == "intent 2 (3 interactive sessions / 2 per replica)"
+        assert await h.store.arrivals("ml/chat", T0 - timedelta(minutes=1), T0 + timedelta(minutes=1)) == {T0: 3}
+
+        # a heartbeat without the class keeps a batch session batch; a closed without it ends it
+        beat = cloudevent("h0", type="dev.prewarm.session.heartbeat", session="job-0")
+        end = cloudevent("c1", type=CLOSED, session="job-1")
+        assert (await h.post(batch(beat, end), **headers)).status == 202
+        count = await h.store.count_sessions("ml/chat", T0)
+        assert (count.active, count.batch) == (8, 5)
+        assert h.client is not None
+        view = (await (await h.client.get("/targets", headers=headers)).json())["targets"][0]
+        assert (view["sessions"], view["batch_sessions"], view["floor"]) == (8, 5, 2)
     finally:
         task.cancel()
 
@@ -222,6 +268,18 @@ async def test_accepted_event_re_decides_the_target_at_once(memory: Harness) -> 
         (({"Content-Type": listener.BATCH}, b"[1]"), AUTH, 400, "batch[0] is not a JSON object"),
         (structured(cloudevent("e1", session="")), AUTH, 400, "data.session must be a string"),
         (structured(cloudevent("e1", ttl="long")), AUTH, 400, "data.ttl 'long' is not a number"),
+        (
+            structured(cloudevent("e1", priority="urgent")),
+            AUTH,
+            400,
+            "event 'e1': data.priority 'urgent' is not one of ['interactive', 'batch']",
+        ),
+        (
+            structured(cloudevent("e1", priority=1)),
+            AUTH,
+            400,
+            "event 'e1': data.priority 1 is not one of ['interactive', 'batch']",
+        ),
         (structured(cloudevent("e1", target="")), AUTH, 400, "data.target (or subject) is required"),
         (structured(cloudevent("e1")), {}, 401, "a bearer token is required"),
         (structured(cloudevent("e1")), {"Authorization": "Bearer wrong"}, 401, "wrong bearer token"),
@@ -279,6 +337,8 @@ async def test_accepted_event_re_decides_the_target_at_once(memory: Harness) -> 
         "batch-not-object",
         "no-session",
         "bad-ttl",
+        "bad-priority",
+        "priority-not-a-string",
         "no-target",
         "no-token",
         "wrong-token",
@@ -485,6 +545,33 @@ async def test_readyz_reports_an_unreachable_store(redis_backed: Harness, redis_
     redis_server.start()
 
 
+async def test_redis_batch_flood_never_evicts_interactive_sessions(redis_server: RedisServer) -> None:
+    store = state.RedisStore.from_url(redis_server.url, sessions_per_target=3)
+    try:
+
+        def intent(i: int, session: str, priority: ledger.Priority) -> state.Intent:
+            event = ledger.SessionEvent(ledger.SessionEventType.OPENED, session, T0, timedelta(seconds=300), priority)
+            return state.Intent("ml/chat", "/test", f"e{i}", event)
+
+        chats = [intent(i, f"chat-{i}", ledger.Priority.INTERACTIVE) for i in range(2)]
+        jobs = [intent(10 + i, f"job-{i}", ledger.Priority.BATCH) for i in range(20)]
+        assert (await store.record_intents([*chats, *jobs])).accepted == 22
+        count = await store.count_sessions("ml/chat", T0)
+        assert (count.active, count.batch) == (5, 3)  # each class capped on its own
+        assert store.dropped_sessions == 17
+    finally:
+        await store.close()
+
+
+def test_a_decision_stored_before_batch_accounting_still_decodes() -> None:
+    decision = policy.decide_floor(SPEC, policy.Signals(sessions=2), T0, None)
+    raw = json.loads(state.encode_decision(decision))
+    del raw["batch_replicas"], raw["batch_used"]
+    assert state.decode_decision(json.dumps(raw)) == decision
+    flooded = policy.decide_floor(SPEC, policy.Signals(batch_sessions=9), T0, None)
+    assert state.decode_decision(state.encode_decision(flooded)).batch_replicas == 1
+
+
 # --- fuzzing: never a 500, never an unhandled exception ---
 
 header_names = st.sampled_from(
@@ -514,7 +601,19 @@ bodies = st.one_of(
                 st.lists(children, max_size=4)
                 | st.dictionaries(
                     st.sampled_from(
-                        ["type", "source", "id", "specversion", "data", "time", "subject", "target", "session", "ttl"]
+                        [
+                            "type",
+                            "source",
+                            "id",
+                            "specversion",
+                            "data",
+                            "time",
+                            "subject",
+                            "target",
+                            "session",
+                            "ttl",
+                            "priority",
+                        ]
                     ),
                     children,
                     max_size=6,

@@ -137,7 +137,10 @@ def test_log_actuator_line_format() -> None:
     spec = chat_spec()
     first = policy.decide_floor(spec, policy.Signals(sessions=9), T0, None)
     asyncio.run(actuation.LogActuator(out).apply(first, None))
-    assert out.getvalue() == "2026-05-01T12:00:00Z ml/chat - -> 3 [intent] intent 3 (9 sessions / 4 per replica)\n"
+    assert (
+        out.getvalue()
+        == "2026-05-01T12:00:00Z ml/chat - -> 3 [intent] intent 3 (9 interactive sessions / 4 per replica)\n"
+    )
 
 
 async def test_sessions_survive_a_restart_with_the_redis_store(tmp_path: Path, redis_server: RedisServer) -> None:
