@@ -83,12 +83,13 @@ def replicas_for(p_arrival: np.ndarray, tail: np.ndarray, quantile: float, concu
 def build_model(kind: ModelKind, seed: int) -> Any:
     """A fresh, unfitted scikit-learn classifier of `kind`."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if kind is ModelKind.LOGISTIC:
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
+    if kind is ModelKind.LOGISTIC:  # unknown (NaN) features take the column mean; boosting routes them itself
+        return make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
     return HistGradientBoostingClassifier(
         max_iter=60,
         learning_rate=0.12,
@@ -105,16 +106,21 @@ class ArrivalModel:
 
     Training samples negatives (and, past half the budget, positives) at different rates;
     `odds_scale` (negative rate / positive rate) maps the model's odds back to the population's.
+    `columns` are the feature columns it was fitted on: a column unknown (NaN) in every training
+    row, such as intent for a pool without intent, is left out.
     """
 
     estimator: Any  # a fitted scikit-learn classifier, or None
     constant: float
     odds_scale: float = 1.0
+    columns: tuple[int, ...] | None = None  # None: every column
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """P(at least one arrival in the horizon) for each feature row."""
         if self.estimator is None or features.shape[0] == 0:
             return np.full(features.shape[0], self.constant)
+        if self.columns is not None:
+            features = features[:, list(self.columns)]
         sampled = np.clip(np.asarray(self.estimator.predict_proba(features)[:, 1], dtype=np.float64), 1e-12, 1 - 1e-12)
         odds = sampled / (1.0 - sampled) * self.odds_scale
         return odds / (1.0 + odds)
@@ -138,11 +144,14 @@ def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: Forecast
     negative_rate = keep_negatives / negatives.size
     negatives = rng.choice(negatives, keep_negatives, replace=False)
     rows = np.sort(np.concatenate((positives, negatives)))
+    training = features[rows]
+    known = ~np.isnan(training).all(axis=0)
+    columns = None if known.all() else tuple(int(c) for c in np.flatnonzero(known))
     estimator = build_model(config.model, config.seed)
-    estimator.fit(features[rows], labels[rows])
-    return ArrivalModel(estimator, float(labels.mean()), odds_scale=negative_rate / positive_rate)
+    estimator.fit(training if columns is None else training[:, list(columns)], labels[rows])
+    return ArrivalModel(estimator, float(labels.mean()), odds_scale=negative_rate / positive_rate, columns=columns)
 
 
 def has_history(counts_before: np.ndarray) -> bool:
-    """Whether a target has seen arrivals in enough minutes for the model to speak for it."""
-    return int(np.count_nonzero(counts_before)) >= MIN_ARRIVAL_MINUTES
+    """Whether a target has seen arrivals in enough (known) minutes for the model to speak for it."""
+    return int(np.count_nonzero(np.asarray(counts_before) > 0)) >= MIN_ARRIVAL_MINUTES
