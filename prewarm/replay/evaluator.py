@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from prewarm.core import policy, targets
-from prewarm.forecast import arrival_model, idle_histogram, minute_features
+from prewarm.forecast import arrival_model, idle_histogram, pooled_forecast
 from prewarm.replay import simulation, traces
 
 SESSION_GAP = timedelta(minutes=10)
@@ -286,16 +287,25 @@ def synthetic_sessions(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TraceForecast:
-    """P(arrival in the horizon) per target and minute from periodic refits; NaN where the fallback rules."""
+    """P(arrival in the horizon) per target and minute from periodic refits; NaN where the fallback rules.
+
+    `tails[target][i]` is the demand tail known at the start of block `i` (minute index `blocks[i]`).
+    """
 
     first_minute: int
     probability: Mapping[str, np.ndarray]
     fallback: Mapping[str, np.ndarray]  # the hybrid-histogram rule's floor where probability is NaN
-    tails: Mapping[str, np.ndarray]
+    blocks: np.ndarray  # minute index each refit block starts at
+    tails: Mapping[str, np.ndarray]  # (blocks, MAX_LEVEL) per target
 
     def replicas(self, target: str, quantile: float, concurrency: int) -> np.ndarray:
         p = self.probability[target]
-        learned = arrival_model.replicas_for(np.nan_to_num(p), self.tails[target], quantile, concurrency)
+        learned = np.zeros(p.size)
+        bounds = [*self.blocks.tolist(), p.size]
+        for i, (lo, hi) in enumerate(itertools.pairwise(bounds)):
+            learned[lo:hi] = arrival_model.replicas_for(
+                np.nan_to_num(p[lo:hi]), self.tails[target][i], quantile, concurrency
+            )
         return np.where(np.isnan(p), self.fallback[target], learned)
 
 
@@ -303,6 +313,18 @@ def minute_grid(trace: traces.Trace) -> tuple[int, int]:
     """The trace's first absolute minute and how many minutes the forecasts cover (one spare)."""
     first_minute = int(trace.start // 60)
     return first_minute, int(trace.end // 60) - first_minute + 2
+
+
+def trace_histories(trace: traces.Trace) -> dict[str, pooled_forecast.TargetHistory]:
+    """Each target's arrivals per minute over the trace's minute grid (every minute known)."""
+    first_minute, n_minutes = minute_grid(trace)
+    return {
+        t.name: pooled_forecast.TargetHistory(
+            first_minute,
+            np.bincount((t.arrivals // 60).astype(np.int64) - first_minute, minlength=n_minutes).astype(np.float64),
+        )
+        for t in trace.targets
+    }
 
 
 def forecast_trace(
@@ -313,48 +335,35 @@ def forecast_trace(
     refit_minutes: int,
     on_refit: Callable[[], None] | None = None,
 ) -> TraceForecast:
-    """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block."""
+    """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block.
+
+    Each refit and the prediction at its first minute are `pooled_forecast`'s, as in `prewarm serve`;
+    within a block the same model and rule answer every minute.
+    """
     first_minute, n_minutes = minute_grid(trace)
     minutes = np.arange(n_minutes)
-    counts = {
-        t.name: np.bincount((t.arrivals // 60).astype(np.int64) - first_minute, minlength=n_minutes)
-        for t in trace.targets
-    }
-    features = {
-        name: minute_features.feature_matrix(c, minutes, first_minute=first_minute, horizon=config.horizon)
-        for name, c in counts.items()
-    }
-    labels = {name: minute_features.arrival_labels(c, minutes, config.horizon) for name, c in counts.items()}
-    first_seen = {name: int(np.flatnonzero(c)[0]) for name, c in counts.items()}
-    probability = {name: np.full(n_minutes, np.nan) for name in counts}
-    fallback = {name: np.zeros(n_minutes) for name in counts}
-    tails: dict[str, np.ndarray] = {}
+    histories = trace_histories(trace)
+    features = {name: h.features(minutes, config.horizon) for name, h in histories.items()}
+    probability = {name: np.full(n_minutes, np.nan) for name in histories}
+    fallback = {name: np.zeros(n_minutes) for name in histories}
     begin = max(0, int(predict_from // 60) - first_minute)
-    for block in range(begin, n_minutes, refit_minutes):
+    blocks = np.arange(begin, n_minutes, refit_minutes)
+    tails = {name: np.zeros((blocks.size, arrival_model.MAX_LEVEL)) for name in histories}
+    for i, block in enumerate(blocks.tolist()):
         block_end = min(block + refit_minutes, n_minutes)
-        lo, hi = max(0, block - config.training_minutes), block - config.horizon + 1
-        learned = [name for name, c in counts.items() if arrival_model.has_history(c[:block])]
-        spans = [(n, max(lo, first_seen[n])) for n in learned if hi > max(lo, first_seen[n])]
-        model = arrival_model.ArrivalModel(None, 0.0)
-        if spans:
-            block_config = dataclasses.replace(config, seed=config.seed + block)
-            model = arrival_model.fit_arrival_model(
-                np.concatenate([features[n][a:hi] for n, a in spans]),
-                np.concatenate([labels[n][a:hi] for n, a in spans]),
-                block_config,
-            )
-        demands = {n: minute_features.demand_in_horizon(counts[n][:block], config.horizon) for n in counts}
-        pooled = arrival_model.demand_tail(np.concatenate(list(demands.values())))
-        for name, c in counts.items():
-            tails[name] = arrival_model.demand_tail(demands[name], pooled)
-            span = minutes[block:block_end]
-            if name in learned:
+        model = pooled_forecast.fit_at(histories, minute=first_minute + block, config=config, features=features)
+        block_tails = pooled_forecast.demand_tails(histories, minute=first_minute + block, horizon=config.horizon)
+        for name, history in histories.items():
+            tails[name][i] = block_tails[name]
+            if model.estimator is not None and history.learned(block):
                 probability[name][block:block_end] = model.probability(features[name][block:block_end])
             else:
-                fallback[name][block:block_end] = idle_histogram.fallback_replicas(c, span, learned_until=block)
+                fallback[name][block:block_end] = idle_histogram.fallback_replicas(
+                    history.requests, minutes[block:block_end], learned_until=block
+                )
         if on_refit is not None:
             on_refit()
-    return TraceForecast(first_minute, probability, fallback, tails)
+    return TraceForecast(first_minute, probability, fallback, blocks, tails)
 
 
 def refit_count(trace: traces.Trace, predict_from: float, refit_minutes: int) -> int:
