@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import Chromium, RedisServer
+from support import Chromium, PrometheusServer, RedisServer
 
 
 @pytest.fixture
@@ -14,6 +14,16 @@ def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     server = RedisServer(tmp_path / "redis")
     server.directory.mkdir()
     server.start()
+    try:
+        yield server
+    finally:
+        server.stop()
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[PrometheusServer]:
+    """A Prometheus not started yet: load its history (`load_openmetrics`), then `start()` it."""
+    server = PrometheusServer(tmp_path / "prometheus")
     try:
         yield server
     finally:

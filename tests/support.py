@@ -1,4 +1,4 @@
-"""Test support: a real redis-server on a free loopback port, and polling with deadlines."""
+"""Test support: real redis-server and prometheus processes on free loopback ports, and polling with deadlines."""
 
 from __future__ import annotations
 
@@ -75,6 +75,74 @@ class RedisServer:
         if self._process is not None:
             self._process.terminate()
             self._process.wait(timeout=10)
+            self._process = None
+
+
+class PrometheusServer:
+    """Debian's `prometheus` (2.42) on a free loopback port, with no scrape targets, over a storage
+    directory that `load_openmetrics` fills with blocks made by `promtool`. Tests may stop and
+    start it again on the same port and data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.storage = directory / "data"
+        self.port = free_port()
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.port}"
+
+    def load_openmetrics(self, text: str) -> None:
+        """Backfill `text` (OpenMetrics, ending with `# EOF`) as TSDB blocks; call before `start`."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.fail("promtool is not installed (.ci/run installs the prometheus package)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        source = self.directory / "history.om"
+        source.write_text(text)
+        subprocess.run(
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(self.storage)],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail("prometheus is not installed (.ci/run installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+        self._process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.storage}",
+                "--storage.tsdb.retention.time=100y",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                    conn.sendall(b"GET /-/ready HTTP/1.0\r\n\r\n")
+                    if b" 200 " in conn.recv(64):
+                        return
+            except OSError:
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("prometheus did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=20)
             self._process = None
 
 

@@ -8,7 +8,8 @@ after it), again half a second later. `increase(...[1m])` at a minute's end then
 minute's requests on Prometheus 2 (range windows include their start), and within about 1% on
 Prometheus 3 (left-open windows see the half-second sample). An `up` series with a sample every
 minute of the trace marks the minutes Prometheus "recorded", so the minutes between requests read
-as zero, not unknown. Timestamps are whole or half seconds, exact as floats.
+as zero, not unknown; the minutes before and well after the trace stay unknown. Timestamps are
+whole or half seconds, exact as floats.
 """
 
 from __future__ import annotations
@@ -78,9 +79,11 @@ def openmetrics_lines(
                     yield f"{metric}{labels} {value} {_stamp(at)}"
                     last = at
             total += count
+    # minute m counts as recorded when an `up` sample lies in [m's start, m's end] (Prometheus 2):
+    # from the trace's first minute to the one after its last, the minutes `prewarm replay` sees
     first = int(trace.start // 60)
-    last_minute = int(trace.end // 60) + 1
+    last = int(trace.end // 60) + 1
     yield "# TYPE up gauge"
-    for minute in range(first, last_minute + 1):
-        yield f'up{{job="{COVERAGE_JOB}"}} 1 {minute * 60}'
+    for boundary in range(first + 1, last + 1):
+        yield f'up{{job="{COVERAGE_JOB}"}} 1 {boundary * 60}'
     yield "# EOF"

@@ -35,7 +35,7 @@ def test_knative_export_has_samples_around_minutes_with_requests_and_a_coverage_
         f"{series} 4 {T0 + 300}",
         f"{series} 4 {T0 + 300}.5",
         "# TYPE up gauge",
-        *(f'up{{job="prewarm-history-export"}} 1 {T0 + 60 * m}' for m in range(6)),
+        *(f'up{{job="prewarm-history-export"}} 1 {T0 + 60 * m}' for m in range(1, 6)),  # minutes 0 to 5
         "# EOF",
     ]
 
