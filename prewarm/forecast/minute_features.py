@@ -99,7 +99,7 @@ class _Sums:
             weight = signal.lfilter(b, a, self.mask.astype(np.float64))
             full = signal.lfilter(b, a, np.ones(self.counts.size))
             with np.errstate(divide="ignore", invalid="ignore"):
-                ewma = np.where(weight > 0, ewma * full / weight, np.nan)
+                ewma = np.where(weight > 0, ewma * (full / weight), np.nan)  # exactly ewma where all known
         before = minutes - 1
         return np.asarray(np.where(before >= 0, ewma[np.clip(before, 0, self.counts.size - 1)], 0.0), dtype=np.float64)
 

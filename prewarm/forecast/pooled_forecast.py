@@ -97,7 +97,8 @@ def fit_at(
     once for all refits); a row is the same whether computed alone or with the others.
     """
     parts = []
-    for name, history in histories.items():
+    for name in sorted(histories):  # the same rows in the same order, however the caller listed them
+        history = histories[name]
         until = history.index(minute)
         if not history.learned(until):
             continue
@@ -111,8 +112,10 @@ def fit_at(
 def demand_tails(histories: Mapping[str, TargetHistory], *, minute: int, horizon: int) -> dict[str, np.ndarray]:
     """P(N >= k | N >= 1) per target from its known windows before `minute`, shrunk toward all targets'."""
     demands = {
-        name: minute_features.demand_in_horizon(h.requests[: max(h.index(minute), 0)], horizon)
-        for name, h in histories.items()
+        name: minute_features.demand_in_horizon(
+            histories[name].requests[: max(histories[name].index(minute), 0)], horizon
+        )
+        for name in sorted(histories)
     }
     pooled = arrival_model.demand_tail(np.concatenate([np.zeros(0), *demands.values()]))
     return {name: arrival_model.demand_tail(d, pooled) for name, d in demands.items()}
