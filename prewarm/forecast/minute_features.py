@@ -4,11 +4,13 @@ Pure: arrays in, arrays out; no clock, no I/O. At the start of minute `m` a targ
 from its counts of minutes `< m` only, so a row never sees its own future. The same functions feed
 `prewarm serve` (from Prometheus or stored counts) and `prewarm replay` (from a trace).
 
-A count may be NaN: the minute is unknown (Prometheus had no sample), which is not the same as no
-arrivals. A window sum then scales the known minutes' sum up to the whole window (a rate
-estimate), and is NaN when no minute of the window is known; the boosting model routes NaN
-features on their own branch. A label whose window is unknown is not trained on. With no unknown
-minute every feature is exactly the plain sum.
+A count may be NaN: the minute is unknown (Prometheus recorded nothing then), which is not the
+same as no arrivals. A window sum then scales the known minutes' sum up to the whole window (a
+rate estimate); a window with no known minute takes the rate of the next longer trailing window
+(the last day's, for windows a day or a week back), so a short outage reads as the recent rate,
+never as zero nor as a value training never saw. Only a week with nothing known stays NaN. A
+label whose window is unknown is not trained on. With no unknown minute every feature is exactly
+the plain sum.
 """
 
 from __future__ import annotations
@@ -136,21 +138,40 @@ def feature_matrix(
     week_angle = 2 * np.pi * (((absolute // MINUTES_PER_DAY) + _EPOCH_WEEKDAY) % 7) / 7
     seen = last_arrival_before(counts, minutes)
     idle = np.clip(np.where(seen >= 0, minutes - 1 - seen, HISTORY_MINUTES), 0, HISTORY_MINUTES)
+    # Trailing windows, longest first: one with no known minute takes the next longer one's rate,
+    # so a short outage reads as "the recent rate", never as a value training never saw.
+    trailing: dict[int, np.ndarray] = {}
+    rate = np.full(minutes.size, np.nan)
+    recorded = np.clip(minutes, 0, counts.size)  # how much of a trailing window the array holds
+    rates: dict[int, np.ndarray] = {}
+    for width in (MINUTES_PER_WEEK, MINUTES_PER_DAY, 60, 15, 5, 1):
+        summed = sums.window(minutes, -width, 0)
+        trailing[width] = np.where(np.isnan(summed), rate * width, summed)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            rate = rates[width] = trailing[width] / np.minimum(width, recorded)
+    daily_rate = rates[MINUTES_PER_DAY]
+
+    def earlier(lo: int, hi: int) -> np.ndarray:
+        """A window a day or a week back; unknown, it takes the last day's rate."""
+        summed = sums.window(minutes, lo, hi)
+        return np.asarray(np.where(np.isnan(summed), daily_rate * (hi - lo), summed), dtype=np.float64)
+
+    ewma = sums.ewma(minutes)
     columns = [
         np.sin(day_angle),
         np.cos(day_angle),
         np.sin(week_angle),
         np.cos(week_angle),
-        np.log1p(sums.window(minutes, -1, 0)),
-        np.log1p(sums.window(minutes, -5, 0)),
-        np.log1p(sums.window(minutes, -15, 0)),
-        np.log1p(sums.window(minutes, -60, 0)),
-        np.log1p(sums.window(minutes, -MINUTES_PER_DAY, 0)),
-        np.log1p(sums.window(minutes, -MINUTES_PER_WEEK, 0)),
-        np.log1p(sums.window(minutes, -MINUTES_PER_DAY, -MINUTES_PER_DAY + horizon)),
-        np.log1p(sums.window(minutes, -MINUTES_PER_DAY - 30, -MINUTES_PER_DAY + 30 + horizon)),
-        np.log1p(sums.window(minutes, -MINUTES_PER_WEEK - 30, -MINUTES_PER_WEEK + 30 + horizon)),
-        np.log1p(sums.ewma(minutes)),
+        np.log1p(trailing[1]),
+        np.log1p(trailing[5]),
+        np.log1p(trailing[15]),
+        np.log1p(trailing[60]),
+        np.log1p(trailing[MINUTES_PER_DAY]),
+        np.log1p(trailing[MINUTES_PER_WEEK]),
+        np.log1p(earlier(-MINUTES_PER_DAY, -MINUTES_PER_DAY + horizon)),
+        np.log1p(earlier(-MINUTES_PER_DAY - 30, -MINUTES_PER_DAY + 30 + horizon)),
+        np.log1p(earlier(-MINUTES_PER_WEEK - 30, -MINUTES_PER_WEEK + 30 + horizon)),
+        np.log1p(np.where(np.isnan(ewma), rates[15], ewma)),
         np.log1p(idle),
         sums.window(minutes, -MINUTES_PER_WEEK, 0, active=True) / MINUTES_PER_WEEK,
     ]

@@ -58,13 +58,22 @@ def named_row(counts: list[float], minute: int, sessions: list[float] | None = N
     [
         ([1, 0, 1, 0, 0], 4, "arrivals_5m", math.log1p(2)),  # all known: the plain sum
         ([1, NAN, 1, 0, 0], 4, "arrivals_5m", math.log1p(2 * 4 / 3)),  # 3 of 4 minutes known: scaled up
-        ([1, NAN, 1, NAN, 0], 4, "arrivals_1m", NAN),  # the one minute in the window is unknown
+        # the one minute in the window is unknown: the rate of the 5 minutes (4 recorded, 2 known)
+        ([1, NAN, 1, NAN, 0], 4, "arrivals_1m", math.log1p(1.0)),
         ([1, NAN, 1, NAN, 0], 4, "arrivals_15m", math.log1p(2 * 4 / 2)),  # window clipped to the 4 recorded
-        ([NAN, NAN, NAN, NAN, 0], 4, "arrivals_60m", NAN),
+        ([NAN, NAN, NAN, NAN, 0], 4, "arrivals_60m", NAN),  # nothing known all week: unknown
         ([2, NAN, NAN, NAN, 0], 4, "minutes_idle", math.log1p(3)),  # unknown minutes are not arrivals
         ([0, 1, NAN, 1, 0], 4, "active_minutes_7d", (2 * 4 / 3) / minute_features.MINUTES_PER_WEEK),
     ],
-    ids=["known", "scaled", "window-unknown", "clipped-and-scaled", "nothing-known", "idle", "active-share"],
+    ids=[
+        "known",
+        "scaled",
+        "window-unknown-takes-the-longer-rate",
+        "clipped-and-scaled",
+        "nothing-known",
+        "idle",
+        "active-share",
+    ],
 )
 def test_unknown_minutes_are_not_zero(counts: list[float], minute: int, feature: str, expected: float) -> None:
     got = named_row(counts, minute)[feature]
@@ -72,6 +81,16 @@ def test_unknown_minutes_are_not_zero(counts: list[float], minute: int, feature:
         assert math.isnan(got)
     else:
         assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_window_a_day_back_that_is_unknown_takes_the_last_days_rate() -> None:
+    day = minute_features.MINUTES_PER_DAY
+    counts = [NAN] * day + [1, 0, 1, 0, 0]  # yesterday unknown; today 2 arrivals in 5 known minutes
+    row = named_row(counts, day + 5)
+    daily_rate = (2 * day / 5) / day  # the day's known sum scaled to the day, per minute
+    assert row["same_window_yesterday"] == pytest.approx(math.log1p(daily_rate * 1), rel=1e-6)
+    assert row["around_this_time_yesterday"] == pytest.approx(math.log1p(daily_rate * 61), rel=1e-6)
+    assert row["arrivals_1d"] == pytest.approx(math.log1p(2 * day / 5), rel=1e-6)
 
 
 def test_ewma_skips_unknown_minutes_and_equals_the_plain_one_without_them() -> None:
