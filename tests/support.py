@@ -146,6 +146,34 @@ class PrometheusServer:
             self._process = None
 
 
+def recurring_openmetrics(
+    targets_minutes: dict[str, tuple[int, int]], *, start: float, end: float, preset: Any, namespace: str
+) -> str:
+    """OpenMetrics for a trace where each target (name -> (minute of the hour, most requests)) gets
+    between one and that many requests (seeded) at that minute of every hour in [start, end): the
+    recurring arrival the forecast tests wait for."""
+    import numpy as np
+
+    from prewarm.replay import history_export, traces
+
+    requests = []
+    for index, (name, (minute, most)) in enumerate(sorted(targets_minutes.items())):
+        rng = np.random.default_rng(index)
+        hours = np.arange(int(start // 3600), int(end // 3600) + 1) * 3600.0
+        counts = rng.integers(1, most + 1, hours.size)
+        times = np.sort(
+            np.concatenate([hour + minute * 60 + 5 + 10 * np.arange(n) for hour, n in zip(hours, counts, strict=True)])
+        )
+        times = times[(times >= start) & (times < end)]
+        requests.append(traces.TargetRequests(name, times, np.ones(times.size), ("",) * times.size))
+    trace = traces.Trace(
+        tuple(requests),
+        min(float(r.arrivals[0]) for r in requests),
+        max(float(r.arrivals[-1]) for r in requests),
+    )
+    return "\n".join(history_export.openmetrics_lines(trace, preset=preset, namespace=namespace)) + "\n"
+
+
 async def wait_for(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
     """Poll `predicate` while the event loop runs; fail after `within` seconds."""
     deadline = time.monotonic() + within

@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from prewarm.cli import arguments, process
+from prewarm.cli import arguments, history_source, process
 from prewarm.core import targets
 from prewarm.service import clock, composition, listener
 
@@ -54,6 +54,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--burst", type=float, default=100.0, help="token-bucket burst per client")
     parser.add_argument("--grpc", type=arguments.parse_address, help="serve the KEDA external scaler on HOST:PORT")
     arguments.add_tls_arguments(parser)
+    history_source.add_prometheus_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -98,4 +99,5 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         http_port=args.http[1],
         listener=settings,
         grpc=None if args.grpc is None else arguments.scaler_options(args),
+        prometheus=history_source.prometheus_settings(args, env),
     )

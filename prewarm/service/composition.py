@@ -27,6 +27,7 @@ from prewarm.service import (
     config_file,
     decider,
     forecast_loop,
+    history,
     knative_targets,
     listener,
     observability,
@@ -54,6 +55,7 @@ class ServeOptions:
     http_port: int = 8080
     listener: listener.ListenerSettings = dataclasses.field(default_factory=listener.ListenerSettings)
     grpc: scaler_main.ScalerOptions | None = None  # the embedded KEDA scaler, off when None
+    prometheus: history.PrometheusSettings | None = None  # request history for forecast.history targets
 
 
 @dataclasses.dataclass(slots=True)
@@ -61,6 +63,7 @@ class RunningService:
     """A started `prewarm serve`: what tests and the CLI need to reach it."""
 
     decider: decider.Decider
+    forecaster: forecast_loop.ForecastLoop
     store: state.Store
     listener: listener.IntentListener
     http_port: int
@@ -84,6 +87,7 @@ async def run_service(
     parsed = config_file.load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
+    history.require_prometheus(parsed.targets, options.prometheus, source=str(options.config))
     store = state.build_store(options.store)
     providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
     instruments = telemetry.Telemetry(
@@ -120,12 +124,21 @@ async def run_service(
             ),
         )
         actuators.append(knative)
+    prometheus = None if options.prometheus is None else history.open_session(options.prometheus)
+    reader = (
+        None
+        if prometheus is None or options.prometheus is None
+        else history.HistoryReader(
+            history.PrometheusClient(session=prometheus, settings=options.prometheus), telemetry=instruments
+        )
+    )
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
         specs=lambda: loop.specs,
         on_change=lambda target: loop.mark_changed(target),
         telemetry=instruments,
+        history_reader=reader,
     )
     loop = decider.Decider(
         target_specs=parsed.targets,
@@ -134,6 +147,8 @@ async def run_service(
         clock=clock,
         telemetry=instruments,
         forecast=forecaster.current_forecast,
+        forecast_degraded=forecaster.degraded,
+        forecast_view=forecaster.describe,
     )
 
     def current_floor(target: str) -> int | None:
@@ -155,6 +170,8 @@ async def run_service(
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.callback(providers.shutdown)
+        if prometheus is not None:
+            stack.push_async_callback(prometheus.close)
         if kube is not None:
             stack.callback(kube.close)
         grpc_port = None
@@ -192,12 +209,19 @@ async def run_service(
             )
             discovering = asyncio.create_task(finder.run(), name="knative-discovery")
             stack.callback(discovering.cancel)
+        await forecaster.prepare()  # history loaded and fitted before the first decision reads a forecast
         forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
         stack.callback(forecasting.cancel)
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(
-                decider=loop, store=store, listener=intents, http_port=port, grpc_port=grpc_port, decider_task=running
+                decider=loop,
+                forecaster=forecaster,
+                store=store,
+                listener=intents,
+                http_port=port,
+                grpc_port=grpc_port,
+                decider_task=running,
             )
             if running.done():
                 running.result()  # the loop only ends by raising: surface it

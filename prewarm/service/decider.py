@@ -22,6 +22,8 @@ from prewarm.service import actuation, clock, state, telemetry
 log = logging.getLogger(__name__)
 
 ForecastSource = Callable[[targets.TargetSpec, datetime], float | None]
+ForecastStatus = Callable[[str], str | None]  # why a target's forecast is degraded, or None
+ForecastView = Callable[[str], Mapping[str, Any] | None]  # a target's forecast for /targets
 
 
 class Decider:
@@ -35,6 +37,8 @@ class Decider:
         actuators: Sequence[actuation.Actuator],
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
+        forecast_degraded: ForecastStatus | None = None,
+        forecast_view: ForecastView | None = None,
         telemetry: telemetry.Telemetry | None = None,
     ) -> None:
         self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
@@ -42,6 +46,8 @@ class Decider:
         self._actuators = tuple(actuators)
         self._clock = clock
         self._forecast = forecast
+        self._forecast_degraded = forecast_degraded
+        self._forecast_view = forecast_view
         self._telemetry = telemetry
         self._traces: dict[str, str] = {}  # target -> traceparent of the event that changed it
         self._decisions: dict[str, policy.FloorDecision] = {}
@@ -124,10 +130,12 @@ class Decider:
             previous = await self._store.load_decision(target)  # carry holds and budget across restarts
         sessions = await self._store.count_sessions(target, now)
         forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
+        degraded = self._forecast_degraded(target) if self._forecast_degraded is not None else None
         signals = policy.Signals(
             sessions=sessions.active,
             next_session_expiry=sessions.next_expiry,
             forecast=forecast,
+            forecast_degraded=degraded,
         )
         decision = policy.decide_floor(spec, signals, now, previous)
         await self._store.save_decision(decision)
@@ -183,6 +191,7 @@ class Decider:
                     "sessions": sessions.active,
                     "min": spec.min,
                     "max": spec.max,
+                    "forecast": None if self._forecast_view is None else self._forecast_view(target),
                 }
             )
         return view

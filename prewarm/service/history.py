@@ -55,6 +55,25 @@ class HistoryQueryError(RuntimeError):
         super().__init__(f"{error_type}: {error}")
 
 
+def require_prometheus(
+    specs: Sequence[targets.TargetSpec], settings: PrometheusSettings | None, *, source: str
+) -> None:
+    """Raise ConfigError naming each target whose `forecast.history` has no Prometheus to read."""
+    if settings is not None:
+        return
+    problems = [
+        targets.Problem(
+            f"{spec.ref}: forecast.history",
+            spec.forecast.history.preset.value,
+            "needs --prometheus or PREWARM_PROMETHEUS_URL",
+        )
+        for spec in specs
+        if spec.forecast.history is not None
+    ]
+    if problems:
+        raise targets.ConfigError(source, problems)
+
+
 def open_session(settings: PrometheusSettings) -> aiohttp.ClientSession:
     """An HTTP session for Prometheus: bearer token, CA and timeout applied. For the composition root."""
     headers = {"Accept": "application/json"}
