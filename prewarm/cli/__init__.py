@@ -18,6 +18,8 @@ COMMANDS = {
     "replay": "score pre-warming policies on a request trace",
     "cache": "semi-warm starts: the shared compile cache (exec, gc, stats)",
     "knative": "Knative helpers (inject the cache into a Service)",
+    "forecast": "explain one target's live forecast from its history (JSON)",
+    "history": "export a trace as Prometheus request history (OpenMetrics)",
 }
 
 
