@@ -126,14 +126,24 @@ class ArrivalModel:
         return odds / (1.0 + odds)
 
 
-def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: ForecastConfig) -> ArrivalModel:
-    """Fit on at most `config.max_training_rows` rows: positives first, negatives sampled (seeded).
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrainingSample:
+    """The rows a fit trains on (sorted indices into its labels) and the odds correction they need."""
 
-    Sampling instead of weighting keeps the fit fast; the odds are corrected afterwards.
+    rows: np.ndarray
+    odds_scale: float  # negative sampling rate / positive sampling rate
+
+
+def sample_training_rows(labels: np.ndarray, config: ForecastConfig) -> TrainingSample | None:
+    """At most `config.max_training_rows` rows: positives first (up to half), negatives sampled
+    (seeded). None when the labels hold one class only: there is nothing to learn.
+
+    Sampling instead of weighting keeps the fit fast; the odds are corrected afterwards. Callers
+    compute features for the sampled rows only.
     """
     labels = np.asarray(labels, dtype=bool)
     if labels.size == 0 or labels.all() or not labels.any():
-        return ArrivalModel(None, float(labels.mean()) if labels.size else 0.0)
+        return None
     rng = np.random.default_rng(config.seed)
     positives = np.flatnonzero(labels)
     negatives = np.flatnonzero(~labels)
@@ -143,13 +153,34 @@ def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: Forecast
     keep_negatives = min(negatives.size, config.max_training_rows - positives.size)
     negative_rate = keep_negatives / negatives.size
     negatives = rng.choice(negatives, keep_negatives, replace=False)
-    rows = np.sort(np.concatenate((positives, negatives)))
-    training = features[rows]
-    known = ~np.isnan(training).all(axis=0)
+    return TrainingSample(np.sort(np.concatenate((positives, negatives))), negative_rate / positive_rate)
+
+
+def fit_sampled(
+    features: np.ndarray, labels: np.ndarray, *, base_rate: float, odds_scale: float, config: ForecastConfig
+) -> ArrivalModel:
+    """Fit on sampled rows (`sample_training_rows`); columns unknown in every row are left out."""
+    known = ~np.isnan(features).all(axis=0)
     columns = None if known.all() else tuple(int(c) for c in np.flatnonzero(known))
     estimator = build_model(config.model, config.seed)
-    estimator.fit(training if columns is None else training[:, list(columns)], labels[rows])
-    return ArrivalModel(estimator, float(labels.mean()), odds_scale=negative_rate / positive_rate, columns=columns)
+    estimator.fit(features if columns is None else features[:, list(columns)], np.asarray(labels, dtype=bool))
+    return ArrivalModel(estimator, base_rate, odds_scale=odds_scale, columns=columns)
+
+
+def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: ForecastConfig) -> ArrivalModel:
+    """Fit on at most `config.max_training_rows` of the rows (`sample_training_rows`); a constant
+    when the labels hold one class only."""
+    labels = np.asarray(labels, dtype=bool)
+    sample = sample_training_rows(labels, config)
+    if sample is None:
+        return ArrivalModel(None, float(labels.mean()) if labels.size else 0.0)
+    return fit_sampled(
+        features[sample.rows],
+        labels[sample.rows],
+        base_rate=float(labels.mean()),
+        odds_scale=sample.odds_scale,
+        config=config,
+    )
 
 
 def has_history(counts_before: np.ndarray) -> bool:

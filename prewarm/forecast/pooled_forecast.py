@@ -8,7 +8,7 @@ fed the same counts at the same minute, both give the same prediction (tests/rep
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Iterable, Mapping
+from collections.abc import Mapping
 
 import numpy as np
 
@@ -71,19 +71,6 @@ def training_rows(history: TargetHistory, *, until: int, config: arrival_model.F
     return np.asarray(rows[minute_features.labels_known(history.requests, rows, config.horizon)], dtype=np.int64)
 
 
-def fit_pooled(
-    parts: Iterable[tuple[np.ndarray, np.ndarray]], config: arrival_model.ForecastConfig
-) -> arrival_model.ArrivalModel:
-    """One model for every target's (features, labels) rows; a constant when nothing can be learned."""
-    features, labels = [], []
-    for rows, outcomes in parts:
-        features.append(rows)
-        labels.append(outcomes)
-    if not features:
-        return arrival_model.ArrivalModel(None, 0.0)
-    return arrival_model.fit_arrival_model(np.concatenate(features), np.concatenate(labels), config)
-
-
 def fit_at(
     histories: Mapping[str, TargetHistory],
     *,
@@ -93,20 +80,41 @@ def fit_at(
 ) -> arrival_model.ArrivalModel:
     """The pooled model fitted at absolute `minute` on every target the model speaks for.
 
-    `features`, when given, hold each target's feature rows for every index (replay computes them
-    once for all refits); a row is the same whether computed alone or with the others.
+    The rows are sampled from all targets' labels first, so features are computed for the sampled
+    rows only. `features`, when given, hold each target's feature rows for every index (replay
+    computes them once for all refits); a row is the same whether computed alone or with others.
     """
-    parts = []
+    parts: list[tuple[str, np.ndarray]] = []
+    labels: list[np.ndarray] = []
     for name in sorted(histories):  # the same rows in the same order, however the caller listed them
         history = histories[name]
         until = history.index(minute)
         if not history.learned(until):
             continue
         rows = training_rows(history, until=until, config=config)
-        labels = minute_features.arrival_labels(history.requests, rows, config.horizon)
-        rows_features = history.features(rows, config.horizon) if features is None else features[name][rows]
-        parts.append((rows_features, labels))
-    return fit_pooled(parts, config)
+        parts.append((name, rows))
+        labels.append(minute_features.arrival_labels(history.requests, rows, config.horizon))
+    outcomes = np.concatenate(labels) if labels else np.zeros(0, dtype=bool)
+    sample = arrival_model.sample_training_rows(outcomes, config)
+    if sample is None:
+        return arrival_model.ArrivalModel(None, float(outcomes.mean()) if outcomes.size else 0.0)
+    chosen = []
+    offset = 0
+    for name, rows in parts:
+        picked = sample.rows[(sample.rows >= offset) & (sample.rows < offset + rows.size)] - offset
+        offset += rows.size
+        if picked.size:
+            local = rows[picked]
+            chosen.append(
+                histories[name].features(local, config.horizon) if features is None else features[name][local]
+            )
+    return arrival_model.fit_sampled(
+        np.concatenate(chosen),
+        outcomes[sample.rows],
+        base_rate=float(outcomes.mean()),
+        odds_scale=sample.odds_scale,
+        config=config,
+    )
 
 
 def demand_tails(histories: Mapping[str, TargetHistory], *, minute: int, horizon: int) -> dict[str, np.ndarray]:
