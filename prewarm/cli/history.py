@@ -27,6 +27,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="whose metric and label names to write under (default knative)",
     )
     export.add_argument("--namespace", default="replay", help="the namespace label of every target (default replay)")
+    export.add_argument(
+        "--shift-days",
+        type=int,
+        default=0,
+        help="move every request by this many whole days (time of day kept), e.g. to put today inside the trace",
+    )
     export.add_argument("--seed", type=int, default=0, help="places azure-functions arrivals inside their minutes")
     parser.set_defaults(run=run)
 
@@ -40,7 +46,9 @@ def run(args: argparse.Namespace) -> int:
         return EXIT_USAGE
     preset = targets.HistoryPreset(args.preset)
     with args.out.open("w", encoding="utf-8") as out:
-        for line in history_export.openmetrics_lines(trace, preset=preset, namespace=args.namespace):
+        for line in history_export.openmetrics_lines(
+            trace, preset=preset, namespace=args.namespace, shift_days=args.shift_days
+        ):
             out.write(line + "\n")
     print(
         f"wrote {args.out}: {len(trace.targets)} targets, {trace.requests} requests as {preset.value} history "

@@ -53,18 +53,20 @@ def _family(metric: str) -> tuple[str, str]:
 
 
 def openmetrics_lines(
-    trace: traces.Trace, *, preset: targets.HistoryPreset, namespace: str = "replay"
+    trace: traces.Trace, *, preset: targets.HistoryPreset, namespace: str = "replay", shift_days: int = 0
 ) -> Iterator[str]:
-    """The trace as OpenMetrics text lines (without newlines), ending with `# EOF`."""
+    """The trace as OpenMetrics text lines (without newlines), ending with `# EOF`; every time moved
+    by `shift_days` whole days (time of day kept), to place "now" inside an old trace."""
     if preset is targets.HistoryPreset.PROMQL:
         raise ValueError("promql has no metric names of its own: export under knative, keda-http or vllm")
     metric = request_history.PRESETS[preset].variants[0].metric
     family, kind = _family(metric)
     yield f"# TYPE {family} {kind}"
     yield f"# HELP {family} Requests per target exported from a trace by prewarm history export."
+    shift = shift_days * 86_400
     for target in trace.targets:
         labels = _labels(preset, namespace, export_name(target.name))
-        minutes, counts = np.unique((target.arrivals // 60).astype(np.int64), return_counts=True)
+        minutes, counts = np.unique(((target.arrivals + shift) // 60).astype(np.int64), return_counts=True)
         total = 0
         last = -1.0
         for minute, count in zip(minutes.tolist(), counts.tolist(), strict=True):
@@ -81,8 +83,8 @@ def openmetrics_lines(
             total += count
     # minute m counts as recorded when an `up` sample lies in [m's start, m's end] (Prometheus 2):
     # from the trace's first minute to the one after its last, the minutes `prewarm replay` sees
-    first = int(trace.start // 60)
-    last = int(trace.end // 60) + 1
+    first = int((trace.start + shift) // 60)
+    last = int((trace.end + shift) // 60) + 1
     yield "# TYPE up gauge"
     for boundary in range(first + 1, last + 1):
         yield f'up{{job="{COVERAGE_JOB}"}} 1 {boundary * 60}'

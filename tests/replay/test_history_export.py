@@ -65,3 +65,16 @@ def test_counter_presets_declare_a_counter_family(preset: targets.HistoryPreset,
 def test_promql_has_no_names_to_export_under() -> None:
     with pytest.raises(ValueError, match="promql has no metric names"):
         list(history_export.openmetrics_lines(small_trace(), preset=targets.HistoryPreset.PROMQL))
+
+
+def test_a_shift_moves_every_sample_by_whole_days() -> None:
+    plain = list(history_export.openmetrics_lines(small_trace(), preset=targets.HistoryPreset.KNATIVE))
+    moved = list(history_export.openmetrics_lines(small_trace(), preset=targets.HistoryPreset.KNATIVE, shift_days=3))
+    assert len(plain) == len(moved)
+    for before, after in zip(plain, moved, strict=True):
+        if before.startswith("#"):
+            assert before == after
+        else:
+            head, _, stamp = before.rpartition(" ")
+            moved_head, _, moved_stamp = after.rpartition(" ")
+            assert (moved_head, float(moved_stamp)) == (head, float(stamp) + 3 * 86_400)
