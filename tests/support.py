@@ -6,6 +6,7 @@ import asyncio
 import json
 import shutil
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable
@@ -87,11 +88,12 @@ class PrometheusServer:
         self.directory = directory
         self.storage = directory / "data"
         self.port = free_port()
+        self.tls: tuple[Path, Path] | None = None  # (certificate, key): serve https when set
         self._process: subprocess.Popen[bytes] | None = None
 
     @property
     def url(self) -> str:
-        return f"http://127.0.0.1:{self.port}"
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
 
     def load_openmetrics(self, text: str) -> None:
         """Backfill `text` (OpenMetrics, ending with `# EOF`) as TSDB blocks; call before `start`."""
@@ -114,6 +116,11 @@ class PrometheusServer:
         self.directory.mkdir(parents=True, exist_ok=True)
         config = self.directory / "prometheus.yml"
         config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+        web: list[str] = []
+        if self.tls is not None:
+            web_config = self.directory / "web.yml"
+            web_config.write_text(f"tls_server_config:\n  cert_file: {self.tls[0]}\n  key_file: {self.tls[1]}\n")
+            web = [f"--web.config.file={web_config}"]
         self._process = subprocess.Popen(
             [
                 binary,
@@ -122,6 +129,7 @@ class PrometheusServer:
                 "--storage.tsdb.retention.time=100y",
                 f"--web.listen-address=127.0.0.1:{self.port}",
                 "--log.level=warn",
+                *web,
             ],
             stdout=subprocess.DEVNULL,
             stderr=subprocess.DEVNULL,
@@ -129,7 +137,13 @@ class PrometheusServer:
         deadline = time.monotonic() + 30
         while True:
             try:
-                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as conn:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+                    conn = raw
+                    if self.tls is not None:
+                        unverified = ssl.create_default_context()
+                        unverified.check_hostname = False
+                        unverified.verify_mode = ssl.CERT_NONE
+                        conn = unverified.wrap_socket(raw)
                     conn.sendall(b"GET /-/ready HTTP/1.0\r\n\r\n")
                     if b" 200 " in conn.recv(64):
                         return

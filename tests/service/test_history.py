@@ -3,8 +3,10 @@
 from __future__ import annotations
 
 import math
+import subprocess
 from collections.abc import AsyncIterator
 from datetime import timedelta
+from pathlib import Path
 
 import aiohttp
 import numpy as np
@@ -262,3 +264,39 @@ async def test_the_bearer_token_is_sent_with_every_query(
         assert seen == ["Bearer s3cret", None]
     finally:
         await runner.cleanup()
+
+
+def make_certificates(directory: Path) -> dict[str, Path]:
+    """A CA and a server certificate for 127.0.0.1 signed by it, made with openssl."""
+
+    def run(*args: str) -> None:
+        subprocess.run(["openssl", *args], check=True, capture_output=True, cwd=directory)
+
+    directory.mkdir(parents=True, exist_ok=True)
+    run("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem",
+        "-days", "2", "-subj", "/CN=prewarm-test-ca")  # fmt: skip
+    (directory / "san.ext").write_text("subjectAltName=IP:127.0.0.1\n")
+    run("req", "-newkey", "rsa:2048", "-nodes", "-keyout", "server.key", "-out", "server.csr", "-subj", "/CN=server")
+    run("x509", "-req", "-in", "server.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial",
+        "-out", "server.pem", "-days", "2", "-extfile", "san.ext")  # fmt: skip
+    return {name: directory / f"{name}.pem" for name in ("ca", "server")} | {"key": directory / "server.key"}
+
+
+async def test_an_https_prometheus_is_trusted_through_the_given_ca(
+    prometheus_server: PrometheusServer, reader_for: object, tmp_path: Path
+) -> None:
+    pki = make_certificates(tmp_path / "pki")
+    prometheus_server.tls = (pki["server"], pki["key"])
+    prometheus_server.load_openmetrics(
+        "\n".join(history_export.openmetrics_lines(trace_of(ARRIVALS), preset=targets.HistoryPreset.KNATIVE)) + "\n"
+    )
+    prometheus_server.start()
+    assert prometheus_server.url.startswith("https://")
+    specs = [spec("replay/m01", targets.HistoryPreset.KNATIVE)]
+    trusted = reader_for(prometheus_server.url, ca_file=pki["ca"])  # type: ignore[operator]
+    reads = await trusted.read(specs, first_minute=FIRST, end_minute=FIRST + 2)
+    assert reads["replay/m01"].counts.tolist() == [2.0, 1.0]
+    untrusted = reader_for(prometheus_server.url)  # type: ignore[operator]
+    reads = await untrusted.read(specs, first_minute=FIRST, end_minute=FIRST + 2)
+    error = reads["replay/m01"].error
+    assert error is not None and error.startswith("Prometheus unavailable (ClientConnectorCertificateError")

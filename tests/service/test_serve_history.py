@@ -176,3 +176,17 @@ async def test_serve_keeps_running_when_prometheus_rejects_a_target_query(
         assert per_pod is not None and "series where one is expected" in per_pod
         assert service.forecaster.degraded("ml/chat") is None
         assert not service.decider_task.done()
+
+
+async def test_serve_refuses_an_unknown_history_preset_before_starting(tmp_path: Path) -> None:
+    config = tmp_path / "targets.yaml"
+    config.write_text(CONFIG.replace("history: knative", "history: graphite"))
+    options = composition.ServeOptions(
+        config=config, http_host="127.0.0.1", http_port=0, prometheus=history.PrometheusSettings(url="http://x:9090")
+    )
+    with pytest.raises(targets.ConfigError) as caught:
+        async with composition.run_service(options, clock=clock.ManualClock(NOW), out=io.StringIO()):
+            pass
+    assert [str(p) for p in caught.value.problems] == [
+        "targets[0].forecast.history: 'graphite' is not a history preset (knative, keda-http, vllm, promql)"
+    ]
