@@ -52,6 +52,7 @@ class _History:
     """One history target's counts as read from Prometheus: minutes [first, first + size)."""
 
     query: str
+    days: int
     first_minute: int
     counts: np.ndarray  # NaN where unknown (not read yet, or Prometheus had nothing)
     read_until: int  # every minute before this was read by a successful query (the newest, again)
@@ -320,8 +321,9 @@ class ForecastLoop:
             first = minute - spec.forecast.history.days * minute_features.MINUTES_PER_DAY
             buffered = self._histories.get(name)
             query = self._query_of(spec)
-            if buffered is None or buffered.query != query:
-                buffered = self._histories[name] = _History(query, first, np.full(0, np.nan), first)
+            days = spec.forecast.history.days
+            if buffered is None or buffered.query != query or buffered.days != days:  # new or changed: load it all
+                buffered = self._histories[name] = _History(query, days, first, np.full(0, np.nan), first)
             buffered.extend(first, minute + 1)  # the last slot, this minute, is not over yet
             start = max(first, min(buffered.read_until, minute) - REREAD_MINUTES)
             by_start.setdefault(start, []).append(spec)
@@ -370,8 +372,10 @@ class ForecastLoop:
         for at, count in openings.items():
             sessions[math.floor(at.timestamp() / 60) - first] = count  # the last slot stays 0: not known yet
         read = self._histories.get(name)
-        if spec.forecast.history is None or read is None:
+        if spec.forecast.history is None:
             return pooled_forecast.TargetHistory(first, sessions)
+        if read is None:  # no Prometheus to read it from: nothing is known
+            return pooled_forecast.TargetHistory(minute + 1, np.zeros(0))
         requests = read.counts  # minutes [read.first_minute, minute], as `sessions` ends at `minute` too
         aligned: np.ndarray | None = None
         if openings:  # older minutes than the store keeps are unknown

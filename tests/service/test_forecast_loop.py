@@ -249,3 +249,16 @@ async def test_session_openings_are_a_feature_beside_requests(reader: history.Hi
     await loop.prepare()
     assert loop.explain(specs["ml/a"])["history"]["sessions"] == 3.0
     assert loop.explain(specs["ml/b"])["history"]["sessions"] is None  # no intent: those features are unknown
+
+
+async def test_a_history_target_without_prometheus_is_degraded_not_zero() -> None:
+    """As for a Knative Service whose annotations ask for history when serve has no --prometheus."""
+    specs = {"ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE)}
+    changed: list[str] = []
+    loop = forecast_loop.ForecastLoop(
+        store=state.MemoryStore(), clock=clock.ManualClock(HISTORY_NOW), specs=lambda: specs, on_change=changed.append
+    )
+    await loop.prepare()
+    assert loop.degraded("ml/a") == "forecast.history needs Prometheus (--prometheus or PREWARM_PROMETHEUS_URL)"
+    assert loop.current_forecast(specs["ml/a"], HISTORY_NOW) is None  # no forecast, rather than a made-up zero
+    assert changed == ["ml/a"]
