@@ -36,7 +36,7 @@ class PrometheusSettings:
     """Where Prometheus is and how to talk to it (`--prometheus`, `PREWARM_PROMETHEUS_*`)."""
 
     url: str
-    token: str | None = None  # bearer token
+    token: str | None = dataclasses.field(default=None, repr=False)  # bearer token, never logged
     ca_file: Path | None = None  # CA bundle for an https URL with a private CA
     timeout: timedelta = timedelta(seconds=30)  # per query_range call
     concurrency: int = 4  # query_range calls in flight at once
