@@ -7,6 +7,7 @@ from collections.abc import Mapping
 from pathlib import Path
 
 from prewarm.core import targets
+from prewarm.forecast import request_history
 from prewarm.service import history
 
 
@@ -26,6 +27,11 @@ def add_prometheus_arguments(parser: argparse.ArgumentParser) -> None:
         type=Path,
         metavar="FILE",
         help="CA bundle for an https Prometheus (env PREWARM_PROMETHEUS_CA)",
+    )
+    parser.add_argument(
+        "--prometheus-coverage",
+        metavar="SELECTOR",
+        help="series whose samples mark the minutes Prometheus recorded (default up; env PREWARM_PROMETHEUS_COVERAGE)",
     )
 
 
@@ -50,10 +56,15 @@ def prometheus_settings(args: argparse.Namespace, env: Mapping[str, str]) -> his
     ca = Path(ca_text) if ca_text else None
     if ca is not None and not ca.is_file():
         problems.append(targets.Problem("--prometheus-ca", str(ca), "is not a file"))
+    coverage = args.prometheus_coverage or env.get("PREWARM_PROMETHEUS_COVERAGE") or request_history.DEFAULT_COVERAGE
+    if not coverage.strip() or "[" in coverage:
+        problems.append(
+            targets.Problem("--prometheus-coverage", coverage, 'is not a series selector such as up{job="x"}')
+        )
     if url is not None and not url.startswith(("http://", "https://")):
         problems.append(targets.Problem("--prometheus", url, "is not an http:// or https:// URL"))
     if problems:
         raise targets.ConfigError("the Prometheus settings", problems)
     if url is None:
         return None
-    return history.PrometheusSettings(url=url, token=token, ca_file=ca)
+    return history.PrometheusSettings(url=url, token=token, ca_file=ca, coverage=coverage.strip())

@@ -6,7 +6,8 @@ A minute's count is `sum(increase(COUNTER[1m]))` evaluated at the minute's end, 
 A minute is *unknown* (NaN) when Prometheus recorded nothing at all then (no `up` sample: it was
 down, or the minute is older than its data) or when the value is NaN; a target's series missing
 from a minute Prometheus did record reads as no requests, since a service scaled to zero has no
-pods to report. Every query carries that coverage series beside the targets' own.
+pods to report. Every query carries that coverage series (by default from `up`) beside the
+targets' own.
 """
 
 from __future__ import annotations
@@ -24,7 +25,13 @@ from prewarm.core import targets
 STEP_SECONDS = 60
 MAX_POINTS = 11_000  # Prometheus refuses a range of more than 11,000 steps per series
 COVERAGE_LABEL = "prewarm_coverage"
-COVERAGE_QUERY = f'label_replace(count(count_over_time(up[1m])), "{COVERAGE_LABEL}", "up", "{COVERAGE_LABEL}", ".*")'
+DEFAULT_COVERAGE = "up"  # a series Prometheus writes whenever it scrapes
+
+
+def coverage_query(selector: str = DEFAULT_COVERAGE) -> str:
+    """A series present at the end of every minute in which `selector` had a sample: the minutes
+    Prometheus recorded. Labelled `COVERAGE_LABEL` so that no target's series can be taken for it."""
+    return f'label_replace(count(count_over_time({selector}[1m])), "{COVERAGE_LABEL}", "up", "{COVERAGE_LABEL}", ".*")'
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -166,26 +173,32 @@ def preset_expression(preset: targets.HistoryPreset, namespace: str, names: Sequ
     return " or ".join(branches)
 
 
-def group_query(preset: targets.HistoryPreset, namespace: str, specs: Sequence[targets.TargetSpec]) -> HistoryQuery:
+def group_query(
+    preset: targets.HistoryPreset,
+    namespace: str,
+    specs: Sequence[targets.TargetSpec],
+    *,
+    coverage: str = DEFAULT_COVERAGE,
+) -> HistoryQuery:
     """One query for every target of `preset` in `namespace` (one series per target), with coverage."""
     members: dict[str, list[str]] = {}
     for spec in specs:
         members.setdefault(preset_name(spec), []).append(str(spec.ref))
     names = sorted(members)
-    expression = f"({preset_expression(preset, namespace, names)}) or {COVERAGE_QUERY}"
+    expression = f"({preset_expression(preset, namespace, names)}) or {coverage_query(coverage)}"
     return HistoryQuery(expression, PRESETS[preset].name_label, {n: tuple(sorted(members[n])) for n in names}, preset)
 
 
-def target_query(spec: targets.TargetSpec) -> HistoryQuery:
+def target_query(spec: targets.TargetSpec, *, coverage: str = DEFAULT_COVERAGE) -> HistoryQuery:
     """The query that reads `spec` alone: its promql template, or its preset for one name."""
     history = spec.forecast.history
     if history is None:
         raise ValueError(f"{spec.ref} has no forecast.history")
     if history.preset is targets.HistoryPreset.PROMQL:
         assert history.query is not None
-        expression = f"({render_template(history.query, spec.ref)}) or {COVERAGE_QUERY}"
+        expression = f"({render_template(history.query, spec.ref)}) or {coverage_query(coverage)}"
         return HistoryQuery(expression, None, {"": (str(spec.ref),)}, history.preset)
-    return group_query(history.preset, spec.ref.namespace, [spec])
+    return group_query(history.preset, spec.ref.namespace, [spec], coverage=coverage)
 
 
 def chunks(first_minute: int, end_minute: int) -> Iterator[tuple[int, int]]:

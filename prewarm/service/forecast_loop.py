@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from prewarm.core import policy, targets
-from prewarm.forecast import arrival_model, minute_features, pooled_forecast, request_history
+from prewarm.forecast import arrival_model, minute_features, pooled_forecast
 from prewarm.service import clock, history, state, telemetry
 
 log = logging.getLogger(__name__)
@@ -320,7 +320,7 @@ class ForecastLoop:
             assert spec.forecast.history is not None
             first = minute - spec.forecast.history.days * minute_features.MINUTES_PER_DAY
             buffered = self._histories.get(name)
-            query = self._query_of(spec)
+            query = self._reader.query_of(spec)
             days = spec.forecast.history.days
             if buffered is None or buffered.query != query or buffered.days != days:  # new or changed: load it all
                 buffered = self._histories[name] = _History(query, days, first, np.full(0, np.nan), first)
@@ -345,10 +345,6 @@ class ForecastLoop:
                 buffered = self._histories[name]
                 self._telemetry.record_history_unknown(name, int(np.isnan(buffered.counts[:-1]).sum()))
         return reasons
-
-    @staticmethod
-    def _query_of(spec: targets.TargetSpec) -> str:
-        return request_history.target_query(spec).expression
 
     def _set_degraded(self, target: str, reason: str | None) -> None:
         if self._degraded.get(target) == reason:

@@ -40,6 +40,7 @@ class PrometheusSettings:
     ca_file: Path | None = None  # CA bundle for an https URL with a private CA
     timeout: timedelta = timedelta(seconds=30)  # per query_range call
     concurrency: int = 4  # query_range calls in flight at once
+    coverage: str = request_history.DEFAULT_COVERAGE  # selector whose samples mark the minutes recorded
 
 
 class HistoryUnavailable(RuntimeError):
@@ -90,6 +91,7 @@ class PrometheusClient:
 
     def __init__(self, *, session: aiohttp.ClientSession, settings: PrometheusSettings) -> None:
         self._session = session
+        self.coverage = settings.coverage
         self._url = settings.url.rstrip("/") + QUERY_RANGE_PATH
         self._limit = asyncio.Semaphore(settings.concurrency)
         self.calls = 0
@@ -137,7 +139,9 @@ class TargetRead:
     error: str | None = None
 
 
-def plan_queries(specs: Sequence[targets.TargetSpec]) -> list[request_history.HistoryQuery]:
+def plan_queries(
+    specs: Sequence[targets.TargetSpec], *, coverage: str = request_history.DEFAULT_COVERAGE
+) -> list[request_history.HistoryQuery]:
     """One query per preset and namespace, plus one per promql target."""
     groups: dict[tuple[targets.HistoryPreset, str], list[targets.TargetSpec]] = {}
     queries: list[request_history.HistoryQuery] = []
@@ -146,11 +150,11 @@ def plan_queries(specs: Sequence[targets.TargetSpec]) -> list[request_history.Hi
         if history is None:
             continue
         if history.preset is targets.HistoryPreset.PROMQL:
-            queries.append(request_history.target_query(spec))
+            queries.append(request_history.target_query(spec, coverage=coverage))
         else:
             groups.setdefault((history.preset, spec.ref.namespace), []).append(spec)
     for (preset, namespace), members in sorted(groups.items(), key=lambda item: (item[0][0].value, item[0][1])):
-        queries.append(request_history.group_query(preset, namespace, members))
+        queries.append(request_history.group_query(preset, namespace, members, coverage=coverage))
     return queries
 
 
@@ -166,11 +170,15 @@ class HistoryReader:
         """query_range calls made so far."""
         return self._client.calls
 
+    def query_of(self, spec: targets.TargetSpec) -> str:
+        """The expression that reads `spec` alone (what `explain` and /targets show)."""
+        return request_history.target_query(spec, coverage=self._client.coverage).expression
+
     async def read(
         self, specs: Sequence[targets.TargetSpec], *, first_minute: int, end_minute: int
     ) -> dict[str, TargetRead]:
         """Counts of minutes [first, end) for every target in `specs` that has a history."""
-        queries = plan_queries(specs)
+        queries = plan_queries(specs, coverage=self._client.coverage)
         answers = await asyncio.gather(*(self._read_query(q, first_minute, end_minute) for q in queries))
         reads: dict[str, TargetRead] = {}
         for answer in answers:

@@ -111,7 +111,7 @@ def test_explain_says_what_history_it_read(
     assert live["history"] == {
         "source": "prometheus",
         "preset": "knative",
-        "query": request_history.target_query(spec).expression,
+        "query": request_history.target_query(spec).expression,  # coverage from `up`, the default
         "since": "2025-05-26T12:05:00Z",
         "until": "2025-06-09T12:05:00Z",
         "minutes": 14 * 1440,

@@ -30,9 +30,9 @@ def test_flags_win_over_the_environment_and_the_token_is_read_from_its_file(tmp_
     assert history_source.prometheus_settings(flags, env) == history.PrometheusSettings(
         url="https://flag:9090", token="s3cret", ca_file=ca
     )
-    assert history_source.prometheus_settings(parse([]), env) == history.PrometheusSettings(
-        url="http://env:9090", token="from-env"
-    )
+    assert history_source.prometheus_settings(
+        parse([]), env | {"PREWARM_PROMETHEUS_COVERAGE": 'up{job="kubernetes-pods"}'}
+    ) == history.PrometheusSettings(url="http://env:9090", token="from-env", coverage='up{job="kubernetes-pods"}')
     assert history_source.prometheus_settings(parse([]), {}) is None
 
 
@@ -45,6 +45,8 @@ def test_every_bad_setting_in_one_error(tmp_path: Path) -> None:
             str(tmp_path / "missing"),
             "--prometheus-ca",
             str(tmp_path),
+            "--prometheus-coverage",
+            "up[5m]",
         ]
     )
     with pytest.raises(targets.ConfigError) as caught:
@@ -52,5 +54,6 @@ def test_every_bad_setting_in_one_error(tmp_path: Path) -> None:
     assert [str(p) for p in caught.value.problems] == [
         f"--prometheus-token-file: '{tmp_path / 'missing'}' cannot be read: No such file or directory",
         f"--prometheus-ca: '{tmp_path}' is not a file",
+        "--prometheus-coverage: 'up[5m]' is not a series selector such as up{job=\"x\"}",
         "--prometheus: 'prometheus:9090' is not an http:// or https:// URL",
     ]

@@ -94,7 +94,7 @@ def test_one_query_per_preset_and_namespace(
 ) -> None:
     preset = specs[0].forecast.history.preset  # type: ignore[union-attr]
     query = request_history.group_query(preset, "ml", specs)
-    assert query.expression == f"({expression}) or {request_history.COVERAGE_QUERY}"
+    assert query.expression == f"({expression}) or {request_history.coverage_query()}"
     assert (query.label, dict(query.members)) == (label, members)
 
 
@@ -103,7 +103,7 @@ def test_a_promql_target_reads_its_own_template() -> None:
         spec("chat", targets.HistoryPreset.PROMQL, query='sum(increase(http_requests_total{app="$name"}[1m]))')
     )
     assert query.expression == (
-        f'(sum(increase(http_requests_total{{app="chat"}}[1m]))) or {request_history.COVERAGE_QUERY}'
+        f'(sum(increase(http_requests_total{{app="chat"}}[1m]))) or {request_history.coverage_query()}'
     )
     assert (query.label, dict(query.members)) == (None, {"": ("ml/chat",)})
 

@@ -300,3 +300,20 @@ async def test_an_https_prometheus_is_trusted_through_the_given_ca(
     reads = await untrusted.read(specs, first_minute=FIRST, end_minute=FIRST + 2)
     error = reads["replay/m01"].error
     assert error is not None and error.startswith("Prometheus unavailable (ClientConnectorCertificateError")
+
+
+async def test_the_coverage_selector_decides_which_missing_minutes_are_zero(
+    prometheus_server: PrometheusServer, reader_for: object
+) -> None:
+    prometheus_server.load_openmetrics(
+        "\n".join(history_export.openmetrics_lines(trace_of(ARRIVALS), preset=targets.HistoryPreset.KNATIVE)) + "\n"
+    )
+    prometheus_server.start()
+    specs = [spec("replay/m02", targets.HistoryPreset.KNATIVE)]
+    exported = reader_for(prometheus_server.url, coverage='up{job="prewarm-history-export"}')  # type: ignore[operator]
+    reads = await exported.read(specs, first_minute=FIRST - 1, end_minute=FIRST + 7)
+    np.testing.assert_array_equal(reads["replay/m02"].counts, np.asarray(EXPECTED["replay/m02"]))
+    elsewhere = reader_for(prometheus_server.url, coverage='up{job="another"}')  # type: ignore[operator]
+    reads = await elsewhere.read(specs, first_minute=FIRST - 1, end_minute=FIRST + 7)
+    # nothing says Prometheus recorded those minutes: only the minutes the series has are known
+    np.testing.assert_array_equal(reads["replay/m02"].counts, np.asarray([NAN, NAN, NAN, 1.0, 0.0, NAN, NAN, NAN]))
