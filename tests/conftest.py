@@ -6,7 +6,7 @@ from collections.abc import AsyncIterator, Iterator
 from pathlib import Path
 
 import pytest
-from support import Chromium, RedisCluster, RedisServer, SentinelGroup
+from support import Chromium, PrometheusServer, RedisCluster, RedisServer, SentinelGroup
 
 
 @pytest.fixture
@@ -40,6 +40,16 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
         yield cluster
     finally:
         cluster.stop()
+
+
+@pytest.fixture
+def prometheus_server(tmp_path: Path) -> Iterator[PrometheusServer]:
+    """A Prometheus not started yet: load its history (`load_openmetrics`), then `start()` it."""
+    server = PrometheusServer(tmp_path / "prometheus")
+    try:
+        yield server
+    finally:
+        server.stop()
 
 
 @pytest.fixture

@@ -1,5 +1,5 @@
 """Test support: real redis-server processes on free loopback ports (one server, a Sentinel-managed
-master with a replica, a 3-master Cluster), and polling with deadlines."""
+master with a replica, a 3-master Cluster), a real prometheus, and polling with deadlines."""
 
 from __future__ import annotations
 
@@ -10,6 +10,7 @@ import os
 import shutil
 import signal
 import socket
+import ssl
 import subprocess
 import time
 from collections.abc import Awaitable, Callable, Sequence
@@ -291,6 +292,115 @@ class RedisCluster:
     def stop(self) -> None:
         for node in self.nodes:
             node.stop()
+
+
+class PrometheusServer:
+    """Debian's `prometheus` (2.42) on a free loopback port, with no scrape targets, over a storage
+    directory that `load_openmetrics` fills with blocks made by `promtool`. Tests may stop and
+    start it again on the same port and data."""
+
+    def __init__(self, directory: Path) -> None:
+        self.directory = directory
+        self.storage = directory / "data"
+        self.port = free_port()
+        self.tls: tuple[Path, Path] | None = None  # (certificate, key): serve https when set
+        self._process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{'https' if self.tls else 'http'}://127.0.0.1:{self.port}"
+
+    def load_openmetrics(self, text: str) -> None:
+        """Backfill `text` (OpenMetrics, ending with `# EOF`) as TSDB blocks; call before `start`."""
+        promtool = shutil.which("promtool")
+        if promtool is None:
+            pytest.fail("promtool is not installed (.ci/run installs the prometheus package)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        source = self.directory / "history.om"
+        source.write_text(text)
+        subprocess.run(
+            [promtool, "tsdb", "create-blocks-from", "openmetrics", str(source), str(self.storage)],
+            check=True,
+            capture_output=True,
+        )
+
+    def start(self) -> None:
+        binary = shutil.which("prometheus")
+        if binary is None:
+            pytest.fail("prometheus is not installed (.ci/run installs it)")
+        self.directory.mkdir(parents=True, exist_ok=True)
+        config = self.directory / "prometheus.yml"
+        config.write_text("global:\n  scrape_interval: 15s\nscrape_configs: []\n")
+        web: list[str] = []
+        if self.tls is not None:
+            web_config = self.directory / "web.yml"
+            web_config.write_text(f"tls_server_config:\n  cert_file: {self.tls[0]}\n  key_file: {self.tls[1]}\n")
+            web = [f"--web.config.file={web_config}"]
+        self._process = subprocess.Popen(
+            [
+                binary,
+                f"--config.file={config}",
+                f"--storage.tsdb.path={self.storage}",
+                "--storage.tsdb.retention.time=100y",
+                f"--web.listen-address=127.0.0.1:{self.port}",
+                "--log.level=warn",
+                *web,
+            ],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        deadline = time.monotonic() + 30
+        while True:
+            try:
+                with socket.create_connection(("127.0.0.1", self.port), timeout=0.2) as raw:
+                    conn = raw
+                    if self.tls is not None:
+                        unverified = ssl.create_default_context()
+                        unverified.check_hostname = False
+                        unverified.verify_mode = ssl.CERT_NONE
+                        conn = unverified.wrap_socket(raw)
+                    conn.sendall(b"GET /-/ready HTTP/1.0\r\n\r\n")
+                    if b" 200 " in conn.recv(64):
+                        return
+            except OSError:
+                pass
+            if self._process.poll() is not None or time.monotonic() > deadline:
+                raise RuntimeError("prometheus did not start")
+            time.sleep(0.02)
+
+    def stop(self) -> None:
+        if self._process is not None:
+            self._process.terminate()
+            self._process.wait(timeout=20)
+            self._process = None
+
+
+def recurring_openmetrics(
+    targets_minutes: dict[str, tuple[int, int]], *, start: float, end: float, preset: Any, namespace: str
+) -> str:
+    """OpenMetrics for a trace where each target (name -> (minute of the hour, most requests)) gets
+    between one and that many requests (seeded) at that minute of every hour in [start, end): the
+    recurring arrival the forecast tests wait for."""
+    import numpy as np
+
+    from prewarm.replay import history_export, traces
+
+    requests = []
+    for index, (name, (minute, most)) in enumerate(sorted(targets_minutes.items())):
+        rng = np.random.default_rng(index)
+        hours = np.arange(int(start // 3600), int(end // 3600) + 1) * 3600.0
+        counts = rng.integers(1, most + 1, hours.size)
+        times = np.sort(
+            np.concatenate([hour + minute * 60 + 5 + 10 * np.arange(n) for hour, n in zip(hours, counts, strict=True)])
+        )
+        times = times[(times >= start) & (times < end)]
+        requests.append(traces.TargetRequests(name, times, np.ones(times.size), ("",) * times.size))
+    trace = traces.Trace(
+        tuple(requests),
+        min(float(r.arrivals[0]) for r in requests),
+        max(float(r.arrivals[-1]) for r in requests),
+    )
+    return "\n".join(history_export.openmetrics_lines(trace, preset=preset, namespace=namespace)) + "\n"
 
 
 async def wait_for(predicate: Callable[[], bool], *, within: float = 5.0) -> None:

@@ -20,6 +20,8 @@ COMMANDS = {
     "cache": "semi-warm starts: the shared compile cache (exec, gc, stats)",
     "knative": "Knative helpers (inject the cache into a Service)",
     "inject": "add the shared compile cache to a Knative Service or Deployment manifest",
+    "forecast": "explain one target's live forecast from its history (JSON)",
+    "history": "export a trace as Prometheus request history (OpenMetrics)",
 }
 
 

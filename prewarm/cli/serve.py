@@ -11,7 +11,7 @@ import sys
 from collections.abc import Mapping
 from pathlib import Path
 
-from prewarm.cli import arguments, process
+from prewarm.cli import arguments, history_source, process
 from prewarm.core import targets
 from prewarm.service import clock, composition, listener
 
@@ -88,6 +88,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--grpc", type=arguments.parse_address, help="serve the KEDA external scaler on HOST:PORT")
     arguments.add_tls_arguments(parser)
     arguments.add_tuning_arguments(parser)
+    history_source.add_prometheus_arguments(parser)
     parser.set_defaults(run=run)
 
 
@@ -137,4 +138,5 @@ def serve_options(args: argparse.Namespace, env: Mapping[str, str]) -> compositi
         store_wait_replicas=args.redis_wait_replicas,
         store_wait_timeout=args.redis_wait_timeout,
         tuning=arguments.history_options(args),
+        prometheus=history_source.prometheus_settings(args, env),
     )

@@ -52,6 +52,7 @@ class Signals:
     forecast: float | None = None  # replicas the forecaster would keep warm; None when it has none
     forecast_note: str = ""  # how the forecast's setting was chosen, for the reason (e.g. an objective)
     batch_sessions: int = 0
+    forecast_degraded: str | None = None  # why the forecast's history could not be read, if so
 
     def __post_init__(self) -> None:
         if self.sessions < 0:
@@ -175,6 +176,11 @@ def decide_floor(
     baseline = min(max(target.min, cron.floor), target.max)
     clamp_note = f", clamped to max {target.max}" if top > target.max else ""
 
+    degraded = (
+        f"; forecast degraded: {signals.forecast_degraded}"
+        if target.forecast.enabled and signals.forecast_degraded
+        else ""
+    )
     changes: list[datetime] = [t for t in (cron.next_change, signals.next_session_expiry) if t is not None]
     held = _hold_levels(previous, wanted, now, target.hold)
     if batch_spent:
@@ -185,7 +191,7 @@ def decide_floor(
         baseline_source = Source.CRON if cron.floor > target.min else Source.MIN
         reason = (
             f"budget {budget:g} replica-hours/day spent ({used:.2f} used); "
-            f"{chosen.detail} ignored, floor {baseline} from max(min, cron) until midnight UTC"
+            f"{chosen.detail} ignored, floor {baseline} from max(min, cron) until midnight UTC{degraded}"
         )
         changes.append(datetime.combine(today + timedelta(days=1), time(), tzinfo=UTC))
         return FloorDecision(
@@ -216,6 +222,7 @@ def decide_floor(
     else:
         floor, source = wanted, chosen.source
         reason = f"{chosen.detail}{clamp_note}"
+    reason += degraded
 
     if budget is not None and floor > baseline:
         remaining = max(0.0, budget - used)

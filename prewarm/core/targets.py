@@ -33,6 +33,9 @@ DEFAULT_HOLD = timedelta(seconds=120)
 DEFAULT_FORECAST_QUANTILE = 0.9
 DEFAULT_FORECAST_HORIZON = timedelta(seconds=60)
 DEFAULT_FLEET = "default"
+DEFAULT_HISTORY_DAYS = 14
+MAX_HISTORY_DAYS = 90  # bounds the per-target history a forecaster keeps in memory
+HISTORY_TEMPLATE_NAMES = ("namespace", "name")  # what `$namespace` / `$name` stand for in PromQL
 
 
 class TargetKind(enum.Enum):
@@ -53,13 +56,38 @@ class TargetRef:
         return f"{self.namespace}/{self.name}"
 
 
+class HistoryPreset(enum.Enum):
+    """Where a target's request history is read from in Prometheus (docs/history.md)."""
+
+    KNATIVE = "knative"  # queue-proxy request counts
+    KEDA_HTTP = "keda-http"  # the KEDA HTTP add-on interceptor's request counts
+    VLLM = "vllm"  # vLLM's finished requests (completions, not arrivals)
+    PROMQL = "promql"  # the user's own expression
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class HistorySettings:
+    """A target's request history in Prometheus: a preset, or a PromQL template (`$namespace`, `$name`).
+
+    `name` is the value the preset's name label holds for this target when it is not the target's
+    own name (a vLLM served model name, a host for the KEDA HTTP add-on before 0.14).
+    """
+
+    preset: HistoryPreset
+    query: str | None = None  # the PromQL template, for `promql` only
+    name: str | None = None
+    days: int = DEFAULT_HISTORY_DAYS
+
+
 @dataclasses.dataclass(frozen=True, slots=True)
 class ForecastSettings:
-    """Whether a learned forecast feeds the floor, which quantile it keeps warm, how far ahead."""
+    """Whether a learned forecast feeds the floor, which quantile it keeps warm, how far ahead, and
+    where its request history comes from (None: the session openings the listener counts)."""
 
     enabled: bool = False
     quantile: float = DEFAULT_FORECAST_QUANTILE
     horizon: timedelta = DEFAULT_FORECAST_HORIZON
+    history: HistorySettings | None = None
     keep_alive: timedelta = timedelta(0)  # keep `keep_alive_replicas` warm this long after a minute with arrivals
     keep_alive_replicas: int = 1
 
@@ -297,6 +325,44 @@ _DNS_NAME = re.compile(r"[a-z0-9]([-a-z0-9.]{0,251}[a-z0-9])?")
 _DNS_LABEL = re.compile(r"[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?")
 
 
+def parse_history_preset(raw: object) -> HistoryPreset:
+    """`knative`, `keda-http`, `vllm` or `promql`."""
+    try:
+        return HistoryPreset(raw)
+    except ValueError:
+        known = ", ".join(p.value for p in HistoryPreset)
+        raise ValueError(f"is not a history preset ({known})") from None
+
+
+_TEMPLATE_PLACEHOLDER = re.compile(r"\$\{?([A-Za-z_][A-Za-z0-9_]*)\}?")
+
+
+def parse_promql_template(raw: object) -> str:
+    """A PromQL expression whose only placeholders are `$namespace` and `$name` (`$1` etc. pass)."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("is not a PromQL expression")
+    unknown = sorted({m for m in _TEMPLATE_PLACEHOLDER.findall(raw) if m not in HISTORY_TEMPLATE_NAMES})
+    if unknown:
+        names = ", ".join(f"${u}" for u in unknown)
+        raise ValueError(f"uses {names}: only $namespace and $name are filled in")
+    return raw.strip()
+
+
+def parse_label_value(raw: object) -> str:
+    """A non-empty label value."""
+    if not isinstance(raw, str) or not raw.strip():
+        raise ValueError("is not a non-empty string")
+    return raw.strip()
+
+
+def parse_history_days(raw: object) -> int:
+    """Days of history to load, 1 to MAX_HISTORY_DAYS."""
+    days = parse_int(raw, minimum=1)
+    if days > MAX_HISTORY_DAYS:
+        raise ValueError(f"must be <= {MAX_HISTORY_DAYS}")
+    return days
+
+
 # --- cron windows: a YAML list of mappings, or the compact text form for flat string maps ---
 
 _COMPACT_WINDOW_RE = re.compile(
@@ -406,6 +472,10 @@ FLAT_KEYS: dict[str, tuple[str, str]] = {
     "forecast.horizon": ("forecast-horizon", "forecastHorizon"),
     "forecast.keepAlive": ("forecast-keep-alive", "forecastKeepAlive"),
     "forecast.keepAliveReplicas": ("forecast-keep-alive-replicas", "forecastKeepAliveReplicas"),
+    "forecast.history": ("forecast-history", "forecastHistory"),
+    "forecast.historyQuery": ("forecast-history-query", "forecastHistoryQuery"),
+    "forecast.historyName": ("forecast-history-name", "forecastHistoryName"),
+    "forecast.historyDays": ("forecast-history-days", "forecastHistoryDays"),
     "budget": ("budget", "budget"),
     "objective.coldStarts": ("objective-cold-starts", "objectiveColdStarts"),
     "fleet": ("fleet", "fleet"),
@@ -424,6 +494,10 @@ _FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
     "forecast.horizon": parse_duration,
     "forecast.keepAlive": parse_duration,
     "forecast.keepAliveReplicas": lambda raw: parse_int(raw, minimum=1),
+    "forecast.history": parse_history_preset,
+    "forecast.historyQuery": parse_promql_template,
+    "forecast.historyName": parse_label_value,
+    "forecast.historyDays": parse_history_days,
     "budget": parse_float,
     "objective.coldStarts": parse_share,
     "fleet": parse_fleet_name,
@@ -471,6 +545,7 @@ def _build_target(
         for index, window in enumerate(cron):
             if window.floor > ceiling:
                 problems.append(Problem(f"{spelled('cron')}[{index}].floor", window.floor, f"is above max ({ceiling})"))
+    history = _build_history(values, raw, spelled, problems)
     if problems or ref is None or kind is None or ceiling is None:
         return None
     return TargetSpec(
@@ -488,11 +563,50 @@ def _build_target(
             horizon=values.get("forecast.horizon", DEFAULT_FORECAST_HORIZON),
             keep_alive=values.get("forecast.keepAlive", timedelta(0)),
             keep_alive_replicas=values.get("forecast.keepAliveReplicas", 1),
+            history=history,
         ),
         budget=values.get("budget"),
         objective=ObjectiveSettings(cold_starts=values.get("objective.coldStarts")),
         fleet=values.get("fleet", DEFAULT_FLEET),
         batch=BatchAllowance(floor=values.get("batch.floor", 0), budget_share=values.get("batch.budgetShare")),
+    )
+
+
+def _build_history(
+    values: Mapping[str, Any], raw: Mapping[str, object], spelled: Callable[[str], str], problems: list[Problem]
+) -> HistorySettings | None:
+    """The history settings from parsed `values`; cross-field problems go to `problems`."""
+    preset = values.get("forecast.history")
+    query = values.get("forecast.historyQuery")
+    if preset is None:
+        if "forecast.history" not in raw or raw["forecast.history"] in (None, ""):
+            for key in ("forecast.historyQuery", "forecast.historyName", "forecast.historyDays"):
+                if key in values:
+                    problems.append(Problem(spelled(key), raw[key], f"needs {spelled('forecast.history')}"))
+        return None
+    if preset is HistoryPreset.PROMQL and query is None and "forecast.historyQuery" not in raw:
+        problems.append(Problem(spelled("forecast.historyQuery"), None, "is required with the promql history"))
+    if preset is not HistoryPreset.PROMQL and query is not None:
+        problems.append(
+            Problem(
+                spelled("forecast.historyQuery"), raw["forecast.historyQuery"], "is only read with the promql history"
+            )
+        )
+    if preset is HistoryPreset.PROMQL and "forecast.historyName" in values:
+        problems.append(
+            Problem(
+                spelled("forecast.historyName"),
+                raw["forecast.historyName"],
+                "is only read by presets (a promql template names its own labels)",
+            )
+        )
+    if query is None and preset is HistoryPreset.PROMQL:
+        return None
+    return HistorySettings(
+        preset=preset,
+        query=query,
+        name=values.get("forecast.historyName"),
+        days=values.get("forecast.historyDays", DEFAULT_HISTORY_DAYS),
     )
 
 
@@ -715,6 +829,14 @@ def _canonical_values(spec: TargetSpec) -> dict[str, object]:
             }
             for w in spec.cron
         ]
+    history = spec.forecast.history
+    if history is not None:
+        values["forecast.history"] = history.preset.value
+        values["forecast.historyDays"] = history.days
+        if history.query is not None:
+            values["forecast.historyQuery"] = history.query
+        if history.name is not None:
+            values["forecast.historyName"] = history.name
     if spec.budget is not None:
         values["budget"] = spec.budget
     if spec.objective.cold_starts is not None:

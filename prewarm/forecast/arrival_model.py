@@ -100,12 +100,13 @@ def keep_alive_replicas(
 def build_model(kind: ModelKind, seed: int) -> Any:
     """A fresh, unfitted scikit-learn classifier of `kind`."""
     from sklearn.ensemble import HistGradientBoostingClassifier
+    from sklearn.impute import SimpleImputer
     from sklearn.linear_model import LogisticRegression
     from sklearn.pipeline import make_pipeline
     from sklearn.preprocessing import StandardScaler
 
-    if kind is ModelKind.LOGISTIC:
-        return make_pipeline(StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
+    if kind is ModelKind.LOGISTIC:  # unknown (NaN) features take the column mean; boosting routes them itself
+        return make_pipeline(SimpleImputer(strategy="mean"), StandardScaler(), LogisticRegression(max_iter=300, C=1.0))
     return HistGradientBoostingClassifier(
         max_iter=60,
         learning_rate=0.12,
@@ -122,29 +123,44 @@ class ArrivalModel:
 
     Training samples negatives (and, past half the budget, positives) at different rates;
     `odds_scale` (negative rate / positive rate) maps the model's odds back to the population's.
+    `columns` are the feature columns it was fitted on: a column unknown (NaN) in every training
+    row, such as intent for a pool without intent, is left out.
     """
 
     estimator: Any  # a fitted scikit-learn classifier, or None
     constant: float
     odds_scale: float = 1.0
+    columns: tuple[int, ...] | None = None  # None: every column
 
     def probability(self, features: np.ndarray) -> np.ndarray:
         """P(at least one arrival in the horizon) for each feature row."""
         if self.estimator is None or features.shape[0] == 0:
             return np.full(features.shape[0], self.constant)
+        if self.columns is not None:
+            features = features[:, list(self.columns)]
         sampled = np.clip(np.asarray(self.estimator.predict_proba(features)[:, 1], dtype=np.float64), 1e-12, 1 - 1e-12)
         odds = sampled / (1.0 - sampled) * self.odds_scale
         return odds / (1.0 + odds)
 
 
-def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: ForecastConfig) -> ArrivalModel:
-    """Fit on at most `config.max_training_rows` rows: positives first, negatives sampled (seeded).
+@dataclasses.dataclass(frozen=True, slots=True)
+class TrainingSample:
+    """The rows a fit trains on (sorted indices into its labels) and the odds correction they need."""
 
-    Sampling instead of weighting keeps the fit fast; the odds are corrected afterwards.
+    rows: np.ndarray
+    odds_scale: float  # negative sampling rate / positive sampling rate
+
+
+def sample_training_rows(labels: np.ndarray, config: ForecastConfig) -> TrainingSample | None:
+    """At most `config.max_training_rows` rows: positives first (up to half), negatives sampled
+    (seeded). None when the labels hold one class only: there is nothing to learn.
+
+    Sampling instead of weighting keeps the fit fast; the odds are corrected afterwards. Callers
+    compute features for the sampled rows only.
     """
     labels = np.asarray(labels, dtype=bool)
     if labels.size == 0 or labels.all() or not labels.any():
-        return ArrivalModel(None, float(labels.mean()) if labels.size else 0.0)
+        return None
     rng = np.random.default_rng(config.seed)
     positives = np.flatnonzero(labels)
     negatives = np.flatnonzero(~labels)
@@ -154,12 +170,36 @@ def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: Forecast
     keep_negatives = min(negatives.size, config.max_training_rows - positives.size)
     negative_rate = keep_negatives / negatives.size
     negatives = rng.choice(negatives, keep_negatives, replace=False)
-    rows = np.sort(np.concatenate((positives, negatives)))
+    return TrainingSample(np.sort(np.concatenate((positives, negatives))), negative_rate / positive_rate)
+
+
+def fit_sampled(
+    features: np.ndarray, labels: np.ndarray, *, base_rate: float, odds_scale: float, config: ForecastConfig
+) -> ArrivalModel:
+    """Fit on sampled rows (`sample_training_rows`); columns unknown in every row are left out."""
+    known = ~np.isnan(features).all(axis=0)
+    columns = None if known.all() else tuple(int(c) for c in np.flatnonzero(known))
     estimator = build_model(config.model, config.seed)
-    estimator.fit(features[rows], labels[rows])
-    return ArrivalModel(estimator, float(labels.mean()), odds_scale=negative_rate / positive_rate)
+    estimator.fit(features if columns is None else features[:, list(columns)], np.asarray(labels, dtype=bool))
+    return ArrivalModel(estimator, base_rate, odds_scale=odds_scale, columns=columns)
+
+
+def fit_arrival_model(features: np.ndarray, labels: np.ndarray, config: ForecastConfig) -> ArrivalModel:
+    """Fit on at most `config.max_training_rows` of the rows (`sample_training_rows`); a constant
+    when the labels hold one class only."""
+    labels = np.asarray(labels, dtype=bool)
+    sample = sample_training_rows(labels, config)
+    if sample is None:
+        return ArrivalModel(None, float(labels.mean()) if labels.size else 0.0)
+    return fit_sampled(
+        features[sample.rows],
+        labels[sample.rows],
+        base_rate=float(labels.mean()),
+        odds_scale=sample.odds_scale,
+        config=config,
+    )
 
 
 def has_history(counts_before: np.ndarray) -> bool:
-    """Whether a target has seen arrivals in enough minutes for the model to speak for it."""
-    return int(np.count_nonzero(counts_before)) >= MIN_ARRIVAL_MINUTES
+    """Whether a target has seen arrivals in enough (known) minutes for the model to speak for it."""
+    return int(np.count_nonzero(np.asarray(counts_before) > 0)) >= MIN_ARRIVAL_MINUTES

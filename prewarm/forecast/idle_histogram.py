@@ -102,9 +102,9 @@ def fallback_replicas(counts: np.ndarray, minutes: np.ndarray, *, learned_until:
     Idle times are the gaps between minutes with arrivals before `learned_until`; each row's idle
     time since the last arrival reads `counts[:m]` only, like the features.
     """
-    counts = np.asarray(counts)
+    counts = np.asarray(counts, dtype=np.float64)
     minutes = np.asarray(minutes, dtype=np.int64)
-    active = np.flatnonzero(counts[:learned_until])
+    active = np.flatnonzero(counts[:learned_until] > 0)  # unknown (NaN) minutes count as no arrival
     windows = histogram_windows((np.diff(active) - 1) * 60.0)
     seen = minute_features.last_arrival_before(counts, minutes)
     idle = (minutes - 1 - seen) * 60.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 import bisect
 import dataclasses
 import enum
+import itertools
 import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from datetime import UTC, datetime, timedelta
 import numpy as np
 
 from prewarm.core import policy, targets
-from prewarm.forecast import arrival_model, idle_histogram, minute_features
+from prewarm.forecast import arrival_model, idle_histogram, pooled_forecast
 from prewarm.replay import simulation, traces, ttft
 
 SESSION_GAP = timedelta(minutes=10)
@@ -324,13 +325,17 @@ def synthetic_sessions(
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class TraceForecast:
-    """P(arrival in the horizon) per target and minute from periodic refits; NaN where the fallback rules."""
+    """P(arrival in the horizon) per target and minute from periodic refits; NaN where the fallback rules.
+
+    `tails[target][i]` is the demand tail known at the start of block `i` (minute index `blocks[i]`).
+    """
 
     first_minute: int
     probability: Mapping[str, np.ndarray]
     fallback: Mapping[str, np.ndarray]  # the hybrid-histogram rule's floor where probability is NaN
-    tails: Mapping[str, np.ndarray]
-    counts: Mapping[str, np.ndarray]  # arrivals per minute, from `first_minute`
+    blocks: np.ndarray  # minute index each refit block starts at
+    tails: Mapping[str, np.ndarray]  # (blocks, MAX_LEVEL) per target
+    counts: Mapping[str, np.ndarray]  # interactive arrivals per minute, from `first_minute`
 
     def replicas(
         self,
@@ -342,16 +347,23 @@ class TraceForecast:
         keep_alive_replicas: int = 1,
         span: tuple[int, int] | None = None,
     ) -> np.ndarray:
-        """Replicas per minute for `target`: the learned floor (the fallback where the model does not
-        speak), and at least `keep_alive_replicas` for `keep_alive` after a minute with arrivals.
+        """Replicas per minute for `target`: the learned floor with each block's demand tail (the
+        fallback where the model does not speak), and at least `keep_alive_replicas` for
+        `keep_alive` after a minute with arrivals.
 
         With `span` (minute indexes [lo, hi)) only those minutes are computed; the others read 0.
         """
-        p_all = self.probability[target]
-        lo, hi = (0, p_all.size) if span is None else (max(0, span[0]), min(p_all.size, span[1]))
-        p = p_all[lo:hi]
-        learned = arrival_model.replicas_for(np.nan_to_num(p), self.tails[target], quantile, concurrency)
-        part = np.where(np.isnan(p), self.fallback[target][lo:hi], learned)
+        p = self.probability[target]
+        lo, hi = (0, p.size) if span is None else (max(0, span[0]), min(p.size, span[1]))
+        floor = np.zeros(p.size)
+        bounds = [*self.blocks.tolist(), p.size]
+        for i, (start, end) in enumerate(itertools.pairwise(bounds)):
+            start, end = max(start, lo), min(end, hi)
+            if start < end:
+                floor[start:end] = arrival_model.replicas_for(
+                    np.nan_to_num(p[start:end]), self.tails[target][i], quantile, concurrency
+                )
+        floor[lo:hi] = np.where(np.isnan(p[lo:hi]), self.fallback[target][lo:hi], floor[lo:hi])
         if keep_alive > timedelta(0):
             recent = arrival_model.keep_alive_replicas(
                 self.counts[target],
@@ -359,11 +371,7 @@ class TraceForecast:
                 keep_alive_minutes=math.ceil(keep_alive.total_seconds() / 60.0),
                 replicas=keep_alive_replicas,
             )
-            part = np.maximum(part, recent)
-        if span is None:
-            return np.asarray(part, dtype=np.float64)
-        floor = np.zeros(p_all.size)
-        floor[lo:hi] = part
+            floor[lo:hi] = np.maximum(floor[lo:hi], recent)
         return floor
 
 
@@ -371,6 +379,21 @@ def minute_grid(trace: traces.Trace) -> tuple[int, int]:
     """The trace's first absolute minute and how many minutes the forecasts cover (one spare)."""
     first_minute = int(trace.start // 60)
     return first_minute, int(trace.end // 60) - first_minute + 2
+
+
+def trace_histories(trace: traces.Trace) -> dict[str, pooled_forecast.TargetHistory]:
+    """Each target's interactive arrivals per minute over the trace's minute grid (every minute
+    known): batch sessions raise floors through the batch allowance alone, never the forecast."""
+    first_minute, n_minutes = minute_grid(trace)
+    return {
+        t.name: pooled_forecast.TargetHistory(
+            first_minute,
+            np.bincount(
+                (t.arrivals[~t.batch_mask()] // 60).astype(np.int64) - first_minute, minlength=n_minutes
+            ).astype(np.float64),
+        )
+        for t in trace.targets
+    }
 
 
 def forecast_trace(
@@ -381,48 +404,36 @@ def forecast_trace(
     refit_minutes: int,
     on_refit: Callable[[], None] | None = None,
 ) -> TraceForecast:
-    """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block."""
+    """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block.
+
+    Each refit and the prediction at its first minute are `pooled_forecast`'s, as in `prewarm serve`;
+    within a block the same model and rule answer every minute.
+    """
     first_minute, n_minutes = minute_grid(trace)
     minutes = np.arange(n_minutes)
-    counts = {  # interactive arrivals only: batch sessions raise floors through the batch allowance alone
-        t.name: np.bincount((t.arrivals[~t.batch_mask()] // 60).astype(np.int64) - first_minute, minlength=n_minutes)
-        for t in trace.targets
-    }
-    features = {
-        name: minute_features.feature_matrix(c, minutes, first_minute=first_minute, horizon=config.horizon)
-        for name, c in counts.items()
-    }
-    labels = {name: minute_features.arrival_labels(c, minutes, config.horizon) for name, c in counts.items()}
-    first_seen = {name: int(np.flatnonzero(c)[0]) if c.any() else n_minutes for name, c in counts.items()}
-    probability = {name: np.full(n_minutes, np.nan) for name in counts}
-    fallback = {name: np.zeros(n_minutes) for name in counts}
-    tails: dict[str, np.ndarray] = {}
+    histories = trace_histories(trace)
+    features = {name: h.features(minutes, config.horizon) for name, h in histories.items()}
+    probability = {name: np.full(n_minutes, np.nan) for name in histories}
+    fallback = {name: np.zeros(n_minutes) for name in histories}
     begin = max(0, int(predict_from // 60) - first_minute)
-    for block in range(begin, n_minutes, refit_minutes):
+    blocks = np.arange(begin, n_minutes, refit_minutes)
+    tails = {name: np.zeros((blocks.size, arrival_model.MAX_LEVEL)) for name in histories}
+    for i, block in enumerate(blocks.tolist()):
         block_end = min(block + refit_minutes, n_minutes)
-        lo, hi = max(0, block - config.training_minutes), block - config.horizon + 1
-        learned = [name for name, c in counts.items() if arrival_model.has_history(c[:block])]
-        spans = [(n, max(lo, first_seen[n])) for n in learned if hi > max(lo, first_seen[n])]
-        model = arrival_model.ArrivalModel(None, 0.0)
-        if spans:
-            block_config = dataclasses.replace(config, seed=config.seed + block)
-            model = arrival_model.fit_arrival_model(
-                np.concatenate([features[n][a:hi] for n, a in spans]),
-                np.concatenate([labels[n][a:hi] for n, a in spans]),
-                block_config,
-            )
-        demands = {n: minute_features.demand_in_horizon(counts[n][:block], config.horizon) for n in counts}
-        pooled = arrival_model.demand_tail(np.concatenate(list(demands.values())))
-        for name, c in counts.items():
-            tails[name] = arrival_model.demand_tail(demands[name], pooled)
-            span = minutes[block:block_end]
-            if name in learned:
+        model = pooled_forecast.fit_at(histories, minute=first_minute + block, config=config, features=features)
+        block_tails = pooled_forecast.demand_tails(histories, minute=first_minute + block, horizon=config.horizon)
+        for name, history in histories.items():
+            tails[name][i] = block_tails[name]
+            if model.estimator is not None and history.learned(block):
                 probability[name][block:block_end] = model.probability(features[name][block:block_end])
             else:
-                fallback[name][block:block_end] = idle_histogram.fallback_replicas(c, span, learned_until=block)
+                fallback[name][block:block_end] = idle_histogram.fallback_replicas(
+                    history.requests, minutes[block:block_end], learned_until=block
+                )
         if on_refit is not None:
             on_refit()
-    return TraceForecast(first_minute, probability, fallback, tails, counts)
+    counts = {name: h.requests for name, h in histories.items()}
+    return TraceForecast(first_minute, probability, fallback, blocks, tails, counts)
 
 
 def refit_count(trace: traces.Trace, predict_from: float, refit_minutes: int) -> int:

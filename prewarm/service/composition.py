@@ -28,6 +28,7 @@ from prewarm.service import (
     config_file,
     decider,
     forecast_loop,
+    history,
     knative_targets,
     leadership,
     listener,
@@ -62,6 +63,7 @@ class ServeOptions:
     store_wait_replicas: int = 0  # acknowledge events only once this many Redis replicas have them
     store_wait_timeout: float = 1.0  # seconds WAIT may take before the event is answered 503
     tuning: tuned_runs.HistoryOptions = dataclasses.field(default_factory=tuned_runs.HistoryOptions)
+    prometheus: history.PrometheusSettings | None = None  # request history for forecast.history targets
 
 
 @dataclasses.dataclass(slots=True)
@@ -69,6 +71,7 @@ class RunningService:
     """A started `prewarm serve`: what tests and the CLI need to reach it."""
 
     decider: decider.Decider
+    forecaster: forecast_loop.ForecastLoop
     store: state.Store
     listener: listener.IntentListener
     http_port: int
@@ -93,6 +96,7 @@ async def run_service(
     parsed = config_file.load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
+    history.require_prometheus(parsed.targets, options.prometheus, source=str(options.config))
     store = state.build_store(
         options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
     )
@@ -134,7 +138,7 @@ async def run_service(
         )
         actuators.append(knative)
     tuner = tuning.Tuner(
-        history=store.arrivals,
+        history=lambda target, since, until: forecaster.arrivals(target, since, until),
         clock=clock,
         specs=lambda: loop.specs,
         fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
@@ -143,12 +147,21 @@ async def run_service(
         starts=instruments.starts,
         telemetry=instruments,
     )
+    prometheus = None if options.prometheus is None else history.open_session(options.prometheus)
+    reader = (
+        None
+        if prometheus is None or options.prometheus is None
+        else history.HistoryReader(
+            history.PrometheusClient(session=prometheus, settings=options.prometheus), telemetry=instruments
+        )
+    )
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
         specs=tuner.effective_specs,
         on_change=lambda target: loop.mark_changed(target),
         telemetry=instruments,
+        history_reader=reader,
     )
     leases: leadership.TargetLeases | None = None
     if isinstance(store, state.RedisStore):  # replicas share the store: one decides each target
@@ -170,6 +183,8 @@ async def run_service(
         ownership=leases,
         tuned=tuner.effective,
         explain_tuning=tuner.describe,
+        forecast_degraded=forecaster.degraded,
+        forecast_view=forecaster.describe,
     )
 
     def current_floor(target: str) -> int | None:
@@ -191,6 +206,8 @@ async def run_service(
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
         stack.callback(providers.shutdown)
+        if prometheus is not None:
+            stack.push_async_callback(prometheus.close)
         if kube is not None:
             stack.callback(kube.close)
         grpc_port = None
@@ -231,6 +248,7 @@ async def run_service(
             )
             discovering = asyncio.create_task(finder.run(), name="knative-discovery")
             stack.callback(discovering.cancel)
+        await forecaster.prepare()  # history loaded and fitted before the first decision reads a forecast
         forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
         stack.callback(forecasting.cancel)
         tuning_task = asyncio.create_task(tuner.run(), name="tuner")
@@ -239,6 +257,7 @@ async def run_service(
         try:
             yield RunningService(
                 decider=loop,
+                forecaster=forecaster,
                 store=store,
                 listener=intents,
                 http_port=port,

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 ForecastSource = Callable[[targets.TargetSpec, datetime], float | None]
 # A target's spec as tuned for its objective or fleet budget, and a note on how (empty: untuned).
 TunedSpec = Callable[[targets.TargetSpec], tuple[targets.TargetSpec, str]]
+ForecastStatus = Callable[[str], str | None]  # why a target's forecast is degraded, or None
+ForecastView = Callable[[str], Mapping[str, Any] | None]  # a target's forecast for /targets
 RETRY_FIRST = timedelta(milliseconds=100)  # after a failed decision; doubled per failure
 RETRY_CAP = timedelta(seconds=2)
 
@@ -68,6 +70,8 @@ class Decider:
         actuators: Sequence[actuation.Actuator],
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
+        forecast_degraded: ForecastStatus | None = None,
+        forecast_view: ForecastView | None = None,
         telemetry: telemetry.Telemetry | None = None,
         ownership: Ownership | None = None,
         tuned: TunedSpec | None = None,
@@ -78,6 +82,8 @@ class Decider:
         self._actuators = tuple(actuators)
         self._clock = clock
         self._forecast = forecast
+        self._forecast_degraded = forecast_degraded
+        self._forecast_view = forecast_view
         self._telemetry = telemetry
         self._ownership = ownership
         self._tuned = tuned
@@ -245,12 +251,14 @@ class Decider:
             previous = await self._store.load_decision(target)  # carry holds and budget across restarts
         sessions = await self._store.count_sessions(target, now)
         forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
+        degraded = self._forecast_degraded(target) if self._forecast_degraded is not None else None
         signals = policy.Signals(
             sessions=sessions.active - sessions.batch,
             next_session_expiry=sessions.next_expiry,
             forecast=forecast,
             forecast_note=note,
             batch_sessions=sessions.batch,
+            forecast_degraded=degraded,
         )
         decision = policy.decide_floor(spec, signals, now, previous)
         await self._store.save_decision(decision, fence=fence)  # refused once another replica took over
@@ -308,6 +316,7 @@ class Decider:
                     "batch_sessions": sessions.batch,
                     "min": spec.min,
                     "max": spec.max,
+                    "forecast": None if self._forecast_view is None else self._forecast_view(target),
                 }
             )
             if self._explain_tuning is not None and (tuning := self._explain_tuning(target)) is not None:

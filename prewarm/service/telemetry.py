@@ -116,6 +116,19 @@ class Telemetry:
             description="|P(arrival in the horizon) - observed| per prediction, once its horizon has passed",
             explicit_bucket_boundaries_advisory=FORECAST_ERROR_BUCKETS,
         )
+        self._forecast_degraded = meter.create_gauge(
+            "prewarm.forecast.degraded",
+            unit="1",
+            description="1 while a target's forecast history cannot be read (the last model is kept)",
+        )
+        self._history_unknown = meter.create_gauge(
+            "prewarm.history.unknown_minutes",
+            unit="min",
+            description="Minutes of a target's loaded request history that are unknown",
+        )
+        self._history_queries = meter.create_counter(
+            "prewarm.history.queries", unit="{query}", description="Prometheus query_range calls for request history"
+        )
         meter.create_observable_gauge(
             "prewarm.pool.hit_ratio",
             callbacks=[self._observe_hit_ratio],
@@ -242,6 +255,19 @@ class Telemetry:
     def record_forecast_error(self, target: str, error: float) -> None:
         """One scored prediction: 0 is a confident hit, 1 a confident miss."""
         self._forecast_error.record(error, {"target": self._target(target)})
+
+    def record_forecast_degraded(self, target: str, degraded: bool) -> None:
+        """Whether `target`'s forecast runs on a history that could not be read this minute."""
+        self._forecast_degraded.set(1 if degraded else 0, {"target": self._target(target)})
+
+    def record_history_unknown(self, target: str, minutes: int) -> None:
+        """How many minutes of `target`'s loaded history are unknown."""
+        self._history_unknown.set(minutes, {"target": self._target(target)})
+
+    def record_history_query(self, preset: str, outcome: str) -> None:
+        """One query_range call: `preset` (knative, keda-http, vllm, promql); `outcome` ok, rejected,
+        unavailable or bad_result."""
+        self._history_queries.add(1, {"preset": preset, "outcome": outcome})
 
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
         self._actuations.add(1, {"actuator": actuator, "outcome": outcome})

@@ -461,3 +461,92 @@ targets:
     # inline keys override a base without losing its objective and fleet
     inline, _ = targets.parse_scaler_metadata({"max": "3"}, scaled_object=from_yaml.ref, base=from_yaml)
     assert (inline.max, inline.objective, inline.fleet) == (3, from_yaml.objective, "a100")
+
+
+HISTORY = targets.HistorySettings(preset=targets.HistoryPreset.KEDA_HTTP, name="chat.example.com", days=7)
+
+
+def test_history_is_the_same_from_every_source() -> None:
+    from_yaml = targets.parse_config_document(
+        "targets: [{name: ml/chat, kind: keda, max: 3, forecast: "
+        "{enabled: true, history: keda-http, historyName: chat.example.com, historyDays: 7}}]",
+        source="t",
+    ).targets[0]
+    from_annotations, _ = targets.parse_annotations(
+        {
+            "prewarm.dev/max": "3",
+            "prewarm.dev/forecast-enabled": "true",
+            "prewarm.dev/forecast-history": "keda-http",
+            "prewarm.dev/forecast-history-name": "chat.example.com",
+            "prewarm.dev/forecast-history-days": "7",
+        },
+        ref=TargetRef("ml", "chat"),
+        kind=TargetKind.KEDA,
+    )
+    from_metadata, warnings = targets.parse_scaler_metadata(
+        {
+            "max": "3",
+            "forecastEnabled": "true",
+            "forecastHistory": "keda-http",
+            "forecastHistoryName": "chat.example.com",
+            "forecastHistoryDays": "7",
+        },
+        scaled_object=TargetRef("ml", "chat"),
+    )
+    assert warnings == ()
+    assert from_yaml.forecast.history == HISTORY
+    assert from_yaml == from_annotations == from_metadata
+    # an inline override keeps the base's history unless it names its own
+    again, _ = targets.parse_scaler_metadata({"hold": "1m"}, scaled_object=TargetRef("ml", "chat"), base=from_yaml)
+    assert again.forecast.history == HISTORY
+
+
+def test_promql_history_keeps_its_template() -> None:
+    query = 'sum(increase(http_requests_total{namespace="$namespace", app="${name}"}[1m]))'
+    spec = targets.parse_config_document(
+        f"targets: [{{name: ml/chat, kind: keda, max: 3, forecast: {{history: promql, historyQuery: '{query}'}}}}]",
+        source="t",
+    ).targets[0]
+    assert spec.forecast.history == targets.HistorySettings(targets.HistoryPreset.PROMQL, query=query, days=14)
+    label_replace = 'label_replace(up{job="$name"}, "x", "$1", "instance", "(.*)")'  # $1 is PromQL's own
+    assert targets.parse_promql_template(label_replace) == label_replace
+
+
+@pytest.mark.parametrize(
+    ("forecast", "problems"),
+    [
+        ("{history: prometheus}", ["targets[0].forecast.history: 'prometheus' is not a history preset "
+                                   "(knative, keda-http, vllm, promql)"]),
+        ("{history: promql}", ["targets[0].forecast.historyQuery: None is required with the promql history"]),
+        ("{history: knative, historyQuery: up}",
+         ["targets[0].forecast.historyQuery: 'up' is only read with the promql history"]),
+        ("{history: promql, historyQuery: 'sum($job)'}",
+         ["targets[0].forecast.historyQuery: 'sum($job)' uses $job: only $namespace and $name are filled in"]),
+        ("{history: promql, historyQuery: up, historyName: x}",
+         ["targets[0].forecast.historyName: 'x' is only read by presets (a promql template names its own labels)"]),
+        ("{historyDays: 3}", ["targets[0].forecast.historyDays: 3 needs targets[0].forecast.history"]),
+        ("{history: vllm, historyDays: 91}", ["targets[0].forecast.historyDays: 91 must be <= 90"]),
+        ("{history: vllm, historyName: ''}", None),  # empty is unset
+    ],
+    ids=["unknown-preset", "promql-without-query", "query-without-promql", "unknown-placeholder",
+         "name-with-promql", "days-without-history", "too-many-days", "empty-name"],
+)  # fmt: skip
+def test_history_errors(forecast: str, problems: list[str] | None) -> None:
+    document = f"targets: [{{name: a/b, kind: keda, max: 2, forecast: {forecast}}}]"
+    if problems is None:
+        assert targets.parse_config_document(document, source="t.yaml").targets[0].forecast.history is not None
+        return
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_config_document(document, source="t.yaml")
+    assert [str(p) for p in caught.value.problems] == problems
+
+
+def test_history_errors_use_each_sources_spelling() -> None:
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_annotations(
+            {"prewarm.dev/max": "2", "prewarm.dev/forecast-history": "graphite"}, ref=TargetRef("a", "b")
+        )
+    assert [p.key for p in caught.value.problems] == ["prewarm.dev/forecast-history"]
+    with pytest.raises(ConfigError) as caught:
+        targets.parse_scaler_metadata({"max": "2", "forecastHistory": "promql"}, scaled_object=TargetRef("a", "b"))
+    assert [p.key for p in caught.value.problems] == ["forecastHistoryQuery"]

@@ -22,7 +22,10 @@ def test_a_row_never_sees_its_own_minute_or_later() -> None:
         again = minute_features.feature_matrix(counts, np.asarray([m]), first_minute=28_000_000, horizon=2)
         np.testing.assert_array_equal(row, again)
     assert base.shape == (minutes.size, len(minute_features.FEATURE_NAMES))
-    assert np.isfinite(base).all()
+    sessions = [minute_features.FEATURE_NAMES.index(f"sessions_{w}") for w in ("1m", "5m", "60m")]
+    requests = [i for i in range(base.shape[1]) if i not in sessions]
+    assert np.isfinite(base[:, requests]).all()
+    assert np.isnan(base[:, sessions]).all()  # no intent signal given: unknown, not zero
 
 
 def test_recent_counts_and_idle_time_features() -> None:
@@ -34,6 +37,111 @@ def test_recent_counts_and_idle_time_features() -> None:
     assert named["arrivals_15m"] == pytest.approx(math.log1p(4))
     assert named["minutes_idle"] == pytest.approx(math.log1p(5))  # last arrival in minute 104
     assert named["active_minutes_7d"] == pytest.approx(3 / minute_features.MINUTES_PER_WEEK)
+
+
+NAN = math.nan
+
+
+def named_row(counts: list[float], minute: int, sessions: list[float] | None = None) -> dict[str, float]:
+    row = minute_features.feature_matrix(
+        np.asarray(counts, dtype=np.float64),
+        np.asarray([minute]),
+        first_minute=0,
+        horizon=1,
+        sessions=None if sessions is None else np.asarray(sessions, dtype=np.float64),
+    )[0]
+    return dict(zip(minute_features.FEATURE_NAMES, row.tolist(), strict=True))
+
+
+@pytest.mark.parametrize(
+    ("counts", "minute", "feature", "expected"),
+    [
+        ([1, 0, 1, 0, 0], 4, "arrivals_5m", math.log1p(2)),  # all known: the plain sum
+        ([1, NAN, 1, 0, 0], 4, "arrivals_5m", math.log1p(2 * 4 / 3)),  # 3 of 4 minutes known: scaled up
+        # the one minute in the window is unknown: the rate of the 5 minutes (4 recorded, 2 known)
+        ([1, NAN, 1, NAN, 0], 4, "arrivals_1m", math.log1p(1.0)),
+        ([1, NAN, 1, NAN, 0], 4, "arrivals_15m", math.log1p(2 * 4 / 2)),  # window clipped to the 4 recorded
+        ([NAN, NAN, NAN, NAN, 0], 4, "arrivals_60m", NAN),  # nothing known all week: unknown
+        ([2, NAN, NAN, NAN, 0], 4, "minutes_idle", math.log1p(3)),  # unknown minutes are not arrivals
+        ([0, 1, NAN, 1, 0], 4, "active_minutes_7d", (2 * 4 / 3) / minute_features.MINUTES_PER_WEEK),
+    ],
+    ids=[
+        "known",
+        "scaled",
+        "window-unknown-takes-the-longer-rate",
+        "clipped-and-scaled",
+        "nothing-known",
+        "idle",
+        "active-share",
+    ],
+)
+def test_unknown_minutes_are_not_zero(counts: list[float], minute: int, feature: str, expected: float) -> None:
+    got = named_row(counts, minute)[feature]
+    if math.isnan(expected):
+        assert math.isnan(got)
+    else:
+        assert got == pytest.approx(expected, rel=1e-6)
+
+
+def test_a_window_a_day_back_that_is_unknown_takes_the_last_days_rate() -> None:
+    day = minute_features.MINUTES_PER_DAY
+    counts = [NAN] * day + [1, 0, 1, 0, 0]  # yesterday unknown; today 2 arrivals in 5 known minutes
+    row = named_row(counts, day + 5)
+    daily_rate = (2 * day / 5) / day  # the day's known sum scaled to the day, per minute
+    assert row["same_window_yesterday"] == pytest.approx(math.log1p(daily_rate * 1), rel=1e-6)
+    assert row["around_this_time_yesterday"] == pytest.approx(math.log1p(daily_rate * 61), rel=1e-6)
+    assert row["arrivals_1d"] == pytest.approx(math.log1p(2 * day / 5), rel=1e-6)
+
+
+def test_ewma_skips_unknown_minutes_and_equals_the_plain_one_without_them() -> None:
+    known = [0.0, 4.0, 0.0, 0.0, 2.0, 0.0]
+    gap = [0.0, 4.0, NAN, NAN, 2.0, 0.0]
+    plain = named_row(known, 6)["ewma_10m"]
+    alpha = 1 - 0.5 ** (1 / 10)
+    expected = 0.0
+    for c in known:
+        expected = alpha * c + (1 - alpha) * expected
+    assert plain == pytest.approx(math.log1p(expected), rel=1e-6)
+    # with two minutes unknown the average runs over the four known ones, re-weighted to a full window
+    numerator, weight, full = 0.0, 0.0, 0.0
+    for c in gap:
+        numerator = alpha * (0.0 if math.isnan(c) else c) + (1 - alpha) * numerator
+        weight = alpha * (0.0 if math.isnan(c) else 1.0) + (1 - alpha) * weight
+        full = alpha + (1 - alpha) * full
+    assert named_row(gap, 6)["ewma_10m"] == pytest.approx(math.log1p(numerator * full / weight), rel=1e-6)
+
+
+def test_session_openings_are_features_beside_requests() -> None:
+    row = named_row([0, 0, 1, 0, 0, 0], 6, sessions=[0, 0, 0, 2, 1, 0])
+    assert row["sessions_1m"] == 0.0
+    assert row["sessions_5m"] == pytest.approx(math.log1p(3))
+    assert row["sessions_60m"] == pytest.approx(math.log1p(3))
+    assert row["arrivals_5m"] == pytest.approx(math.log1p(1))
+
+
+@pytest.mark.parametrize(
+    ("counts", "horizon", "labels", "known"),
+    [
+        ([0, 1, 0, 0], 1, [False, True, False, False], [True, True, True, True]),
+        ([0, NAN, 0, 0], 1, [False, False, False, False], [True, False, True, True]),
+        ([0, NAN, 1, 0], 2, [False, True, True, False], [False, True, True, True]),
+    ],
+    ids=["known", "unknown-minute", "arrival-decides-despite-unknown"],
+)
+def test_labels_of_unknown_windows_are_unknown(
+    counts: list[float], horizon: int, labels: list[bool], known: list[bool]
+) -> None:
+    minutes = np.arange(len(counts))
+    values = np.asarray(counts, dtype=np.float64)
+    assert minute_features.arrival_labels(values, minutes, horizon).tolist() == labels
+    assert minute_features.labels_known(values, minutes, horizon).tolist() == known
+
+
+def test_demand_windows_with_unknown_minutes_are_left_out() -> None:
+    counts = np.asarray([1, 2, NAN, 3, 0], dtype=np.float64)
+    assert minute_features.demand_in_horizon(counts, 2).tolist() == [3.0, 3.0]  # [0,1] and [3,4]
+    assert arrival_model.has_history(np.asarray([NAN, NAN, 0.0])) is False
+    assert arrival_model.has_history(np.asarray([NAN, 1.0])) is True
 
 
 def test_time_of_day_and_day_of_week_are_cyclical_utc() -> None:

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import io
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.metrics.export import InMemoryMetricReader
 from opentelemetry.sdk.trace import TracerProvider
+from support import PrometheusServer, recurring_openmetrics
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import actuation, clock, decider, forecast_loop, state, telemetry
+from prewarm.service import actuation, clock, decider, forecast_loop, history, state, telemetry
 
 NOW = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
 
@@ -37,7 +40,7 @@ async def open_sessions(store: state.MemoryStore, target: str, times: list[datet
     await store.record_intents(intents)
 
 
-async def history(store: state.MemoryStore) -> None:
+async def session_history(store: state.MemoryStore) -> None:
     """ml/busy: a session every minute in the last two hours and at midday all week.
     ml/quiet: the same midday pattern, but nothing since three days ago."""
     busy = [NOW - timedelta(minutes=m) for m in range(1, 121)]
@@ -53,7 +56,7 @@ async def history(store: state.MemoryStore) -> None:
 
 async def test_forecast_follows_each_targets_history_and_feeds_the_decider() -> None:
     store = state.MemoryStore()
-    await history(store)
+    await session_history(store)
     specs = {str(s.ref): s for s in (spec("busy"), spec("quiet"), spec("new"), spec("off", enabled=False))}
     changed: list[str] = []
     loop = forecast_loop.ForecastLoop(
@@ -83,7 +86,7 @@ async def test_forecast_follows_each_targets_history_and_feeds_the_decider() -> 
 
 async def test_every_prediction_is_scored_once_its_horizon_has_passed() -> None:
     store = state.MemoryStore()
-    await history(store)
+    await session_history(store)
     reader = InMemoryMetricReader()
     instruments = telemetry.Telemetry(
         meter_provider=MeterProvider(metric_readers=[reader]),
@@ -113,3 +116,149 @@ async def test_every_prediction_is_scored_once_its_horizon_has_passed() -> None:
     assert points["ml/busy"][0] == 1 and points["ml/quiet"][0] == 1
     assert 0.0 <= points["ml/busy"][1] < 0.5  # predicted likely, and it came
     assert 0.0 <= points["ml/quiet"][1] < 0.5  # predicted unlikely, and nothing came
+
+
+# --- request history from a real Prometheus ---
+
+HISTORY_NOW = datetime(2025, 6, 10, 12, 2, tzinfo=UTC)
+
+
+def history_spec(ref: str, preset: targets.HistoryPreset, query: str | None = None) -> targets.TargetSpec:
+    namespace, _, name = ref.partition("/")
+    return targets.TargetSpec(
+        ref=targets.TargetRef(namespace, name),
+        kind=targets.TargetKind.KEDA,
+        max=4,
+        forecast=targets.ForecastSettings(
+            True, 0.9, timedelta(seconds=180), targets.HistorySettings(preset, query=query, days=7)
+        ),
+    )
+
+
+def load_recurring(server: PrometheusServer, namespaces: dict[str, dict[str, tuple[int, int]]]) -> None:
+    text = "".join(
+        recurring_openmetrics(
+            names,
+            start=(HISTORY_NOW - timedelta(days=6)).timestamp(),
+            end=(HISTORY_NOW + timedelta(hours=2)).timestamp(),
+            preset=targets.HistoryPreset.KNATIVE,
+            namespace=namespace,
+        ).removesuffix("# EOF\n")
+        for namespace, names in namespaces.items()
+    )
+    server.load_openmetrics(text.replace("# TYPE up gauge\n", "", len(namespaces) - 1) + "# EOF\n")
+
+
+@pytest.fixture
+async def reader(prometheus_server: PrometheusServer) -> AsyncIterator[history.HistoryReader]:
+    load_recurring(prometheus_server, {"ml": {"A": (5, 2), "B": (35, 1)}, "other": {"C": (20, 1)}})
+    prometheus_server.start()
+    settings = history.PrometheusSettings(url=prometheus_server.url)
+    session = history.open_session(settings)
+    yield history.HistoryReader(history.PrometheusClient(session=session, settings=settings))
+    await session.close()
+
+
+async def test_history_loads_at_start_then_each_minute_reads_once_per_preset_and_namespace(
+    reader: history.HistoryReader,
+) -> None:
+    specs = {
+        str(s.ref): s
+        for s in (
+            history_spec("ml/a", targets.HistoryPreset.KNATIVE),
+            history_spec("ml/b", targets.HistoryPreset.KNATIVE),
+            history_spec("other/c", targets.HistoryPreset.KNATIVE),
+            history_spec(
+                "ml/d",
+                targets.HistoryPreset.PROMQL,
+                'sum(increase(kn_serving_invocation_duration_seconds_count{kn_service_name="a"}[1m]))',
+            ),
+        )
+    }
+    manual = clock.ManualClock(HISTORY_NOW)
+    loop = forecast_loop.ForecastLoop(
+        store=state.MemoryStore(), clock=manual, specs=lambda: specs, on_change=lambda _: None, history_reader=reader
+    )
+    await loop.prepare()
+    assert reader.calls == 3  # ml (a and b), other (c), and d's own promql: seven days fit one range
+    assert loop.model(3) is not None and loop.model(3).estimator is not None  # fitted before serving
+    assert {name: loop.current_forecast(spec, HISTORY_NOW) for name, spec in specs.items()} == dict.fromkeys(
+        specs, 0.0
+    )  # 12:02: [12:02, 12:05) is quiet for every target
+    for minute in range(1, 4):
+        manual.set(HISTORY_NOW + timedelta(minutes=minute))
+        await loop.update(manual.now())
+        assert reader.calls == 3 + 3 * minute
+        if minute == 1:  # 12:03: [12:03, 12:06) holds a's two requests at :05, which d reads too
+            assert {name: loop.current_forecast(spec, manual.now()) for name, spec in specs.items()} == {
+                "ml/a": 2.0,
+                "ml/b": 0.0,
+                "other/c": 0.0,
+                "ml/d": 2.0,
+            }
+    explained = loop.explain(specs["ml/a"])
+    assert explained["history"]["minutes"] == 7 * 1440
+    assert explained["history"]["unknown_minutes"] == 1440 + 3 - 3  # the day before the data, less three minutes
+    assert explained["history"]["sessions"] is None
+
+
+async def test_an_outage_keeps_the_last_model_even_when_a_refit_is_due(
+    reader: history.HistoryReader, prometheus_server: PrometheusServer
+) -> None:
+    specs = {"ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE)}
+    manual = clock.ManualClock(HISTORY_NOW)
+    changed: list[str] = []
+    loop = forecast_loop.ForecastLoop(
+        store=state.MemoryStore(),
+        clock=manual,
+        specs=lambda: specs,
+        on_change=changed.append,
+        history_reader=reader,
+        refit=timedelta(minutes=1),
+    )
+    await loop.prepare()
+    model = loop.model(3)
+    prometheus_server.stop()
+    manual.set(HISTORY_NOW + timedelta(minutes=1))  # 12:03: a refit is due, and the read fails
+    await loop.update(manual.now())
+    assert loop.model(3) is model
+    reason = loop.degraded("ml/a")
+    assert reason is not None and reason.startswith("history read failed: Prometheus unavailable (")
+    assert loop.current_forecast(specs["ml/a"], manual.now()) == 2.0  # from the history read before
+    prometheus_server.start()
+    manual.set(HISTORY_NOW + timedelta(minutes=2))
+    await loop.update(manual.now())
+    assert loop.degraded("ml/a") is None and loop.model(3) is not model
+    assert changed.count("ml/a") >= 3  # the first forecast, degraded, recovered
+
+
+async def test_session_openings_are_a_feature_beside_requests(reader: history.HistoryReader) -> None:
+    specs = {
+        "ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE),
+        "ml/b": history_spec("ml/b", targets.HistoryPreset.KNATIVE),
+    }
+    store = state.MemoryStore()
+    await open_sessions(store, "ml/a", [HISTORY_NOW - timedelta(minutes=m) for m in (3, 63, 123)])
+    loop = forecast_loop.ForecastLoop(
+        store=store,
+        clock=clock.ManualClock(HISTORY_NOW),
+        specs=lambda: specs,
+        on_change=lambda _: None,
+        history_reader=reader,
+    )
+    await loop.prepare()
+    assert loop.explain(specs["ml/a"])["history"]["sessions"] == 3.0
+    assert loop.explain(specs["ml/b"])["history"]["sessions"] is None  # no intent: those features are unknown
+
+
+async def test_a_history_target_without_prometheus_is_degraded_not_zero() -> None:
+    """As for a Knative Service whose annotations ask for history when serve has no --prometheus."""
+    specs = {"ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE)}
+    changed: list[str] = []
+    loop = forecast_loop.ForecastLoop(
+        store=state.MemoryStore(), clock=clock.ManualClock(HISTORY_NOW), specs=lambda: specs, on_change=changed.append
+    )
+    await loop.prepare()
+    assert loop.degraded("ml/a") == "forecast.history needs Prometheus (--prometheus or PREWARM_PROMETHEUS_URL)"
+    assert loop.current_forecast(specs["ml/a"], HISTORY_NOW) is None  # no forecast, rather than a made-up zero
+    assert changed == ["ml/a"]

@@ -207,6 +207,7 @@ async def test_accepted_event_re_decides_the_target_at_once(memory: Harness) -> 
             "batch_sessions": 0,
             "min": 0,
             "max": 3,
+            "forecast": None,  # forecast not enabled
         }
     finally:
         task.cancel()

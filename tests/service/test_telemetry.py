@@ -224,8 +224,10 @@ async def test_forecast_error_is_scraped_once_a_prediction_can_be_scored(tmp_pat
     manual = clock.ManualClock(T0)
     options = composition.ServeOptions(config=config, http_host="127.0.0.1", http_port=0)
     async with composition.run_service(options, clock=manual, out=io.StringIO()) as service:
-        # A history to learn from: a session in every minute of the last half hour, 12:00 included.
-        past = [T0 - timedelta(minutes=m) for m in range(31)]
+        # A history to learn from: one session three hours ago (training starts at a target's first
+        # arrival, so the quiet hours between are its negatives), then one in every minute of the
+        # last half hour, 12:00 included.
+        past = [T0 - timedelta(hours=3)] + [T0 - timedelta(minutes=m) for m in range(31)]
         await service.store.record_intents(
             [
                 state.Intent(
