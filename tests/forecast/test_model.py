@@ -258,3 +258,52 @@ def test_forecast_config_is_validated() -> None:
     with pytest.raises(ValueError, match="horizon"):
         arrival_model.ForecastConfig(horizon=0)
     assert minute_features.horizon_minutes(61.0) == 2 and minute_features.horizon_minutes(60.0) == 1
+
+
+@pytest.mark.parametrize(
+    ("arrivals", "minute", "keep_alive", "replicas", "expected"),
+    [
+        ([5], 6, 3, 1, 1.0),  # an arrival in the last minute
+        ([5], 8, 3, 1, 1.0),  # three minutes later: still inside
+        ([5], 9, 3, 1, 0.0),  # four: out
+        ([5], 5, 3, 1, 0.0),  # its own minute is not known yet at its start
+        ([5], 6, 3, 2, 2.0),
+        ([], 6, 3, 1, 0.0),
+        ([5], 6, 0, 1, 0.0),  # no keep-alive
+    ],
+    ids=["next-minute", "last-minute-inside", "past-it", "own-minute", "two-replicas", "no-arrivals", "off"],
+)
+def test_keep_alive_after_a_minute_with_arrivals(
+    arrivals: list[int], minute: int, keep_alive: int, replicas: int, expected: float
+) -> None:
+    counts = np.zeros(20)
+    counts[arrivals] = 1
+    got = arrival_model.keep_alive_replicas(
+        counts, np.asarray([minute]), keep_alive_minutes=keep_alive, replicas=replicas
+    )
+    assert got.tolist() == [expected]
+
+
+def test_live_predictions_keep_alive_as_the_replay_does() -> None:
+    from prewarm.forecast import pooled_forecast
+
+    counts = np.zeros(3000)
+    counts[2990] = 1.0  # one arrival and no model: the hybrid-histogram fallback keeps one warm
+    history = pooled_forecast.TargetHistory(1_000_000, counts)
+    tail = arrival_model.demand_tail(np.zeros(0))
+    minute = 1_000_000 + 2995
+    plain = pooled_forecast.predict(None, history, minute=minute, horizon=1, quantile=0.9, tail=tail)
+    kept = pooled_forecast.predict(
+        None, history, minute=minute, horizon=1, quantile=0.9, tail=tail, keep_alive_minutes=10, keep_alive_replicas=2
+    )
+    late = pooled_forecast.predict(
+        None,
+        history,
+        minute=minute + 10,
+        horizon=1,
+        quantile=0.9,
+        tail=tail,
+        keep_alive_minutes=10,
+        keep_alive_replicas=2,
+    )
+    assert (plain.replicas, kept.replicas, late.replicas) == (1.0, 2.0, 1.0)
