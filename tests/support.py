@@ -404,12 +404,20 @@ def recurring_openmetrics(
 
 
 async def wait_for(predicate: Callable[[], bool], *, within: float = 5.0) -> None:
-    """Poll `predicate` while the event loop runs; fail after `within` seconds."""
+    """Poll `predicate` while the event loop runs; fail after `within` seconds. A predicate that
+    looks up what is not there yet (a decision a replica has not made) raises LookupError: not met."""
     deadline = time.monotonic() + within
-    while not predicate():
+    while not _holds(predicate):
         if time.monotonic() > deadline:
             raise AssertionError("condition not met before the deadline")
         await asyncio.sleep(0.001)
+
+
+def _holds(predicate: Callable[[], bool]) -> bool:
+    try:
+        return predicate()
+    except LookupError:
+        return False
 
 
 async def wait_for_async(predicate: Callable[[], Awaitable[bool]], *, within: float = 5.0) -> None:
