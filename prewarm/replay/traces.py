@@ -229,20 +229,26 @@ def read_trace(path: Path, trace_format: TraceFormat, *, seed: int) -> Trace:
     return read_azure_functions(path, seed=seed)
 
 
+def seconds_from_ms(text: str) -> float | None:
+    """A duration written in milliseconds, in seconds; None unless it is a finite number > 0."""
+    try:
+        ms = float(text)
+    except ValueError:
+        return None
+    return ms / 1000.0 if math.isfinite(ms) and ms > 0 else None
+
+
 def read_cold_start_distribution(path: Path) -> np.ndarray:
     """Cold-start durations in seconds from the `value` column (milliseconds) of a CSV file."""
     values: list[float] = []
     problems: list[str] = []
     for line, row in _rows(path, ("value",)):
         text = row["value"] or ""
-        try:
-            ms = float(text)
-        except ValueError:
-            ms = -1.0
-        if not (math.isfinite(ms) and ms > 0):
+        seconds = seconds_from_ms(text)
+        if seconds is None:
             problems.append(f"line {line}, column 'value': {text!r} is not a duration > 0 (ms)")
             continue
-        values.append(ms / 1000.0)
+        values.append(seconds)
     if problems:
         raise TraceError(path, problems)
     if not values:

@@ -85,15 +85,12 @@ def read_distribution(path: Path) -> TtftDistribution:
             raise traces.TraceError(path, [f"line 1: missing column 'value' (found: {found})"])
         for row in reader:
             text = row["value"] or ""
-            try:
-                ms = float(text)
-            except ValueError:
-                ms = -1.0
-            if not (math.isfinite(ms) and ms > 0):
+            seconds = traces.seconds_from_ms(text)
+            if seconds is None:
                 problems.append(f"line {reader.line_num}, column 'value': {text!r} is not a duration > 0 (ms)")
                 continue
             target = (row.get("target") or "").strip()
-            (per_target.setdefault(target, []) if target else default).append(ms / 1000.0)
+            (per_target.setdefault(target, []) if target else default).append(seconds)
     if problems:
         raise traces.TraceError(path, problems)
     if not default and not per_target:
