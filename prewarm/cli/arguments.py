@@ -101,8 +101,8 @@ def history_options(args: argparse.Namespace) -> tuned_runs.HistoryOptions:
             continue
         if seconds[flag] <= 0:
             problems.append(f"{flag}: {text!r} must be > 0")
-    if not (args.tune_days > 0 and args.tune_days < float("inf")):
-        problems.append(f"--tune-days: {args.tune_days} must be > 0")
+    if not 0 < args.tune_days <= targets.MAX_HISTORY_DAYS:
+        problems.append(f"--tune-days: {args.tune_days} must be > 0 and <= {targets.MAX_HISTORY_DAYS}")
     if problems:
         raise ValueError("invalid arguments:\n" + "\n".join(f"  - {p}" for p in problems))
     return tuned_runs.HistoryOptions(

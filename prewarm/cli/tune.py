@@ -8,21 +8,22 @@ from __future__ import annotations
 
 import argparse
 import asyncio
+import contextlib
 import dataclasses
 import json
+import os
 import sys
 import time
 from collections.abc import Mapping
-from datetime import UTC, datetime, timedelta
+from datetime import UTC, datetime
 from pathlib import Path
 
-from prewarm.cli import arguments
+from prewarm.cli import arguments, history_source
 from prewarm.core import targets
 from prewarm.replay import traces, tuned_runs, tuning
-from prewarm.service import config_file, state
+from prewarm.service import clock, config_file, forecast_loop, history, state, tuner
 
 EXIT_USAGE = 2
-STORE_HISTORY = timedelta(days=8)  # what the store keeps of arrivals
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -37,6 +38,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--objective", help="cold=SHARE for targets without their own, e.g. cold=5%%")
     parser.add_argument("--fleet-budget", help="warm replica-hours per day for the default fleet, e.g. 150h/day")
     arguments.add_tuning_arguments(parser)
+    history_source.add_prometheus_arguments(parser)
     parser.add_argument("--json", action="store_true", help="print JSON instead of a table")
     parser.set_defaults(run=run)
 
@@ -105,7 +107,7 @@ def _inputs(
         return specs, fleets, trace, {}, now
     specs = {name: _with_objective(spec, objective) for name, spec in configured.items()}
     now = at if at is not None else time.time()
-    counts = asyncio.run(_store_counts(args.store, specs, now))
+    counts = asyncio.run(_store_counts(args, specs, now))
     return specs, fleets, None, counts, now
 
 
@@ -125,20 +127,31 @@ def _with_objective(spec: targets.TargetSpec, objective: float | None) -> target
     return dataclasses.replace(spec, objective=targets.ObjectiveSettings(cold_starts=objective))
 
 
-async def _store_counts(url: str, specs: Mapping[str, targets.TargetSpec], now: float) -> dict[str, dict[int, int]]:
-    """Per-minute arrivals of every target from the store, over what it keeps."""
-    store = state.build_store(url)
-    until = datetime.fromtimestamp(now, UTC)
-    try:
-        counts = {}
-        for name in specs:
-            raw = await store.arrivals(name, until - STORE_HISTORY, until)
-            counts[name] = {int(at.timestamp() // 60): n for at, n in raw.items()}
-        return counts
-    except state.StateUnavailable as e:
-        raise ValueError(f"--store: {url.split('@')[-1]} cannot be read: {e}") from e
-    finally:
-        await store.close()
+async def _store_counts(
+    args: argparse.Namespace, specs: Mapping[str, targets.TargetSpec], now: float
+) -> dict[str, dict[int, int]]:
+    """Per-minute arrivals of every target as `prewarm serve` would tune on them: the requests read
+    from Prometheus for a `forecast.history` target, else the store's session openings."""
+    settings = history_source.prometheus_settings(args, os.environ)
+    history.require_prometheus(list(specs.values()), settings, source="prewarm tune")
+    store = state.build_store(args.store)
+    at = datetime.fromtimestamp(now, UTC)
+    async with contextlib.AsyncExitStack() as stack:
+        stack.push_async_callback(store.close)
+        reader = None
+        if settings is not None:
+            session = history.open_session(settings)
+            stack.push_async_callback(session.close)
+            reader = history.HistoryReader(history.PrometheusClient(session=session, settings=settings))
+        forecaster = forecast_loop.ForecastLoop(
+            store=store, clock=clock.ManualClock(at), specs=lambda: specs, on_change=lambda target: None,
+            history_reader=reader,
+        )  # fmt: skip
+        try:
+            await forecaster.prepare()
+            return await tuner.read_history(forecaster.arrivals, specs, now=at, tune_days=args.tune_days)
+        except state.StateUnavailable as e:
+            raise ValueError(f"the history cannot be read: {e}") from e
 
 
 def render_table(result: tuning.TuningResult, curves: Mapping[str, tuning.TargetCurve]) -> list[str]:

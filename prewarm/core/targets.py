@@ -97,6 +97,11 @@ class ForecastSettings:
         if self.keep_alive < timedelta(0) or self.keep_alive_replicas < 1:
             raise ValueError("ForecastSettings needs keep_alive >= 0 and keep_alive_replicas >= 1")
 
+    @property
+    def keep_alive_minutes(self) -> int:
+        """The keep-alive in whole minutes (rounded up), as forecasts count time."""
+        return math.ceil(self.keep_alive.total_seconds() / 60.0 - 1e-9)
+
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class ObjectiveSettings:
@@ -718,6 +723,12 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
             targets.append(spec)
     if problems:
         raise ConfigError(source, problems)
+    budgeted = {fleet.name for fleet in fleets}
+    warnings.extend(
+        f"{source}: {spec.ref} names fleet {spec.fleet!r}, which has no budget (fleet: or fleets:)"
+        for spec in targets
+        if spec.fleet != DEFAULT_FLEET and spec.fleet not in budgeted
+    )
     return ParsedTargets(targets=tuple(targets), warnings=tuple(warnings), fleets=fleets)
 
 

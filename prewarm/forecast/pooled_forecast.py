@@ -2,7 +2,7 @@
 on, the fit, the demand tails, and the prediction for one target at one minute.
 
 Pure: arrays in, arrays out. Replay feeds trace counts, serve feeds Prometheus (or stored) counts;
-fed the same counts at the same minute, both give the same prediction (tests/replay/test_parity.py).
+fed the same counts at the same minute, both give the same prediction (tests/cli/test_forecast_explain.py).
 """
 
 from __future__ import annotations

@@ -343,13 +343,13 @@ class TraceForecast:
         quantile: float,
         concurrency: int,
         *,
-        keep_alive: timedelta = timedelta(0),
+        keep_alive_minutes: int = 0,
         keep_alive_replicas: int = 1,
         span: tuple[int, int] | None = None,
     ) -> np.ndarray:
         """Replicas per minute for `target`: the learned floor with each block's demand tail (the
         fallback where the model does not speak), and at least `keep_alive_replicas` for
-        `keep_alive` after a minute with arrivals.
+        `keep_alive_minutes` after a minute with arrivals.
 
         With `span` (minute indexes [lo, hi)) only those minutes are computed; the others read 0.
         """
@@ -364,11 +364,11 @@ class TraceForecast:
                     np.nan_to_num(p[start:end]), self.tails[target][i], quantile, concurrency
                 )
         floor[lo:hi] = np.where(np.isnan(p[lo:hi]), self.fallback[target][lo:hi], floor[lo:hi])
-        if keep_alive > timedelta(0):
+        if keep_alive_minutes > 0:
             recent = arrival_model.keep_alive_replicas(
                 self.counts[target],
                 np.arange(lo, hi),
-                keep_alive_minutes=math.ceil(keep_alive.total_seconds() / 60.0),
+                keep_alive_minutes=keep_alive_minutes,
                 replicas=keep_alive_replicas,
             )
             floor[lo:hi] = np.maximum(floor[lo:hi], recent)
@@ -557,7 +557,7 @@ class Replay:
             target,
             spec.forecast.quantile,
             self.settings.concurrency,
-            keep_alive=spec.forecast.keep_alive,
+            keep_alive_minutes=spec.forecast.keep_alive_minutes,
             keep_alive_replicas=spec.forecast.keep_alive_replicas,
         )
 

@@ -15,6 +15,7 @@ from collections.abc import Callable, Mapping, Sequence
 import numpy as np
 
 from prewarm.core import targets
+from prewarm.forecast import arrival_model, minute_features
 from prewarm.replay import evaluator, simulation, traces, tuning
 
 DEFAULT_TUNE_DAYS = 4.0
@@ -106,29 +107,33 @@ def tune_trace(
     """
     curves: dict[str, tuning.TargetCurve] = {}
     if trace is not None:
-        kept = tuple(t for t in trace.targets if t.name in specs and t.arrivals.size and t.arrivals[0] < now)
-        kept = tuple(_before(t, now) for t in kept)
-        if kept:
-            trace = traces.Trace(
-                kept, min(float(t.arrivals[0]) for t in kept), max(float(t.arrivals[-1]) for t in kept)
+        kept = [_before(t, now) for t in trace.targets if t.name in specs and t.arrivals.size and t.arrivals[0] < now]
+        by_horizon: dict[int, list[traces.TargetRequests]] = {}
+        for requests in kept:  # one pooled model per horizon, as the live forecaster fits them
+            horizon = minute_features.horizon_minutes(specs[requests.name].forecast.horizon.total_seconds())
+            by_horizon.setdefault(horizon, []).append(requests)
+        for horizon, group in sorted(by_horizon.items()):
+            history = traces.Trace(
+                tuple(group), min(float(t.arrivals[0]) for t in group), max(float(t.arrivals[-1]) for t in group)
             )
             settings = evaluator.ReplaySettings(
                 cold_starts=np.asarray([options.cold_start_seconds]),
                 seed=options.seed,
                 score_from=now,
+                forecast=arrival_model.ForecastConfig(horizon=horizon, seed=options.seed),
                 refit_minutes=max(1, round(options.refit_hours * 60)),
                 tune_days=options.tune_days,
             )
-            replay = evaluator.Replay(trace, settings)
-            window = simulation.Window(max(trace.start, now - options.tune_days * 86400.0), now)
-            curves = history_curves(replay, window, specs)
+            replay = evaluator.Replay(history, settings)
+            window = simulation.Window(max(history.start, now - options.tune_days * 86400.0), now)
+            curves.update(history_curves(replay, window, specs))
     empty = tuning.Score(0, 0, 0.0)
     for name in specs:
         if name not in curves:
             curves[name] = tuning.TargetCurve(
                 name,
                 dict.fromkeys(tuning.SETTING_GRID, empty),
-                dict.fromkeys(tuning.KEEPALIVE_REFERENCE, empty),
+                dict.fromkeys(evaluator.KEEPALIVE_SWEEP, empty),
             )
     return tuning.tune(curves, specs, fleets), curves
 
@@ -184,7 +189,7 @@ class _TargetHistory:
                 request.name,
                 spec.forecast.quantile,
                 self.replay.settings.concurrency,
-                keep_alive=spec.forecast.keep_alive,
+                keep_alive_minutes=spec.forecast.keep_alive_minutes,
                 keep_alive_replicas=spec.forecast.keep_alive_replicas,
                 span=(lo, hi),
             )

@@ -18,18 +18,17 @@ from __future__ import annotations
 
 import dataclasses
 import heapq
-import math
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from datetime import timedelta
 
 from prewarm.core import targets
+from prewarm.replay import evaluator
 
 RARE_REQUESTS = 30  # fewer requests than this in the window: tuned with the pooled rare group
 POOLED = "(rare targets, pooled)"
 # Quantile 0.05 warms only where an arrival is all but certain: the "barely pre-warm" end of the grid.
 _QUANTILES = (0.05, 0.3, 0.5, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995, 0.999)
 _KEEP_ALIVES = ((0, 1), (2, 1), (5, 1), (10, 1), (20, 1), (40, 1), (10, 2))  # (minutes, replicas) after arrivals
-KEEPALIVE_REFERENCE = (60.0, 120.0, 300.0, 600.0, 1200.0, 1800.0, 3600.0, 7200.0)  # seconds
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -69,7 +68,7 @@ class Setting:
             return cls(None)
         return cls(
             spec.forecast.quantile,
-            math.ceil(spec.forecast.keep_alive.total_seconds() / 60.0),
+            spec.forecast.keep_alive_minutes,
             spec.forecast.keep_alive_replicas,
         )
 
@@ -162,7 +161,7 @@ def score_curve(
     return TargetCurve(
         target,
         {setting: replay_setting(setting) for setting in grid},
-        {seconds: replay_keepalive(seconds) for seconds in KEEPALIVE_REFERENCE},
+        {seconds: replay_keepalive(seconds) for seconds in evaluator.KEEPALIVE_SWEEP},
     )
 
 

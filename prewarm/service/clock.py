@@ -63,6 +63,11 @@ class ManualClock:
     def now(self) -> datetime:
         return self._now
 
+    @property
+    def deadlines(self) -> list[datetime]:
+        """The deadlines waiters are parked on, earliest first (for tests that check who waits)."""
+        return sorted(self._waiters.values())
+
     def advance(self, delta: timedelta) -> None:
         """Move time forward by `delta` and wake every waiter whose deadline has come."""
         self.set(self._now + delta)

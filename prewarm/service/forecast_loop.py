@@ -121,20 +121,24 @@ class ForecastLoop:
         """The replicas the latest prediction keeps warm for `spec`, or None before the first one."""
         return self._values.get(str(spec.ref))
 
-    async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, int]:
-        """Arrivals of `target` per minute in [since, until), minutes with none (or unknown) left out:
-        the requests read from Prometheus for a history target, else the store's session openings.
-        What the tuner replays, so it tunes on the same counts the forecast learns from."""
+    async def arrivals(self, target: str, since: datetime, until: datetime) -> dict[datetime, float]:
+        """Arrivals of `target` per minute in [since, until), minutes with none left out and unknown
+        ones NaN: the requests read from Prometheus for a history target (nothing read yet is
+        unknown), else the store's session openings. What the tuner replays, so it tunes on the
+        counts the forecast learns from."""
+        spec = self._specs().get(target)
+        if spec is None or spec.forecast.history is None:
+            return dict(await self._store.arrivals(target, since, until))
+        lo, hi = math.floor(since.timestamp() / 60), math.ceil(until.timestamp() / 60)
         read = self._histories.get(target)
         if read is None:
-            return await self._store.arrivals(target, since, until)
-        lo = max(math.floor(since.timestamp() / 60), read.first_minute)
-        hi = min(math.ceil(until.timestamp() / 60), read.first_minute + read.counts.size)
-        return {
-            _utc(minute): int(count)
-            for minute in range(lo, hi)
-            if math.isfinite(count := float(read.counts[minute - read.first_minute])) and count > 0
-        }
+            return {_utc(minute): math.nan for minute in range(lo, hi)}
+        counts: dict[datetime, float] = {}
+        for minute in range(max(lo, read.first_minute), min(hi, read.first_minute + read.counts.size)):
+            count = float(read.counts[minute - read.first_minute])
+            if count != 0.0:  # NaN (unknown) is kept
+                counts[_utc(minute)] = count
+        return counts
 
     def degraded(self, target: str) -> str | None:
         """Why `target`'s forecast is degraded (its history could not be read), or None."""
@@ -318,7 +322,7 @@ class ForecastLoop:
                     horizon=horizon,
                     quantile=enabled[name].forecast.quantile,
                     tail=tails[name],
-                    keep_alive_minutes=math.ceil(enabled[name].forecast.keep_alive.total_seconds() / 60.0),
+                    keep_alive_minutes=enabled[name].forecast.keep_alive_minutes,
                     keep_alive_replicas=enabled[name].forecast.keep_alive_replicas,
                 )
         return predictions

@@ -418,7 +418,8 @@ class IntentListener:
         for intent, new in zip(intents, result.new, strict=True):
             kind = intent.event.type.value.rsplit(".", 1)[1]
             self._telemetry.record_events(kind, "accepted" if new else "duplicate")
-            if new and intent.event.type is ledger.SessionEventType.OPENED:
+            interactive = intent.event.priority is ledger.Priority.INTERACTIVE  # batch has its own allowance
+            if new and interactive and intent.event.type is ledger.SessionEventType.OPENED:
                 self._telemetry.record_session_opened(intent.target, floors.get(intent.target))
         for item in translated:
             if isinstance(item, PodPhase):

@@ -15,7 +15,8 @@ import asyncio
 import collections
 import dataclasses
 import logging
-from collections.abc import Awaitable, Callable, Mapping
+import math
+from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
@@ -25,7 +26,8 @@ from prewarm.service import clock, state, telemetry
 
 log = logging.getLogger(__name__)
 
-History = Callable[[str, datetime, datetime], Awaitable[Mapping[datetime, int]]]
+# A target's arrivals per minute in [since, until): minutes with none left out, unknown ones NaN.
+History = Callable[[str, datetime, datetime], Awaitable[Mapping[datetime, float]]]
 Starts = Callable[[str], tuple[int, int]]  # target -> (warm, cold) session starts counted so far
 
 DEFAULT_RETUNE = timedelta(days=1)
@@ -44,6 +46,23 @@ class _Tuned:
     ladder: list[tuning.Setting]  # the tuned setting first, then ever fewer predicted cold starts
     step: int = 0
     note: str = ""
+
+
+async def read_history(
+    history: History, names: Iterable[str], *, now: datetime, tune_days: float
+) -> dict[str, dict[int, int]]:
+    """Each target's arrivals per absolute minute, over its tuning window and the week of features
+    before it. Raises StateUnavailable when a minute of a tuning window is unknown: a gap read as
+    zero demand would tune for less than the users need, so the last settings are kept instead."""
+    window = now - timedelta(days=tune_days)
+    counts: dict[str, dict[int, int]] = {}
+    for name in names:
+        raw = await history(name, window - _FEATURE_HISTORY, now)
+        unknown = sum(1 for at, n in raw.items() if math.isnan(n) and at >= window)
+        if unknown:
+            raise state.StateUnavailable(f"{name}: {unknown} minutes of its tuning history are unknown")
+        counts[name] = {int(at.timestamp() // 60): int(n) for at, n in raw.items() if not math.isnan(n)}
+    return counts
 
 
 class Tuner:
@@ -89,8 +108,14 @@ class Tuner:
         return tuned.ladder[tuned.step].apply(spec), tuned.note or tuned.choice.reason
 
     def effective_specs(self) -> dict[str, targets.TargetSpec]:
-        """Every target's spec as the forecaster should predict it."""
-        return {name: self.effective(spec)[0] for name, spec in self._specs().items()}
+        """Every target's spec as the forecaster should predict it. A target tuned off keeps its
+        configured spec here: the decider ignores its forecast, but the forecaster goes on reading
+        its history and predicting it, so a later step or retune can turn it on again."""
+        specs = {}
+        for name, spec in self._specs().items():
+            tuned = self.effective(spec)[0]
+            specs[name] = tuned if tuned.forecast.enabled else spec
+        return specs
 
     def describe(self, target: str) -> dict[str, Any] | None:
         """The tuning of `target` for `/targets`: objective, setting, predicted share and hours, note."""
@@ -136,11 +161,7 @@ class Tuner:
         if not specs:
             self._tuned.clear()
             return
-        since = now - timedelta(days=self._options.tune_days) - _FEATURE_HISTORY
-        counts: dict[str, dict[int, int]] = {}
-        for name in specs:
-            raw = await self._history(name, since, now)
-            counts[name] = {int(at.timestamp() // 60): n for at, n in raw.items()}
+        counts = await read_history(self._history, specs, now=now, tune_days=self._options.tune_days)
         result, curves = await asyncio.get_running_loop().run_in_executor(
             None,
             lambda: tuned_runs.tune_history(counts, specs, self._fleets, now=now.timestamp(), options=self._options),

@@ -97,11 +97,29 @@ def test_tune_reads_the_history_prewarm_serve_stored(
         (["--trace", "x.csv", "--format", "alibaba-genai", "--objective", "cold=150%"], "'cold=150%' must be between"),
         (["--trace", "x.csv", "--format", "alibaba-genai", "--fleet-budget=-3h"], "'-3h' must be >= 0 replica-hours"),
         (["--trace", "x.csv", "--format", "alibaba-genai", "--tune-cold-start", "never"], "--tune-cold-start: 'never'"),
+        (["--trace", "x.csv", "--format", "alibaba-genai", "--tune-days", "1e9"], "--tune-days: 1000000000.0 must be"),
     ],
-    ids=["trace-without-format", "store-without-config", "objective", "budget", "cold-start"],
+    ids=["trace-without-format", "store-without-config", "objective", "budget", "cold-start", "tune-days"],
 )
 def test_bad_arguments_exit_2_naming_them(
     tmp_path: Path, capsys: pytest.CaptureFixture[str], args: list[str], message: str
 ) -> None:
     assert cli.main(["tune", *args]) == 2
     assert message in capsys.readouterr().err
+
+
+def test_targets_are_tuned_with_their_own_forecast_horizon(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """A target forecasting 5 minutes ahead is replayed with a 5-minute model, as serve fits one."""
+    trace = tmp_path / "requests.csv"
+    write_trace(trace)
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets:\n"
+        "  - {name: trace/m0000, kind: keda, max: 4, forecast: {enabled: true, horizon: 5m}, "
+        "objective: {coldStarts: 5%}}\n"
+    )
+    args = ["tune", "--trace", str(trace), "--format", "alibaba-genai", "--config", str(config), "--tune-days", "1"]
+    assert cli.main([*args, "--objective", "cold=50%", "--json"]) == 0
+    rows = {row["target"]: row for row in json.loads(capsys.readouterr().out)["targets"]}
+    assert rows["M0000"]["objective"] == 0.05  # its own objective; M0001 takes the flag's
+    assert rows["M0000"]["met"] is True and rows["M0001"]["objective"] == 0.5

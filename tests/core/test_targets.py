@@ -550,3 +550,15 @@ def test_history_errors_use_each_sources_spelling() -> None:
     with pytest.raises(ConfigError) as caught:
         targets.parse_scaler_metadata({"max": "2", "forecastHistory": "promql"}, scaled_object=TargetRef("a", "b"))
     assert [p.key for p in caught.value.problems] == ["forecastHistoryQuery"]
+
+
+def test_a_fleet_without_a_budget_is_warned_about() -> None:
+    parsed = targets.parse_config_document(
+        "fleets: {a100: {budget: 10}}\n"
+        "targets:\n"
+        "  - {name: ml/a, kind: keda, max: 2, fleet: a100}\n"
+        "  - {name: ml/b, kind: keda, max: 2, fleet: a10o}\n"
+        "  - {name: ml/c, kind: keda, max: 2}\n",
+        source="t.yaml",
+    )
+    assert parsed.warnings == ("t.yaml: ml/b names fleet 'a10o', which has no budget (fleet: or fleets:)",)

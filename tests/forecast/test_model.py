@@ -7,7 +7,8 @@ import math
 import numpy as np
 import pytest
 
-from prewarm.forecast import arrival_model, idle_histogram, minute_features
+from prewarm.forecast import arrival_model, idle_histogram, minute_features, pooled_forecast
+from prewarm.replay import evaluator
 
 
 def test_a_row_never_sees_its_own_minute_or_later() -> None:
@@ -285,25 +286,40 @@ def test_keep_alive_after_a_minute_with_arrivals(
 
 
 def test_live_predictions_keep_alive_as_the_replay_does() -> None:
-    from prewarm.forecast import pooled_forecast
-
-    counts = np.zeros(3000)
-    counts[2990] = 1.0  # one arrival and no model: the hybrid-histogram fallback keeps one warm
-    history = pooled_forecast.TargetHistory(1_000_000, counts)
+    """Where the model does not speak, both the live prediction and the replay's forecast take the
+    larger of the hybrid-histogram fallback and the keep-alive, minute by minute."""
+    counts = np.zeros(3100)
+    counts[[2000, 2990]] = 1.0
+    first = 1_000_000
+    minutes = np.arange(2980, 3040)
+    fallback = np.zeros(counts.size)
+    fallback[minutes] = [idle_histogram.fallback_replicas(counts, np.asarray([m]), learned_until=m)[0] for m in minutes]
+    replay = evaluator.TraceForecast(
+        first_minute=first,
+        probability={"t": np.full(counts.size, np.nan)},
+        fallback={"t": fallback},
+        blocks=np.asarray([0]),
+        tails={"t": np.zeros((1, arrival_model.MAX_LEVEL))},
+        counts={"t": counts},
+    )
+    replayed = replay.replicas("t", 0.9, 1, keep_alive_minutes=10, keep_alive_replicas=2)[minutes]
+    history = pooled_forecast.TargetHistory(first, counts)
     tail = arrival_model.demand_tail(np.zeros(0))
-    minute = 1_000_000 + 2995
-    plain = pooled_forecast.predict(None, history, minute=minute, horizon=1, quantile=0.9, tail=tail)
-    kept = pooled_forecast.predict(
-        None, history, minute=minute, horizon=1, quantile=0.9, tail=tail, keep_alive_minutes=10, keep_alive_replicas=2
-    )
-    late = pooled_forecast.predict(
-        None,
-        history,
-        minute=minute + 10,
-        horizon=1,
-        quantile=0.9,
-        tail=tail,
-        keep_alive_minutes=10,
-        keep_alive_replicas=2,
-    )
-    assert (plain.replicas, kept.replicas, late.replicas) == (1.0, 2.0, 1.0)
+    live = [
+        pooled_forecast.predict(
+            None,
+            history,
+            minute=first + m,
+            horizon=1,
+            quantile=0.9,
+            tail=tail,
+            keep_alive_minutes=10,
+            keep_alive_replicas=2,
+        ).replicas
+        for m in minutes.tolist()
+    ]
+    assert replayed.tolist() == live
+    # the arrival at 2990 keeps two warm for the ten minutes after it; the fallback (out of range:
+    # the one idle time seen is 16 h) keeps none
+    assert [m for m, r in zip(minutes.tolist(), live, strict=True) if r == 2.0] == list(range(2991, 3001))
+    assert set(live) == {0.0, 2.0}

@@ -55,8 +55,9 @@ async def test_a_decision_that_failed_is_retried_with_backoff_until_it_succeeds(
         await wait_for(lambda: len(attempts(caplog)) == 2)
         assert "(attempt 2, again in 0:00:00.200000)" in attempts(caplog)[1]
         redis_server.start()  # the sessions are back (append-only file)
-        manual.advance(timedelta(milliseconds=100))
-        await asyncio.sleep(0.05)  # half way through the backoff: nothing may be tried yet
+        manual.advance(timedelta(milliseconds=100))  # half way through the second backoff
+        # parked until the third attempt, with nothing tried in between
+        await wait_for(lambda: manual.deadlines == [T0 + timedelta(milliseconds=300)])
         assert len(attempts(caplog)) == 2 and loop.decisions["ml/chat"].floor == 0
         manual.advance(timedelta(milliseconds=100))
         await wait_for(lambda: loop.decisions["ml/chat"].floor == 3)

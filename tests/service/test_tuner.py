@@ -5,12 +5,14 @@ from __future__ import annotations
 
 import asyncio
 import io
+import math
 import re
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import aiohttp
 import numpy as np
+import pytest
 from opentelemetry.sdk.metrics import MeterProvider
 from opentelemetry.sdk.trace import TracerProvider
 from support import wait_for, wait_for_async
@@ -165,7 +167,8 @@ async def test_a_fleet_budget_shares_hours_and_a_target_with_nothing_to_save_is_
     assert busy["reason"].startswith("fleet gpu 30h/day: ")
     off, _ = tuner.effective(specs["ml/quiet"])
     assert not off.forecast.enabled  # the decider asks no forecast for it, as the replay assumed
-    assert tuner.effective_specs()["ml/quiet"] == off
+    # the forecaster goes on predicting it from its configured spec, so a later retune can turn it on
+    assert tuner.effective_specs()["ml/quiet"] == specs["ml/quiet"]
 
 
 async def test_history_that_cannot_be_read_keeps_the_last_settings() -> None:
@@ -265,3 +268,51 @@ def test_telemetry_counts_starts_for_the_closed_loop() -> None:
     instruments.record_session_opened("ml/chat", floor_before=None)
     assert instruments.starts("ml/chat") == (1, 2)
     assert tuning.OFF.describe() == "forecast off"
+
+
+async def test_a_gap_in_the_tuning_window_keeps_the_last_settings() -> None:
+    """Unknown minutes (a Prometheus outage) are never read as zero demand: inside the tuning window
+    they postpone the tuning; older ones, in the features' week only, are left out."""
+    window_start = NOW - timedelta(days=OPTIONS.tune_days)
+
+    def history_with(unknown_at: datetime) -> tuner_module.History:
+        async def read(target: str, since: datetime, until: datetime) -> dict[datetime, float]:
+            return {NOW - timedelta(minutes=3): 2.0, unknown_at: math.nan}
+
+        return read
+
+    with pytest.raises(state.StateUnavailable, match="ml/chat: 1 minutes of its tuning history are unknown"):
+        await tuner_module.read_history(
+            history_with(window_start + timedelta(hours=1)), ["ml/chat"], now=NOW, tune_days=OPTIONS.tune_days
+        )
+    counts = await tuner_module.read_history(
+        history_with(window_start - timedelta(hours=1)), ["ml/chat"], now=NOW, tune_days=OPTIONS.tune_days
+    )
+    assert counts == {"ml/chat": {int((NOW - timedelta(minutes=3)).timestamp() // 60): 2}}
+
+
+async def test_batch_session_starts_are_not_counted_as_warm_or_cold(tmp_path: Path) -> None:
+    config = tmp_path / "targets.yaml"
+    config.write_text("targets:\n  - {name: ml/chat, kind: keda, max: 4}\n")
+    options = composition.ServeOptions(config=config, http_host="127.0.0.1", http_port=0)
+    async with (
+        composition.run_service(options, clock=clock.ManualClock(NOW), out=io.StringIO()) as service,
+        aiohttp.ClientSession() as http,
+    ):
+        url = f"http://127.0.0.1:{service.http_port}"
+        for event_id, priority in (("b1", "batch"), ("b2", "batch"), ("i1", "interactive")):
+            event = {
+                "specversion": "1.0",
+                "type": "dev.prewarm.session.opened",
+                "source": "/test",
+                "id": event_id,
+                "data": {"target": "ml/chat", "session": event_id, "priority": priority},
+            }
+            async with http.post(
+                f"{url}/events", json=event, headers={"Content-Type": "application/cloudevents+json"}
+            ) as response:
+                assert response.status == 202
+        async with http.get(f"{url}/metrics") as response:
+            metrics = await response.text()
+    cold = [line for line in metrics.splitlines() if line.startswith("prewarm_cold_starts_total{")]
+    assert len(cold) == 1 and cold[0].endswith(" 1.0")  # the interactive session alone
