@@ -308,6 +308,31 @@ def requests_of_user(
     return requests
 
 
+def requests_of_users(
+    rng: np.random.Generator,
+    *,
+    starts: np.ndarray,
+    models: list[str],
+    group: str,
+    count: int,
+    think: float,
+    run_seconds: float,
+) -> list[Request]:
+    """Users arriving at `starts`, each sticking to its model: `<group>-user<i>`'s requests in turn."""
+    requests: list[Request] = []
+    for user, (start, model) in enumerate(zip(starts.tolist(), models, strict=True)):
+        requests += requests_of_user(
+            rng,
+            model=model,
+            group=f"{group}-user{user}",
+            start=start,
+            count=count,
+            think=think,
+            run_seconds=run_seconds,
+        )
+    return requests
+
+
 # --- the profiles ---
 
 
@@ -336,17 +361,15 @@ def idle_to_burst(
     for cycle in range(cycles):
         start = last + float(rng.uniform(idle_min, idle_max))
         offsets = burst_offsets(burst_shape, burst_users, burst_length, rng)
-        chosen = rng.choice(models, size=burst_users, p=popularity)
-        for user, (offset, model) in enumerate(zip(offsets.tolist(), chosen.tolist(), strict=True)):
-            requests += requests_of_user(
-                rng,
-                model=names[model],
-                group=f"burst{cycle}-user{user}",
-                start=start + offset,
-                count=user_requests,
-                think=think,
-                run_seconds=run_seconds,
-            )
+        requests += requests_of_users(
+            rng,
+            starts=start + offsets,
+            models=[names[m] for m in rng.choice(models, size=burst_users, p=popularity).tolist()],
+            group=f"burst{cycle}",
+            count=user_requests,
+            think=think,
+            run_seconds=run_seconds,
+        )
         last = max(r.at for r in requests)
     return requests
 
@@ -380,17 +403,15 @@ def sawtooth(
             [ramp * np.sqrt(rng.random(rising)), ramp + drain * (1.0 - np.sqrt(rng.random(falling)))]
         )
         offsets = np.sort(np.minimum(offsets, np.nextafter(ramp + drain, 0.0)))
-        chosen = rng.choice(models, size=offsets.size, p=popularity)
-        for user, (offset, model) in enumerate(zip(offsets.tolist(), chosen.tolist(), strict=True)):
-            requests += requests_of_user(
-                rng,
-                model=names[model],
-                group=f"cycle{cycle}-user{user}",
-                start=start + offset,
-                count=user_requests,
-                think=think,
-                run_seconds=run_seconds,
-            )
+        requests += requests_of_users(
+            rng,
+            starts=start + offsets,
+            models=[names[m] for m in rng.choice(models, size=offsets.size, p=popularity).tolist()],
+            group=f"cycle{cycle}",
+            count=user_requests,
+            think=think,
+            run_seconds=run_seconds,
+        )
         last = max(r.at for r in requests)
     return requests
 
