@@ -20,7 +20,7 @@ from pathlib import Path
 
 from prewarm.cli import arguments, history_source
 from prewarm.core import targets
-from prewarm.replay import traces, tuned_runs, tuning
+from prewarm.replay import evaluator, traces, tuned_runs, tuning
 from prewarm.service import clock, config_file, forecast_loop, history, state, tuner
 
 EXIT_USAGE = 2
@@ -101,7 +101,10 @@ def _inputs(
         by_name = {spec.ref.name.lower(): spec for spec in configured.values()}
         specs = {}
         for request in trace.targets:
-            spec = by_name.get(request.name.lower()) or _trace_spec(request.name)
+            # as `prewarm replay --objective` tunes a trace target without a configured spec
+            spec = by_name.get(request.name.lower()) or evaluator.default_spec(
+                request.name, targets.DEFAULT_FORECAST_QUANTILE, targets.DEFAULT_FORECAST_HORIZON.total_seconds(), 1
+            )
             specs[request.name] = _with_objective(spec, objective)
         now = at if at is not None else trace.end + 1.0
         return specs, fleets, trace, {}, now
@@ -109,16 +112,6 @@ def _inputs(
     now = at if at is not None else time.time()
     counts = asyncio.run(_store_counts(args, specs, now))
     return specs, fleets, None, counts, now
-
-
-def _trace_spec(name: str) -> targets.TargetSpec:
-    """A trace target without a configured spec: forecast on, no ceiling to speak of."""
-    return targets.TargetSpec(
-        ref=targets.TargetRef("trace", name.lower()),
-        kind=targets.TargetKind.KEDA,
-        max=1000,
-        forecast=targets.ForecastSettings(enabled=True),
-    )
 
 
 def _with_objective(spec: targets.TargetSpec, objective: float | None) -> targets.TargetSpec:

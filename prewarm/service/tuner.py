@@ -21,6 +21,7 @@ from datetime import datetime, timedelta
 from typing import Any
 
 from prewarm.core import targets
+from prewarm.forecast import minute_features
 from prewarm.replay import tuned_runs, tuning
 from prewarm.service import clock, state, telemetry
 
@@ -35,7 +36,7 @@ DEFAULT_CHECK = timedelta(minutes=5)
 OBSERVATION_WINDOW = timedelta(hours=1)
 MIN_OBSERVED_STARTS = 10  # fewer starts in the last hour say too little to move a setting
 RELAX_BELOW = 0.5  # relax once the observed share is under half the objective
-_FEATURE_HISTORY = timedelta(days=7, hours=1)  # what the forecast's features and fits look back over
+_FEATURE_HISTORY = timedelta(minutes=minute_features.HISTORY_MINUTES)  # what features and fits look back over
 
 
 @dataclasses.dataclass(slots=True)
