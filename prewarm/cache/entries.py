@@ -196,14 +196,42 @@ def list_entries(root: Path) -> list[tuple[Path, dict[str, Any]]]:
 
 
 def collect_garbage(root: Path, *, max_bytes: int, now: float, ttl: float = LEASE_TTL) -> list[str]:
-    """Evict least recently used entries without a live lease until the root holds <= max_bytes.
-    Returns the evicted keys."""
-    entries = [(entry, manifest, entry_bytes(entry)) for entry, manifest in list_entries(root)]
+    """Evict least recently used entries (compile caches and weights alike) without a live lease
+    until the root holds <= max_bytes. Returns the evicted keys."""
+    return _evict(list_entries(root), max_bytes=max_bytes, now=now, ttl=ttl)
+
+
+def collect_weights(
+    root: Path, *, max_bytes: int, now: float, keep: Sequence[Path] = (), ttl: float = LEASE_TTL
+) -> list[str]:
+    """Evict the weights tier's least recently used models without a live lease (never those in
+    `keep`) until the tier holds <= max_bytes: a node's budget for weights. Returns their folders."""
+    weights = hub_layout.weights_root(root)
+    return _evict(
+        [(entry, manifest) for entry, manifest in list_entries(root) if entry.parent == weights],
+        max_bytes=max_bytes,
+        now=now,
+        ttl=ttl,
+        keep=keep,
+    )
+
+
+def _evict(
+    candidates: Sequence[tuple[Path, dict[str, Any]]],
+    *,
+    max_bytes: int,
+    now: float,
+    ttl: float,
+    keep: Sequence[Path] = (),
+) -> list[str]:
+    entries = [(entry, manifest, entry_bytes(entry)) for entry, manifest in candidates]
     total = sum(size for _, _, size in entries)
     evicted = []
     for entry, _, size in sorted(entries, key=lambda item: float(item[1].get("last_used", 0))):
         if total <= max_bytes:
             break
+        if entry in keep:
+            continue
         with locked(entry):
             if live_leases(entry, now=now, ttl=ttl):
                 continue

@@ -24,6 +24,7 @@ WEIGHTS = "weights"  # the tier's folder under the volume's root: what HF_HUB_CA
 BLOBS = "blobs"
 SNAPSHOTS = "snapshots"
 REFS = "refs"
+NODE_LABEL_PREFIX = "weights.prewarm.dev/"
 INCOMING = ".incoming-"  # prefix of what is being written: never a name a reader looks up
 _COMMIT = re.compile(r"[0-9a-f]{40}")
 _MODEL = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
@@ -38,6 +39,17 @@ def weights_root(root: Path) -> Path:
 def repo_folder(model: str) -> str:
     """`acme/tiny-llm` -> `models--acme--tiny-llm`, as huggingface_hub's `repo_folder_name` names it."""
     return "--".join(["models", *model.split("/")])
+
+
+def node_label(folder: str) -> str:
+    """The node label saying a node holds a repository folder's weights (its value: the revision
+    id): `weights.prewarm.dev/models--acme--tiny-llm`, shortened with a digest past 63 characters."""
+    name = (
+        folder
+        if len(folder) <= 63
+        else f"{folder[:54].rstrip('-_.')}-{hashlib.sha256(folder.encode()).hexdigest()[:8]}"
+    )
+    return f"{NODE_LABEL_PREFIX}{name}"
 
 
 def check_model(model: str) -> str | None:
