@@ -19,7 +19,7 @@ from support import RedisServer, wait_for
 from knative import kube_api
 from prewarm.cache import entries, hub_layout, staging
 from prewarm.core import policy, targets, weights
-from prewarm.service import state, weights_follower
+from prewarm.service import store, weights_follower
 
 T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
 TARGET = "llm/chat"
@@ -74,7 +74,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 def _follower(
-    feed: state.RedisStore, cluster: Cluster, node: str, root: Path, specs: dict[str, weights.WeightsSettings]
+    feed: store.RedisStore, cluster: Cluster, node: str, root: Path, specs: dict[str, weights.WeightsSettings]
 ) -> weights_follower.WeightsFollower:
     settings = weights_follower.FollowerSettings(node=node, root=root, budget_bytes=10**12, node_selector="pool=gpu")
     return weights_follower.WeightsFollower(
@@ -88,8 +88,8 @@ async def test_weights_land_within_a_second_of_the_floor_leaving_zero(
     specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
     chosen = weights.place_weights(TARGET, NODES, weights.nodes_wanted(1))  # floor 1: two of the three GPU nodes
     left_out = next(node for node in NODES if node not in chosen)
-    writer = state.RedisStore.from_url(redis_server.url)
-    feeds = [state.RedisStore.from_url(redis_server.url) for _ in NODES]
+    writer = store.RedisStore.from_url(redis_server.url)
+    feeds = [store.RedisStore.from_url(redis_server.url) for _ in NODES]
     followers = {
         node: _follower(feed, cluster, node, tmp_path / node, specs) for node, feed in zip(NODES, feeds, strict=True)
     }
@@ -131,8 +131,8 @@ async def test_a_follower_started_late_relists_and_stages(
 ) -> None:
     specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
     node = weights.place_weights(TARGET, NODES, 2)[0]
-    writer = state.RedisStore.from_url(redis_server.url)
-    feed = state.RedisStore.from_url(redis_server.url)
+    writer = store.RedisStore.from_url(redis_server.url)
+    feed = store.RedisStore.from_url(redis_server.url)
     try:
         await writer.save_decision(decision(TARGET, 2, T0))  # published while nobody listened
         follower = _follower(feed, cluster, node, tmp_path / node, specs)
@@ -149,7 +149,7 @@ async def test_a_scheduled_rise_within_the_lead_stages_ahead(
 ) -> None:
     specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
     node = weights.place_weights(TARGET, NODES, 2)[0]
-    feed = state.RedisStore.from_url(redis_server.url)
+    feed = store.RedisStore.from_url(redis_server.url)
     try:
         await feed.save_decision(decision(TARGET, 0, T0, next_change=T0 + timedelta(seconds=30)))
         follower = _follower(feed, cluster, node, tmp_path / node, specs)  # lead 60 s > 30 s
@@ -170,7 +170,7 @@ async def test_the_byte_budget_evicts_the_least_recently_needed_model_not_in_use
     }
     node = "solo"
     cluster.fake.add_node(node, labels={"pool": "solo"})
-    feed = state.RedisStore.from_url(redis_server.url)
+    feed = store.RedisStore.from_url(redis_server.url)
     root = tmp_path / node
     settings = weights_follower.FollowerSettings(
         node=node, root=root, budget_bytes=20 * 1024**2, node_selector="pool=solo"
