@@ -18,6 +18,7 @@ from typing import Any, TypeVar
 import yaml
 
 from prewarm.core import schedule
+from prewarm.core import weights as weights_settings
 
 T = TypeVar("T")
 
@@ -153,6 +154,7 @@ class TargetSpec:
     objective: ObjectiveSettings = ObjectiveSettings()
     fleet: str = DEFAULT_FLEET  # the fleet group whose budget this target shares
     batch: BatchAllowance = BatchAllowance()
+    weights: weights_settings.WeightsSettings | None = None  # the model its pods load, for the weights tier
 
     def __post_init__(self) -> None:
         if not 0 <= self.min <= self.max:
@@ -360,6 +362,32 @@ def parse_label_value(raw: object) -> str:
     return raw.strip()
 
 
+_MODEL_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*(/[A-Za-z0-9][A-Za-z0-9._-]*)?")
+_REVISION_NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._/-]*")
+
+
+def parse_model_id(raw: object) -> str:
+    """A hub model id, `ORG/NAME` or `NAME`."""
+    if not isinstance(raw, str) or not _MODEL_ID.fullmatch(raw.strip()) or ".." in raw or "--" in raw:
+        raise ValueError("is not a model id (ORG/NAME: letters, digits, '.', '_', '-'; no '--' or '..')")
+    return raw.strip()
+
+
+def parse_revision_name(raw: object) -> str:
+    """A branch, tag or commit name."""
+    text = str(raw).strip() if isinstance(raw, str | int) else ""
+    if not _REVISION_NAME.fullmatch(text) or ".." in text.split("/") or text.endswith("/"):
+        raise ValueError("is not a branch, tag or commit name")
+    return text
+
+
+def parse_model_source(raw: object) -> str:
+    """Where weights are staged from: an absolute folder path (a mounted model store)."""
+    if not isinstance(raw, str) or not raw.strip().startswith("/"):
+        raise ValueError("is not an absolute folder path (the model's folder in a mounted model store)")
+    return raw.strip()
+
+
 def parse_history_days(raw: object) -> int:
     """Days of history to load, 1 to MAX_HISTORY_DAYS."""
     days = parse_int(raw, minimum=1)
@@ -534,6 +562,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("fleet", "fleet", parse_fleet_name),
     Setting("batch.floor", "batch.floor", parse_int),
     Setting("batch.budgetShare", "batch.budget_share", parse_share),
+    Setting("weights.model", "weights.model", parse_model_id),
+    Setting("weights.revision", "weights.revision", parse_revision_name),
+    Setting("weights.source", "weights.source", parse_model_source),
 )
 SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
 # The nested settings a dotted `field` reaches into (history is built with its cross-field rules).
@@ -543,6 +574,7 @@ _NESTED_SETTINGS: dict[str, Callable[..., Any]] = {
     "batch": BatchAllowance,
 }
 _HISTORY_FIELD = "forecast.history"
+_WEIGHTS_FIELD = "weights"  # optional as a whole: built only when a weights setting is given
 
 
 def _parse_settings(
@@ -569,18 +601,22 @@ def _assemble_spec(
     """A TargetSpec from parsed values (canonical keys); what is not given keeps its dataclass default."""
     top: dict[str, Any] = {}
     nested: dict[str, dict[str, Any]] = {group: {} for group in _NESTED_SETTINGS}
+    model_weights: dict[str, Any] = {}
     for key, value in values.items():
         field = SETTINGS_BY_KEY[key].field
         group, _, attribute = field.partition(".")
         if field.startswith(_HISTORY_FIELD + "."):
             continue
-        if attribute:
+        if group == _WEIGHTS_FIELD:
+            model_weights[attribute] = value
+        elif attribute:
             nested[group][attribute] = value
         else:
             top[field] = value
     nested["forecast"]["history"] = history
     built = {group: make(**nested[group]) for group, make in _NESTED_SETTINGS.items()}
-    return TargetSpec(ref=ref, kind=kind, **top, **built)
+    weights = weights_settings.WeightsSettings(**model_weights) if model_weights else None
+    return TargetSpec(ref=ref, kind=kind, **top, **built, weights=weights)
 
 
 def _raw_form(value: object) -> object:
@@ -645,6 +681,10 @@ def _build_target(
         for index, window in enumerate(cron):
             if window.floor > ceiling:
                 problems.append(Problem(f"{spelled('cron')}[{index}].floor", window.floor, f"is above max ({ceiling})"))
+    given_weights = [key for key in raw if key.startswith(_WEIGHTS_FIELD + ".") and raw[key] not in (None, "")]
+    for required in ("weights.model", "weights.source"):
+        if given_weights and required not in raw:
+            problems.append(Problem(spelled(required), None, f"is required with {spelled(given_weights[0])}"))
     history = _build_history(values, raw, spelled, problems)
     if problems or ref is None or kind is None or ceiling is None:
         return None

@@ -53,5 +53,6 @@ def test_knative_features_patch() -> None:
         "data": {
             "kubernetes.podspec-persistent-volume-claim": "enabled",
             "kubernetes.podspec-persistent-volume-write": "enabled",
+            "kubernetes.podspec-affinity": "enabled",
         }
     }

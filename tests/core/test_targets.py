@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from prewarm.core import schedule, targets
+from prewarm.core import schedule, targets, weights
 from prewarm.core.targets import BatchAllowance, ConfigError, ForecastSettings, TargetKind, TargetRef, TargetSpec
 
 REPO = Path(__file__).resolve().parents[2]
@@ -586,6 +586,9 @@ SPELLINGS = [
     ("fleet", "fleet", "fleet"),
     ("batch.floor", "batch-floor", "batchFloor"),
     ("batch.budgetShare", "batch-budget-share", "batchBudgetShare"),
+    ("weights.model", "weights-model", "weightsModel"),
+    ("weights.revision", "weights-revision", "weightsRevision"),
+    ("weights.source", "weights-source", "weightsSource"),
 ]
 
 
@@ -614,6 +617,9 @@ EVERY_SETTING = {
     "fleet": "gpu",
     "batch.floor": "1",
     "batch.budgetShare": "20%",
+    "weights.model": "acme/tiny-llm",
+    "weights.revision": "v1.2",
+    "weights.source": "/models/acme/tiny-llm",
 }
 
 
@@ -634,5 +640,35 @@ def test_every_setting_reads_the_same_from_every_source_and_survives_a_base() ->
         targets.HistoryPreset.VLLM, name="llama", days=7
     )
     assert (from_annotations.objective.cold_starts, from_annotations.fleet) == (0.05, "gpu")
+    assert from_annotations.weights == weights.WeightsSettings(
+        model="acme/tiny-llm", revision="v1.2", source="/models/acme/tiny-llm"
+    )
     again, _ = targets.parse_scaler_metadata({}, scaled_object=ref, base=from_metadata)
     assert again == from_metadata
+
+
+def test_weights_name_the_model_in_yaml_and_need_model_and_source() -> None:
+    parsed = targets.parse_config_document(
+        "targets:\n"
+        "  - {name: ml/a, kind: knative, max: 2, weights: {model: acme/tiny-llm, source: /models/acme/tiny-llm}}\n"
+        "  - {name: ml/b, kind: knative, max: 2}\n",
+        source="t.yaml",
+    )
+    assert [spec.weights for spec in parsed.targets] == [
+        weights.WeightsSettings(model="acme/tiny-llm", source="/models/acme/tiny-llm", revision="main"),
+        None,
+    ]
+    with pytest.raises(targets.ConfigError) as raised:
+        targets.parse_config_document(
+            "targets:\n  - {name: ml/a, kind: knative, max: 2, weights: {model: a--b, revision: x, source: models}}\n"
+            "  - {name: ml/b, kind: knative, max: 2, weights: {revision: v1}}\n",
+            source="t.yaml",
+        )
+    assert [str(p) for p in raised.value.problems] == [
+        "targets[0].weights.model: 'a--b' is not a model id (ORG/NAME: letters, digits, '.', '_', '-'; "
+        "no '--' or '..')",
+        "targets[0].weights.source: 'models' is not an absolute folder path (the model's folder in a mounted "
+        "model store)",
+        "targets[1].weights.model: None is required with targets[1].weights.revision",
+        "targets[1].weights.source: None is required with targets[1].weights.revision",
+    ]
