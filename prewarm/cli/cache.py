@@ -37,8 +37,9 @@ def parse_size(text: str) -> int:
     return int(float(match.group(1)) * _UNITS[(match.group(2) or "").lower()])
 
 
-def add_arguments(parser: argparse.ArgumentParser) -> None:
-    """`prewarm cache`'s verbs and their flags."""
+def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction[argparse.ArgumentParser]:
+    """`prewarm cache`'s verbs and their flags; returns the verbs, which the CLI extends with those
+    that load the server stack (cli.SERVER_VERBS)."""
     verbs = parser.add_subparsers(dest="verb", required=True)
     run_cmd = verbs.add_parser("exec", help="point compile caches at this runtime's entry and exec CMD")
     run_cmd.add_argument("--root", type=Path, default=DEFAULT_ROOT, help="the mounted cache volume")
@@ -63,6 +64,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     stats = verbs.add_parser("stats", help="print entries, bytes, hits and misses as JSON")
     stats.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     parser.set_defaults(run=run)
+    return verbs
 
 
 def run(args: argparse.Namespace) -> int:
