@@ -13,6 +13,7 @@ hashes every blob, for damage that changes neither.
 
 from __future__ import annotations
 
+import concurrent.futures
 import contextlib
 import dataclasses
 import os
@@ -23,6 +24,8 @@ from pathlib import Path
 from typing import Any
 
 from prewarm.cache import entries, hub_layout, model_source, ranged_copy
+
+FILES_IN_FLIGHT = 2  # files copied at once: sha256 runs on one core per file, so two use two cores
 
 
 class StageError(RuntimeError):
@@ -102,15 +105,22 @@ def stage_weights(
         staged = 0
         refetched: list[str] = []
         files: dict[str, str] = {}
-        for item in listing.files:
-            want = item.sha256 or known.get(item.name)
-            if want is not None and _blob_sound(entry, want, blobs, verify=verify):
-                files[item.name] = want
-                continue
-            if want is not None and hub_layout.blob_path(entry, want).exists():
-                refetched.append(item.name)
-            files[item.name] = _copy_blob(entry, item, want, blobs, threads=threads)
-            staged += item.size
+        copies: list[tuple[model_source.SourceFile, concurrent.futures.Future[tuple[str, dict[str, int]]]]] = []
+        with concurrent.futures.ThreadPoolExecutor(max_workers=FILES_IN_FLIGHT) as pool:
+            for item in listing.files:  # in staging order: the pool starts the first-needed files first
+                want = item.sha256 or known.get(item.name)
+                if want is not None and _blob_sound(entry, want, blobs, verify=verify):
+                    files[item.name] = want
+                    continue
+                if want is not None and hub_layout.blob_path(entry, want).exists():
+                    refetched.append(item.name)
+                copies.append((item, pool.submit(_copy_blob, entry, item, want, threads=threads)))
+                staged += item.size
+            for item, copy in copies:
+                sha256, stat = copy.result()
+                files[item.name] = sha256
+                blobs[sha256] = stat
+        files = {item.name: files[item.name] for item in listing.files}
         revision_id = listing.commit if listing.commit is not None else _revision_id(revision, files)
         snapshot = hub_layout.publish_snapshot(entry, revision_id, files)
         hub_layout.write_ref(entry, revision, revision_id)
@@ -189,9 +199,10 @@ def _blob_sound(entry: Path, sha256: str, blobs: dict[str, dict[str, int]], *, v
 
 
 def _copy_blob(
-    entry: Path, item: model_source.SourceFile, want: str | None, blobs: dict[str, dict[str, int]], *, threads: int
-) -> str:
-    """Copy one file into a hidden temp file, check its sha256, and rename it to its blob name."""
+    entry: Path, item: model_source.SourceFile, want: str | None, *, threads: int
+) -> tuple[str, dict[str, int]]:
+    """Copy one file into a hidden temp file, check its sha256, and rename it to its blob name.
+    Returns the sha256 and what the manifest records of the blob (size, modification time)."""
     fd, temp = tempfile.mkstemp(prefix=hub_layout.INCOMING, dir=entry / hub_layout.BLOBS)
     try:
         try:
@@ -210,5 +221,4 @@ def _copy_blob(
             os.unlink(temp)
         raise
     stat = final.stat()
-    blobs[got] = {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
-    return got
+    return got, {"size": stat.st_size, "mtime_ns": stat.st_mtime_ns}
