@@ -48,10 +48,10 @@ def status(code: int, reason: str, message: str, details: dict[str, Any] | None 
 
 
 class RBAC:
-    """The rules granted to SERVICE_ACCOUNT by the Roles, ClusterRoles and bindings of a manifest,
-    checked as the API server's RBAC authorizer checks them."""
+    """The rules granted to `account` (SERVICE_ACCOUNT unless told) by the Roles, ClusterRoles and
+    bindings of a manifest, checked as the API server's RBAC authorizer checks them."""
 
-    def __init__(self, manifest: str) -> None:
+    def __init__(self, manifest: str, *, account: tuple[str, str] = SERVICE_ACCOUNT) -> None:
         documents = [d for d in yaml.safe_load_all(manifest) if d]
         roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in documents}
         self.grants: list[tuple[str | None, dict[str, Any]]] = []  # (namespace or None for everywhere, rule)
@@ -60,8 +60,7 @@ class RBAC:
                 continue
             subjects = binding.get("subjects") or []
             if not any(
-                (s.get("kind"), s.get("namespace"), s.get("name")) == ("ServiceAccount", *SERVICE_ACCOUNT)
-                for s in subjects
+                (s.get("kind"), s.get("namespace"), s.get("name")) == ("ServiceAccount", *account) for s in subjects
             ):
                 continue
             ref = binding["roleRef"]
