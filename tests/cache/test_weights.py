@@ -12,6 +12,7 @@ import shutil
 import signal
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,7 @@ from huggingface_hub import file_download
 from model_files import write_model
 from support import wait_until
 
-from prewarm.cache import entries, hub_layout, model_source, staging
+from prewarm.cache import entries, hub_layout, model_source, ranged_copy, staging
 
 MODEL = "acme/tiny-llm"
 SHARDS = ("model-00001-of-00002.safetensors", "model-00002-of-00002.safetensors")
@@ -345,3 +346,32 @@ def test_huggingface_hub_reads_the_ref(tmp_path: Path) -> None:
         "org/m", "config.json", cache_dir=hub_layout.weights_root(tmp_path / "v"), revision="v2"
     )
     assert found == str(result.snapshot / "config.json")
+
+
+@pytest.mark.parametrize("where", ["same-filesystem", "from-dev-shm"])
+def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, where: str) -> None:
+    """copy_file_range within a filesystem; read and write where the kernel refuses it (tmpfs to disk)."""
+    if where == "from-dev-shm" and not Path("/dev/shm").is_dir():
+        pytest.skip("no /dev/shm")
+    folder = Path(tempfile.mkdtemp(dir="/dev/shm")) if where == "from-dev-shm" else tmp_path
+    try:
+        source = folder / "blob"
+        content = os.urandom(3 * 1024**2 + 17)  # ranges of 1 MiB and a short last one
+        source.write_bytes(content)
+        destination = tmp_path / "copy"
+        fd = os.open(destination, os.O_WRONLY | os.O_CREAT, 0o644)
+        try:
+            digest = ranged_copy.copy_and_hash(source, fd, size=len(content), threads=3, chunk=1024**2)
+        finally:
+            os.close(fd)
+        assert digest == hashlib.sha256(content).hexdigest()
+        assert destination.read_bytes() == content
+        with pytest.raises(OSError, match="short read"):
+            fd = os.open(tmp_path / "longer", os.O_WRONLY | os.O_CREAT, 0o644)
+            try:
+                ranged_copy.copy_and_hash(source, fd, size=len(content) + 1024**2, chunk=1024**2)
+            finally:
+                os.close(fd)
+    finally:
+        if folder != tmp_path:
+            shutil.rmtree(folder)
