@@ -33,10 +33,16 @@ class SourceFile:
     """One file of the model: where its bytes are read from, and the sha256 it must have, if known."""
 
     name: str  # relative path inside the snapshot, `/`-separated
-    path: Path  # where the content is (the file itself, or git-lfs's object for a pointer)
+    path: Path | None  # where the content is (the file itself, or git-lfs's object for a pointer)
     size: int
     sha256: str | None
-    mtime_ns: int
+    mtime_ns: int = 0
+    url: str | None = None  # `s3://bucket/key`, for an object in an S3-compatible store (path None)
+    etag: str = ""  # the object's ETag: what tells a changed object
+
+    @property
+    def location(self) -> str:
+        return self.url if self.url is not None else str(self.path)
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -51,8 +57,9 @@ class SourceListing:
 
 
 def fingerprint(item: SourceFile) -> list[str | int]:
-    """Where a file was read from, its size and modification time: what tells a changed source file."""
-    return [str(item.path), item.size, item.mtime_ns]
+    """Where a file was read from, its size and modification time (an object's ETag): what tells a
+    changed source file."""
+    return [item.location, item.size, item.mtime_ns or item.etag]
 
 
 def parse_sha256_manifest(text: str, *, origin: str) -> dict[str, str]:
@@ -130,17 +137,31 @@ def _source_file(folder: Path, name: str, path: Path, expected: Mapping[str, str
 
 
 def _staging_order(folder: Path, files: list[SourceFile]) -> list[SourceFile]:
+    index = folder / SAFETENSORS_INDEX
+    if not index.is_file():
+        return staging_order(files, None)
+    try:
+        text = index.read_text()
+    except OSError as e:
+        raise SourceError(f"{index}: cannot be read: {e}") from None
+    return staging_order(files, parse_index(text, origin=str(index)))
+
+
+def parse_index(text: str, *, origin: str) -> dict[str, str]:
+    """A safetensors index's weight map (tensor -> shard file), in the index's order."""
+    try:
+        weight_map = json.loads(text).get("weight_map", {})
+    except (ValueError, AttributeError) as e:
+        raise SourceError(f"{origin}: not a safetensors index: {e}") from None
+    return {str(k): str(v) for k, v in weight_map.items()} if isinstance(weight_map, dict) else {}
+
+
+def staging_order(files: list[SourceFile], weight_map: dict[str, str] | None) -> list[SourceFile]:
     """Small files by name, then large ones: first the shards in the index's order, then the rest by name."""
     rank: dict[str, int] = {}
-    index = folder / SAFETENSORS_INDEX
-    if index.is_file():
-        try:
-            weight_map = json.loads(index.read_text()).get("weight_map", {})
-        except (OSError, ValueError, AttributeError) as e:
-            raise SourceError(f"{index}: not a safetensors index: {e}") from None
-        for shard in weight_map.values() if isinstance(weight_map, dict) else ():
-            rank.setdefault(str(shard), len(rank))
-    small = [f for f in files if f.size < SMALL]
+    for shard in (weight_map or {}).values():
+        rank.setdefault(shard, len(rank))
+    small = sorted((f for f in files if f.size < SMALL), key=lambda f: f.name)
     large = [f for f in files if f.size >= SMALL]
     large.sort(key=lambda f: (rank.get(f.name, len(rank)), f.name))
     return small + large

@@ -15,6 +15,7 @@ import errno
 import hashlib
 import os
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
 CHUNK = 8 * 1024**2  # bytes per range
@@ -56,6 +57,43 @@ def copy_and_hash(source: Path, destination: int, *, size: int, threads: int = T
         os.fsync(destination)
     finally:
         os.close(src)
+    return digest.hexdigest()
+
+
+def fetch_and_hash(
+    fetch: Callable[[int, int], bytes], destination: int, *, size: int, threads: int = THREADS, chunk: int = CHUNK
+) -> str:
+    """Write `size` bytes that `fetch(offset, length)` returns (ranged GETs, in threads) into the
+    open file `destination` (opened for reading too) and return their sha256 (hex), read back in
+    order from the page cache. The destination is fsynced before this returns."""
+    digest = hashlib.sha256()
+    os.ftruncate(destination, size)
+    buffer = bytearray(min(chunk, max(size, 1)))
+    view = memoryview(buffer)
+
+    def fetch_range(offset: int, length: int) -> None:
+        data = memoryview(fetch(offset, length))
+        written = 0
+        while written < length:
+            written += os.pwrite(destination, data[written:], offset + written)
+
+    workers = max(1, threads)
+    with concurrent.futures.ThreadPoolExecutor(max_workers=workers) as pool:
+        pending: collections.deque[tuple[int, int, concurrent.futures.Future[None]]] = collections.deque()
+
+        def hash_oldest() -> None:
+            offset, length, fetched = pending.popleft()
+            fetched.result()
+            digest.update(view[: _read_exactly(destination, view[:length], offset)])
+
+        for offset in range(0, size, chunk):
+            length = min(chunk, size - offset)
+            pending.append((offset, length, pool.submit(fetch_range, offset, length)))
+            while len(pending) >= 2 * workers:
+                hash_oldest()
+        while pending:
+            hash_oldest()
+    os.fsync(destination)
     return digest.hexdigest()
 
 

@@ -23,7 +23,7 @@ from collections.abc import Callable, Mapping
 from pathlib import Path
 from typing import Any
 
-from prewarm.cache import entries, hub_layout, model_source, ranged_copy
+from prewarm.cache import entries, hub_layout, model_source, ranged_copy, s3_source
 
 FILES_IN_FLIGHT = 2  # files copied at once: sha256 runs on one core per file, so two use two cores
 
@@ -73,17 +73,20 @@ def stage_weights(
     *,
     model: str,
     revision: str,
-    source: Path,
+    source: Path | str,
     expected: Mapping[str, str] | None = None,
+    s3: Any = None,
     verify: bool = False,
     threads: int = ranged_copy.THREADS,
     clock: Callable[[], float] = time.time,
     timer: Callable[[], float] = time.monotonic,
 ) -> StageResult:
-    """Stage `model` at `revision` from the folder `source` under `root`; see the module's doc.
+    """Stage `model` at `revision` from `source` under `root`; see the module's doc.
 
-    `expected` maps files to their sha256 (a user's manifest); git-lfs pointers give the rest.
-    Raises model_source.SourceError for a bad source and StageError for content that does not match.
+    `source` is a folder, or an `s3://bucket/prefix` URL read with the boto3 client `s3`.
+    `expected` maps files to their sha256 (a user's manifest); git-lfs pointers and the store's
+    SHA256 checksums give the rest. Raises model_source.SourceError for a bad source and
+    StageError for content that does not match.
     """
     for what, value, problem in (
         ("model", model, hub_layout.check_model(model)),
@@ -92,7 +95,12 @@ def stage_weights(
         if problem is not None:
             raise StageError(f"{what} {value!r}: {problem}")
     started = timer()
-    listing = model_source.list_source(source, expected=expected)
+    if isinstance(source, str) and s3_source.is_s3(source):
+        if s3 is None:
+            raise StageError(f"{source}: an S3 source needs an S3 client")
+        listing = s3_source.list_s3_source(s3, source, expected=expected)
+    else:
+        listing = model_source.list_source(Path(source), expected=expected)
     entry = repo_entry(root, model)
     with entries.locked(entry):
         manifest = entries.read_manifest(entry) or _new_manifest(entry, model, now=clock())
@@ -114,7 +122,7 @@ def stage_weights(
                     continue
                 if want is not None and hub_layout.blob_path(entry, want).exists():
                     refetched.append(item.name)
-                copies.append((item, pool.submit(_copy_blob, entry, item, want, threads=threads)))
+                copies.append((item, pool.submit(_copy_blob, entry, item, want, threads=threads, s3=s3)))
                 staged += item.size
             for item, copy in copies:
                 sha256, stat = copy.result()
@@ -199,20 +207,25 @@ def _blob_sound(entry: Path, sha256: str, blobs: dict[str, dict[str, int]], *, v
 
 
 def _copy_blob(
-    entry: Path, item: model_source.SourceFile, want: str | None, *, threads: int
+    entry: Path, item: model_source.SourceFile, want: str | None, *, threads: int, s3: Any
 ) -> tuple[str, dict[str, int]]:
     """Copy one file into a hidden temp file, check its sha256, and rename it to its blob name.
     Returns the sha256 and what the manifest records of the blob (size, modification time)."""
     fd, temp = tempfile.mkstemp(prefix=hub_layout.INCOMING, dir=entry / hub_layout.BLOBS)
     try:
         try:
-            got = ranged_copy.copy_and_hash(item.path, fd, size=item.size, threads=threads)
+            if item.url is not None:
+                read = s3_source.range_reader(s3, item.url)
+                got = ranged_copy.fetch_and_hash(read, fd, size=item.size, threads=threads)
+            else:
+                assert item.path is not None
+                got = ranged_copy.copy_and_hash(item.path, fd, size=item.size, threads=threads)
         except OSError as e:
-            raise StageError(f"{item.path}: cannot copy: {e}") from e
+            raise StageError(f"{item.location}: cannot copy: {e}") from e
         finally:
             os.close(fd)
         if want is not None and got != want:
-            raise StageError(f"{item.name}: sha256 {got} read from {item.path}, expected {want}")
+            raise StageError(f"{item.name}: sha256 {got} read from {item.location}, expected {want}")
         os.chmod(temp, 0o444)
         final = hub_layout.blob_path(entry, got)
         os.replace(temp, final)

@@ -12,7 +12,7 @@ import sys
 import time
 from pathlib import Path
 
-from prewarm.cache import entries, launch, model_source, ranged_copy, staging
+from prewarm.cache import entries, launch, model_source, ranged_copy, s3_source, staging
 
 DEFAULT_ROOT = Path("/var/cache/prewarm")
 _SIZE = re.compile(r"(\d+(?:\.\d+)?)\s*([KMGT]i?)?B?", re.IGNORECASE)
@@ -49,7 +49,10 @@ def add_arguments(parser: argparse.ArgumentParser) -> argparse._SubParsersAction
     stage = verbs.add_parser("stage", help="put a model's weights on the volume's weights/ tier (hub cache layout)")
     stage.add_argument("model", help="the model id, ORG/NAME")
     stage.add_argument("--revision", default="main", help="branch, tag or commit the snapshot is known by")
-    stage.add_argument("--source", type=Path, required=True, help="the model's folder in a filesystem model store")
+    stage.add_argument(
+        "--source", required=True, help="the model's folder in a filesystem model store, or s3://BUCKET/PREFIX"
+    )
+    stage.add_argument("--s3-endpoint", help="an S3-compatible store's URL (default: AWS_ENDPOINT_URL, else AWS)")
     stage.add_argument("--root", type=Path, default=DEFAULT_ROOT)
     stage.add_argument(
         "--sha256-manifest",
@@ -96,12 +99,14 @@ def run_stage(args: argparse.Namespace) -> int:
             expected = model_source.parse_sha256_manifest(
                 args.sha256_manifest.read_text(), origin=str(args.sha256_manifest)
             )
+        s3 = s3_source.connect(args.s3_endpoint) if s3_source.is_s3(args.source) else None
         result = staging.stage_weights(
             args.root,
             model=args.model,
             revision=args.revision,
             source=args.source,
             expected=expected,
+            s3=s3,
             verify=args.verify,
             threads=max(1, args.threads),
         )

@@ -17,6 +17,7 @@ from datetime import timedelta
 from pathlib import Path
 
 from knative import kube_api
+from prewarm.cache import s3_source
 from prewarm.cli import arguments, cache, process
 from prewarm.core import targets
 from prewarm.service import config_file, knative_targets, store, weights_follower
@@ -45,6 +46,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "--node-selector", default="", help="label selector of the nodes the targets' pods run on (the DaemonSet's)"
     )
     parser.add_argument("--kubeconfig", type=Path, help="default: in-cluster credentials")
+    parser.add_argument("--s3-endpoint", help="an S3-compatible store's URL, for s3:// sources (default: AWS's)")
     parser.set_defaults(run=run)
 
 
@@ -72,7 +74,8 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event) -> None:
     )
     feed = store.RedisStore.from_url(args.store)
     api = kube_api.KubeAPI(knative_targets.load_kube_client(args.kubeconfig))
-    follower = weights_follower.WeightsFollower(feed=feed, nodes=api, specs=specs, settings=settings)
+    s3 = s3_source.connect(args.s3_endpoint) if any(s3_source.is_s3(w.source) for w in specs.values()) else None
+    follower = weights_follower.WeightsFollower(feed=feed, nodes=api, specs=specs, settings=settings, s3=s3)
     log.info("following %d targets with weights on node %s (budget %d bytes)", len(specs), node, args.budget)
     try:
         if not args.follow:

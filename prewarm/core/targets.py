@@ -381,11 +381,16 @@ def parse_revision_name(raw: object) -> str:
     return text
 
 
+_S3_URL = re.compile(r"s3://[a-z0-9][a-z0-9.-]{1,61}[a-z0-9](/\S*)?")
+
+
 def parse_model_source(raw: object) -> str:
-    """Where weights are staged from: an absolute folder path (a mounted model store)."""
-    if not isinstance(raw, str) or not raw.strip().startswith("/"):
-        raise ValueError("is not an absolute folder path (the model's folder in a mounted model store)")
-    return raw.strip()
+    """Where weights are staged from: an absolute folder path (a mounted model store) or an
+    `s3://BUCKET/PREFIX` URL (an S3-compatible store)."""
+    text = raw.strip() if isinstance(raw, str) else ""
+    if not (text.startswith("/") or _S3_URL.fullmatch(text)):
+        raise ValueError("is not an absolute folder path or an s3://BUCKET/PREFIX URL")
+    return text
 
 
 def parse_history_days(raw: object) -> int:

@@ -20,7 +20,7 @@ from datetime import datetime, timedelta
 from pathlib import Path
 from typing import Any, Protocol
 
-from prewarm.cache import entries, hub_layout, page_cache, staging
+from prewarm.cache import entries, hub_layout, page_cache, s3_source, staging
 from prewarm.core import policy, weights
 from prewarm.service import clock
 
@@ -80,8 +80,10 @@ class WeightsFollower:
         settings: FollowerSettings,
         now: Callable[[], datetime] | None = None,
         run_blocking: Callable[[Callable[[], Any]], Awaitable[Any]] | None = None,
+        s3: Any = None,
     ) -> None:
         self._feed = feed
+        self._s3 = s3  # a boto3 client, for targets whose weights are in an S3-compatible store
         self._nodes = nodes
         self._specs = dict(specs)
         self._settings = settings
@@ -217,10 +219,9 @@ class WeightsFollower:
 
     def _stage(self, spec: weights.WeightsSettings) -> staging.StageResult:
         """Stage and read ahead (blocking: runs in a thread)."""
-        if "://" in spec.source:
-            raise staging.StageError(f"{spec.source}: only filesystem model stores can be staged from")
+        source: Path | str = spec.source if s3_source.is_s3(spec.source) else Path(spec.source)
         result = staging.stage_weights(
-            self._settings.root, model=spec.model, revision=spec.revision, source=Path(spec.source)
+            self._settings.root, model=spec.model, revision=spec.revision, source=source, s3=self._s3
         )
         if self._settings.read_ahead:
             page_cache.read_ahead(page_cache.snapshot_files(result.snapshot))

@@ -651,12 +651,14 @@ def test_weights_name_the_model_in_yaml_and_need_model_and_source() -> None:
     parsed = targets.parse_config_document(
         "targets:\n"
         "  - {name: ml/a, kind: knative, max: 2, weights: {model: acme/tiny-llm, source: /models/acme/tiny-llm}}\n"
-        "  - {name: ml/b, kind: knative, max: 2}\n",
+        "  - {name: ml/b, kind: knative, max: 2}\n"
+        "  - {name: ml/c, kind: knative, max: 2, weights: {model: m, revision: v2, source: 's3://models/m'}}\n",
         source="t.yaml",
     )
     assert [spec.weights for spec in parsed.targets] == [
         weights.WeightsSettings(model="acme/tiny-llm", source="/models/acme/tiny-llm", revision="main"),
         None,
+        weights.WeightsSettings(model="m", source="s3://models/m", revision="v2"),
     ]
     with pytest.raises(targets.ConfigError) as raised:
         targets.parse_config_document(
@@ -667,8 +669,7 @@ def test_weights_name_the_model_in_yaml_and_need_model_and_source() -> None:
     assert [str(p) for p in raised.value.problems] == [
         "targets[0].weights.model: 'a--b' is not a model id (ORG/NAME: letters, digits, '.', '_', '-'; "
         "no '--' or '..')",
-        "targets[0].weights.source: 'models' is not an absolute folder path (the model's folder in a mounted "
-        "model store)",
+        "targets[0].weights.source: 'models' is not an absolute folder path or an s3://BUCKET/PREFIX URL",
         "targets[1].weights.model: None is required with targets[1].weights.revision",
         "targets[1].weights.source: None is required with targets[1].weights.revision",
     ]
