@@ -71,7 +71,8 @@ def _translate(error: ApiException) -> KubeAPIError:
 
 class KubeAPI:
     """Async facade over CoreV1Api, AppsV1Api and CustomObjectsApi for Services, Revisions,
-    PodAutoscalers, and the labels that say which Knative Serving is installed."""
+    PodAutoscalers, the labels that say which Knative Serving is installed, and the Nodes whose
+    labels say which model weights they hold (the weights follower's)."""
 
     def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 8, timeout: float = 10.0) -> None:
         self._core = k8s.CoreV1Api(api_client)
@@ -200,6 +201,26 @@ class KubeAPI:
                 yield item
         finally:
             watcher.stop()
+
+    async def list_nodes(self, label_selector: str = "") -> list[dict[str, Any]]:
+        """Nodes (matching `label_selector`) as plain dicts: name, labels, unschedulable, Ready."""
+        nodes = await self._call(self._core.list_node, **_selector(label_selector))
+        found = []
+        for node in nodes.items or []:
+            conditions = (node.status.conditions if node.status is not None else None) or []
+            found.append(
+                {
+                    "name": node.metadata.name,
+                    "labels": dict(node.metadata.labels or {}),
+                    "unschedulable": bool(node.spec is not None and node.spec.unschedulable),
+                    "ready": any(c.type == "Ready" and c.status == "True" for c in conditions),
+                }
+            )
+        return found
+
+    async def patch_node_labels(self, name: str, labels: dict[str, str | None]) -> None:
+        """Set (or, with None, remove) a node's labels by JSON merge patch; the rest is not ours."""
+        await self._call(self._core.patch_node, name, {"metadata": {"labels": labels}}, _content_type=keys.MERGE_PATCH)
 
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._object(

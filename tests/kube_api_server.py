@@ -48,10 +48,10 @@ def status(code: int, reason: str, message: str, details: dict[str, Any] | None 
 
 
 class RBAC:
-    """The rules granted to SERVICE_ACCOUNT by the Roles, ClusterRoles and bindings of a manifest,
-    checked as the API server's RBAC authorizer checks them."""
+    """The rules granted to `account` (SERVICE_ACCOUNT unless told) by the Roles, ClusterRoles and
+    bindings of a manifest, checked as the API server's RBAC authorizer checks them."""
 
-    def __init__(self, manifest: str) -> None:
+    def __init__(self, manifest: str, *, account: tuple[str, str] = SERVICE_ACCOUNT) -> None:
         documents = [d for d in yaml.safe_load_all(manifest) if d]
         roles = {(d["kind"], d["metadata"].get("namespace"), d["metadata"]["name"]): d for d in documents}
         self.grants: list[tuple[str | None, dict[str, Any]]] = []  # (namespace or None for everywhere, rule)
@@ -60,8 +60,7 @@ class RBAC:
                 continue
             subjects = binding.get("subjects") or []
             if not any(
-                (s.get("kind"), s.get("namespace"), s.get("name")) == ("ServiceAccount", *SERVICE_ACCOUNT)
-                for s in subjects
+                (s.get("kind"), s.get("namespace"), s.get("name")) == ("ServiceAccount", *account) for s in subjects
             ):
                 continue
             ref = binding["roleRef"]
@@ -104,6 +103,7 @@ class KubeAPIServer:
     def __init__(self) -> None:
         self.objects: dict[tuple[str, str, str, str], dict[str, Any]] = {}
         self.namespaces: dict[str, dict[str, Any]] = {}
+        self.nodes: dict[str, dict[str, Any]] = {}  # cluster-scoped core objects, by name
         self.requests: list[tuple[str, str, str | None, Any]] = []
         self.faults: list[tuple[str, int]] = []  # (method, status) answered before anything else
         self.rbac: RBAC | None = None  # None: every request is allowed
@@ -116,6 +116,8 @@ class KubeAPIServer:
         self.app = web.Application()
         self.app.on_shutdown.append(self._end_watches)
         self.app.router.add_get("/api/v1/namespaces/{name}", self._get_namespace)
+        self.app.router.add_get("/api/v1/nodes", self._list_nodes)
+        self.app.router.add_route("*", "/api/v1/nodes/{name}", self._node)
         self.app.router.add_get("/apis/{group}/{version}/{plural}", self._list_or_watch)
         self.app.router.add_post("/apis/{group}/{version}/namespaces/{ns}/{plural}", self._create)
         self.app.router.add_route("*", "/apis/{group}/{version}/namespaces/{ns}/{plural}/{name}", self._object)
@@ -199,6 +201,60 @@ class KubeAPIServer:
         if namespace is None:
             return status(404, "NotFound", f'namespaces "{request.match_info["name"]}" not found')
         return web.json_response(namespace)
+
+    def add_node(self, name: str, *, labels: dict[str, str] | None = None, ready: bool = True) -> None:
+        """A Node (cluster-scoped, core API), Ready unless told otherwise."""
+        self.nodes[name] = {
+            "apiVersion": "v1",
+            "kind": "Node",
+            "metadata": {"name": name, "labels": dict(labels or {}), "resourceVersion": self._next_version()},
+            "spec": {},
+            "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
+        }
+
+    async def _list_nodes(self, request: web.Request) -> web.Response:
+        self.requests.append(("LIST", request.path, None, dict(request.query)))
+        denied = self._denied(verb="list", group="", resource="nodes", namespace=None, name=None)
+        if denied is not None:
+            return denied
+        fault = self._fault("LIST")
+        if fault is not None:
+            return fault
+        selector = request.query.get("labelSelector", "")
+        items = [node for _, node in sorted(self.nodes.items()) if labels_match(node, selector)]
+        return web.json_response(
+            {
+                "kind": "NodeList",
+                "apiVersion": "v1",
+                "metadata": {"resourceVersion": str(self._version)},
+                "items": items,
+            }
+        )
+
+    async def _node(self, request: web.Request) -> web.Response:
+        name = request.match_info["name"]
+        body = await request.json() if request.method == "PATCH" and request.can_read_body else None
+        self.requests.append((request.method, request.path, request.headers.get("Content-Type"), body))
+        verb = {"GET": "get", "PATCH": "patch"}.get(request.method, "unknown")
+        denied = self._denied(verb=verb, group="", resource="nodes", namespace=None, name=name)
+        if denied is not None:
+            return denied
+        fault = self._fault(request.method)
+        if fault is not None:
+            return fault
+        node = self.nodes.get(name)
+        if node is None:
+            return status(404, "NotFound", f'nodes "{name}" not found')
+        if request.method == "GET":
+            return web.json_response(node)
+        if request.method != "PATCH":
+            return status(405, "MethodNotAllowed", request.method)
+        if request.headers.get("Content-Type", "").split(";")[0] != MERGE_PATCH:
+            return status(415, "UnsupportedMediaType", f"unsupported patch type {request.headers.get('Content-Type')}")
+        updated = merge_patch(node, body)
+        updated["metadata"]["resourceVersion"] = self._next_version()
+        self.nodes[name] = updated
+        return web.json_response(updated)
 
     async def _object(self, request: web.Request) -> web.Response:
         info = request.match_info

@@ -62,6 +62,11 @@ def _command(port: int, line: bytes, *, password: str | None = None, timeout: fl
         return b""
 
 
+def wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
+    """Poll a condition outside an event loop (processes, files); RuntimeError naming `what` on timeout."""
+    _wait_until(predicate, within=within, what=what)
+
+
 def _wait_until(predicate: Callable[[], bool], *, within: float, what: str) -> None:
     """Poll a process-level condition (these helpers run outside the event loop)."""
     deadline = time.monotonic() + within

@@ -14,11 +14,11 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from prewarm.cache import runtime
+from prewarm.cache import hub_layout, runtime
 
 MANIFEST = "manifest.json"
 LOCK = ".lock"
@@ -31,14 +31,23 @@ LEASE_TTL = 120.0  # a lease not refreshed for this long belongs to a dead proce
 @contextlib.contextmanager
 def locked(entry: Path) -> Iterator[None]:
     """Hold the entry's exclusive fcntl lock (works across processes, and on shared volumes that
-    support POSIX locks)."""
-    entry.mkdir(parents=True, exist_ok=True)
-    with open(entry / LOCK, "a+") as handle:
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        try:
-            yield
-        finally:
-            fcntl.flock(handle, fcntl.LOCK_UN)
+    support POSIX locks). Locks the entry at `entry` after any wait, not one gc moved away meanwhile."""
+    while True:
+        entry.mkdir(parents=True, exist_ok=True)
+        with open(entry / LOCK, "a+") as handle:
+            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                current = os.stat(entry / LOCK)
+            except FileNotFoundError:
+                current = None
+            held = os.fstat(handle.fileno())
+            if current is None or (current.st_dev, current.st_ino) != (held.st_dev, held.st_ino):
+                continue  # gc moved the entry away while we waited: lock the one at this path now
+            try:
+                yield
+            finally:
+                fcntl.flock(handle, fcntl.LOCK_UN)
+            return
 
 
 def read_manifest(entry: Path) -> dict[str, Any] | None:
@@ -141,15 +150,20 @@ def release(entry: Path, *, host: str, pid: int, now: float) -> None:
         write_manifest(entry, manifest)
 
 
-def watch_process(entry: Path, *, host: str, pid: int, interval: float = LEASE_INTERVAL) -> None:
-    """Refresh (host, pid)'s lease while that process lives, then release it. Runs in its own
-    process, so it outlives the exec."""
+def watch_process(
+    entry: Path, *, host: str, pid: int, interval: float = LEASE_INTERVAL, also: Sequence[Path] = ()
+) -> None:
+    """Refresh (host, pid)'s lease on `entry` (and on the entries in `also`, such as the model's
+    weights) while that process lives, then release them. Runs in its own process, so it outlives
+    the exec."""
     while _alive(pid):
-        write_lease(entry, host=host, pid=pid, now=time.time())
+        for leased in (entry, *also):
+            write_lease(leased, host=host, pid=pid, now=time.time())
         deadline = time.monotonic() + interval
         while time.monotonic() < deadline and _alive(pid):
             time.sleep(min(1.0, interval))
-    release(entry, host=host, pid=pid, now=time.time())
+    for leased in (entry, *also):
+        release(leased, host=host, pid=pid, now=time.time())
 
 
 def _alive(pid: int) -> bool:
@@ -170,25 +184,54 @@ def _alive(pid: int) -> bool:
 
 
 def list_entries(root: Path) -> list[tuple[Path, dict[str, Any]]]:
-    """Entries with a readable manifest."""
+    """Entries with a readable manifest: compile caches, then the weights tier's model folders."""
     entries = []
-    if root.is_dir():
-        for entry in sorted(p for p in root.iterdir() if p.is_dir()):
-            manifest = read_manifest(entry)
-            if manifest is not None:
-                entries.append((entry, manifest))
+    for folder in (root, hub_layout.weights_root(root)):
+        if folder.is_dir():
+            for entry in sorted(p for p in folder.iterdir() if p.is_dir() and not p.name.startswith(".")):
+                manifest = read_manifest(entry)
+                if manifest is not None:
+                    entries.append((entry, manifest))
     return entries
 
 
 def collect_garbage(root: Path, *, max_bytes: int, now: float, ttl: float = LEASE_TTL) -> list[str]:
-    """Evict least recently used entries without a live lease until the root holds <= max_bytes.
-    Returns the evicted keys."""
-    entries = [(entry, manifest, entry_bytes(entry)) for entry, manifest in list_entries(root)]
+    """Evict least recently used entries (compile caches and weights alike) without a live lease
+    until the root holds <= max_bytes. Returns the evicted keys."""
+    return _evict(list_entries(root), max_bytes=max_bytes, now=now, ttl=ttl)
+
+
+def collect_weights(
+    root: Path, *, max_bytes: int, now: float, keep: Sequence[Path] = (), ttl: float = LEASE_TTL
+) -> list[str]:
+    """Evict the weights tier's least recently used models without a live lease (never those in
+    `keep`) until the tier holds <= max_bytes: a node's budget for weights. Returns their folders."""
+    weights = hub_layout.weights_root(root)
+    return _evict(
+        [(entry, manifest) for entry, manifest in list_entries(root) if entry.parent == weights],
+        max_bytes=max_bytes,
+        now=now,
+        ttl=ttl,
+        keep=keep,
+    )
+
+
+def _evict(
+    candidates: Sequence[tuple[Path, dict[str, Any]]],
+    *,
+    max_bytes: int,
+    now: float,
+    ttl: float,
+    keep: Sequence[Path] = (),
+) -> list[str]:
+    entries = [(entry, manifest, entry_bytes(entry)) for entry, manifest in candidates]
     total = sum(size for _, _, size in entries)
     evicted = []
     for entry, _, size in sorted(entries, key=lambda item: float(item[1].get("last_used", 0))):
         if total <= max_bytes:
             break
+        if entry in keep:
+            continue
         with locked(entry):
             if live_leases(entry, now=now, ttl=ttl):
                 continue

@@ -22,8 +22,10 @@ from ruamel.yaml import YAML
 from ruamel.yaml.comments import CommentedMap, CommentedSeq
 from ruamel.yaml.error import YAMLError
 
-from prewarm.cache import entrypoints
+from prewarm.cache import entrypoints, hub_layout
 
+WEIGHTS_ANNOTATION = "prewarm.dev/weights-model"  # the target's weights model, read when --weights is not given
+WEIGHTS_AFFINITY_WEIGHT = 100  # the strongest preference: weights on the node matter more than spreading
 VOLUME_NAME = "prewarm-cache"
 MOUNT_PATH = "/var/cache/prewarm"
 WRAPPER = ("prewarm", "cache", "exec", "--root", MOUNT_PATH, "--")
@@ -73,6 +75,7 @@ def inject_cache(
     container: str | None = None,
     command: str | None = None,
     name: str | None = None,
+    weights: str | None = None,
 ) -> Injected:
     """Return `text` with the cache volume and wrapper added to one workload's container.
 
@@ -80,6 +83,10 @@ def inject_cache(
     ScaledObject in the file scales, or the one called `name`. The command wrapped is the
     container's `command`, else `command` (shell words; "" when the args are the whole command),
     else the entrypoint of a known serving image (`entrypoints.SERVING_IMAGES`).
+
+    With a weights model (`weights`, else the workload's `prewarm.dev/weights-model` annotation)
+    the container also gets HF_HUB_CACHE on the volume's weights tier, and the pod a preferred
+    node affinity for nodes whose label says they hold that model's weights.
 
     Raises InjectError when no single workload is found, the container's command is unknown, or
     it was already injected.
@@ -109,20 +116,55 @@ def inject_cache(
     mounts.append(CommentedMap([("name", VOLUME_NAME), ("mountPath", MOUNT_PATH)]))
     env = target.setdefault("env", CommentedSeq())
     env.append(CommentedMap([("name", "PREWARM_MODEL"), ("value", model or workload.name)]))
+    weights_model = weights if weights is not None else _annotated_weights(document.data)
+    if weights_model is not None:
+        _add_weights(spec, env, weights_model, where=f"{workload}: --weights", notes=notes)
     if "command" in target:
         target["command"] = wrapped
     else:  # before `args`, where a reader looks for it
         keys = list(target.keys())
         target.insert(keys.index("args") if "args" in keys else len(keys), "command", wrapped)
     if workload.kind == "Knative Service":
+        affinity = " and kubernetes.podspec-affinity" if weights_model is not None else ""
         notes.append(
             "Knative Serving must allow PVCs: enable kubernetes.podspec-persistent-volume-claim and "
-            f"kubernetes.podspec-persistent-volume-write ({KNATIVE_FEATURES})"
+            f"kubernetes.podspec-persistent-volume-write{affinity} ({KNATIVE_FEATURES})"
         )
     out = io.StringIO()
     document.yaml.dump(document.data, out)
     pieces = [f"{d.separator}{out.getvalue() if d is document else d.body}" for d in documents]
     return Injected(text="".join(pieces), notes=tuple(notes))
+
+
+def _annotated_weights(data: Any) -> str | None:
+    """The workload's `prewarm.dev/weights-model` annotation (its own, else its pod template's)."""
+    for metadata in (data.get("metadata"), ((data.get("spec") or {}).get("template") or {}).get("metadata")):
+        value = ((metadata or {}).get("annotations") or {}).get(WEIGHTS_ANNOTATION)
+        if value:
+            return str(value)
+    return None
+
+
+def _add_weights(spec: CommentedMap, env: CommentedSeq, model: str, *, where: str, notes: list[str]) -> None:
+    """HF_HUB_CACHE and PREWARM_WEIGHTS_MODEL for the container, a preferred node affinity for the pod."""
+    problem = hub_layout.check_model(model)
+    if problem is not None:
+        raise InjectError(f"{where}: {model!r} {problem}")
+    cache = f"{MOUNT_PATH}/{hub_layout.WEIGHTS}"
+    env.append(CommentedMap([("name", "HF_HUB_CACHE"), ("value", cache)]))
+    env.append(CommentedMap([("name", "PREWARM_WEIGHTS_MODEL"), ("value", model)]))
+    label = hub_layout.node_label(hub_layout.repo_folder(model))
+    expression = CommentedMap([("key", label), ("operator", "Exists")])
+    term = CommentedMap(
+        [
+            ("weight", WEIGHTS_AFFINITY_WEIGHT),
+            ("preference", CommentedMap([("matchExpressions", CommentedSeq([expression]))])),
+        ]
+    )
+    affinity = spec.setdefault("affinity", CommentedMap())
+    node_affinity = affinity.setdefault("nodeAffinity", CommentedMap())
+    node_affinity.setdefault("preferredDuringSchedulingIgnoredDuringExecution", CommentedSeq()).append(term)
+    notes.append(f"{where}: {model} is read from {cache}; the scheduler prefers nodes labelled {label}")
 
 
 def _yaml(text: str) -> YAML:

@@ -12,7 +12,7 @@ import time
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 
-from prewarm.cache import entries, runtime
+from prewarm.cache import entries, hub_layout, runtime
 
 
 def report_phase(phase: str, *, env: Mapping[str, str], at: float, detail: Mapping[str, str] | None = None) -> None:
@@ -74,6 +74,7 @@ def exec_with_cache(command: Sequence[str], *, root: Path, model: str, salt: str
     pid = os.getpid()
     host = socket.gethostname()
     entries.write_lease(entry, host=host, pid=pid, now=time.time())
+    weights = _lease_weights(root, env, host=host, pid=pid)
     if os.fork() == 0:  # the watcher: detached, so it outlives neither more nor less than it must
         os.setsid()
         if os.fork() == 0:
@@ -81,9 +82,23 @@ def exec_with_cache(command: Sequence[str], *, root: Path, model: str, salt: str
             for fd in (0, 1, 2):
                 os.dup2(devnull, fd)
             try:
-                entries.watch_process(entry, host=host, pid=pid)
+                entries.watch_process(entry, host=host, pid=pid, also=weights)
             finally:
                 os._exit(0)
         os._exit(0)
     os.wait()  # reap the intermediate child; the watcher is re-parented
     os.execvpe(command[0], list(command), {**env, **runtime.cache_environment(entry)})
+
+
+def _lease_weights(root: Path, env: Mapping[str, str], *, host: str, pid: int) -> tuple[Path, ...]:
+    """Lease the weights of the model PREWARM_WEIGHTS_MODEL names (set by `prewarm inject`) while
+    the model server runs, so gc never evicts them from under it; () when none is staged here."""
+    model = env.get("PREWARM_WEIGHTS_MODEL", "").strip()
+    if not model or hub_layout.check_model(model) is not None:
+        return ()
+    repo = hub_layout.weights_root(root) / hub_layout.repo_folder(model)
+    if entries.read_manifest(repo) is None:
+        print(f"prewarm cache: weights of {model} are not staged on this node", file=sys.stderr)
+        return ()
+    entries.write_lease(repo, host=host, pid=pid, now=time.time())
+    return (repo,)

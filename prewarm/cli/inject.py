@@ -17,6 +17,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--claim", required=True, help="the PersistentVolumeClaim holding the cache")
     parser.add_argument("--model", help="model id (default: the workload's name)")
     parser.add_argument("--container", help="which container, when there are several")
+    parser.add_argument(
+        "--weights",
+        metavar="MODEL",
+        help="the hub model id whose staged weights the pods read (default: the prewarm.dev/weights-model annotation)",
+    )
     parser.add_argument("--name", help="which workload, when the file holds several")
     parser.add_argument(
         "--command",
@@ -39,6 +44,7 @@ def run(args: argparse.Namespace) -> int:
             container=args.container,
             command=args.entrypoint,
             name=args.name,
+            weights=args.weights,
         )
     except (OSError, inject.InjectError) as e:
         print(f"{prog}: {args.manifest}: {e}", file=sys.stderr)

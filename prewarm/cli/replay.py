@@ -49,7 +49,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--policies", default=DEFAULT_POLICIES, help=f"comma-separated (default {DEFAULT_POLICIES})")
     cold = parser.add_mutually_exclusive_group()
     cold.add_argument("--cold-start", default="23s", help="fixed cold-start duration (default 23s)")
-    cold.add_argument("--cold-start-dist", type=Path, help="CSV with a `value` column (ms) to sample cold starts from")
+    cold.add_argument(
+        "--cold-start-dist",
+        type=Path,
+        help="CSV with a `value` column (ms) to sample cold starts from; optional `target`, and `tier` "
+        "(staged / not staged) to score the weights tier (docs/semi-warm.md)",
+    )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--concurrency", type=int, default=1, help="requests one replica serves at once")
     parser.add_argument("--score-from", help='"YYYY-MM-DD HH:MM:SS" (UTC): earlier requests train and warm up only')
@@ -184,8 +189,18 @@ def _settings(
             score_from = args.generated.score_from
     else:
         trace = traces.read_trace(args.trace, traces.TraceFormat(args.format), seed=args.seed)
+    by_target: dict[str, np.ndarray] = {}
+    args.cold_tiers = None
     if args.cold_start_dist is not None:
-        cold_starts = traces.read_cold_start_distribution(args.cold_start_dist)
+        tiers = traces.read_cold_start_tiers(args.cold_start_dist)
+        args.cold_tiers = tiers if tiers.tiered else None
+        try:
+            names = [t.name for t in trace.targets]
+            cold_starts, by_target = tiers.for_targets(traces.NOT_STAGED if tiers.tiered else "", names)
+            if tiers.tiered:
+                tiers.for_targets(traces.STAGED, names)
+        except KeyError as e:
+            raise ValueError(f"--cold-start-dist: {args.cold_start_dist}: {e.args[0]}") from None
     else:
         cold_starts = np.asarray([cold_fixed], dtype=np.float64)
     model_ttft = ttft.default_distribution() if args.ttft_dist is None else ttft.read_distribution(args.ttft_dist)
@@ -195,6 +210,7 @@ def _settings(
     by_trace_name = {t.name: specs[t.name.lower()] for t in trace.targets if t.name.lower() in specs}
     settings = evaluator.ReplaySettings(
         cold_starts=cold_starts,
+        cold_starts_by_target=by_target,
         seed=args.seed,
         concurrency=args.concurrency,
         score_from=score_from,
@@ -259,6 +275,8 @@ def describe_inputs(args: argparse.Namespace, settings: evaluator.ReplaySettings
     """What the report says was replayed."""
     if args.cold_start_dist is not None:
         cold = f"sampled from {args.cold_start_dist.name} (seed {args.seed})"
+        if args.cold_tiers is not None:
+            cold += ", its `not staged` rows (the `staged` ones in the weights tier section)"
     else:
         cold = f"fixed {args.cold_start}"
     generated: profiles.GeneratedProfile | None = args.generated
@@ -298,8 +316,13 @@ def run(args: argparse.Namespace) -> int:
             tune_days=settings.tune_days,
             on_progress=ProgressBar(sys.stderr),
         )
+    staged: list[evaluator.PolicyScore] = []
+    if args.cold_tiers is not None:  # the same policies, cold starts from the weights tier's staged rows
+        tier = replay.with_cold_starts(*args.cold_tiers.for_targets(traces.STAGED, [t.name for t in trace.targets]))
+        staged = [tier.score(choice) for choice in choices]
     args.out.mkdir(parents=True, exist_ok=True)
     summary = report.summary_rows(result.scores) + ([] if tuned is None else report.tuned_rows(tuned))
+    summary += [{**row, "weights_tier": traces.STAGED} for row in report.summary_rows(staged)]
     (args.out / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
     frontier = {
         "keepalive": report.summary_rows(result.keepalive_frontier),
@@ -310,12 +333,15 @@ def run(args: argparse.Namespace) -> int:
         frontier["prewarm_fleet"] = report.summary_rows([run.score for run in tuned.fleet])
     (args.out / "frontier.json").write_text(json.dumps(frontier, indent=2) + "\n")
     (args.out / "report.md").write_text(
-        report.render_report(result, describe_inputs(args, settings), trace, tuned) + "\n"
+        report.render_report(result, describe_inputs(args, settings), trace, tuned, staged) + "\n"
     )
     report.plot_frontier(result, args.out / "frontier.png", tuned)
     ttft.plot(result.scores, args.out / "ttft.png")
     for line in [*report.policy_table(result.scores), "", *ttft.table(result.scores)]:
         print(line)
+    if staged:
+        for line in ["", *ttft.weights_tier_table(result.scores, staged)]:
+            print(line)
     if tuned is not None:
         for line in report.achieved_table(tuned, result):
             print(line)

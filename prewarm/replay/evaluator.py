@@ -121,6 +121,7 @@ class ReplaySettings:
     """Everything a replay depends on besides the trace."""
 
     cold_starts: np.ndarray  # seconds; one value is fixed, more are sampled
+    cold_starts_by_target: Mapping[str, np.ndarray] = dataclasses.field(default_factory=dict)  # by trace target
     seed: int = 0
     concurrency: int = 1
     score_from: float | None = None  # seconds since the epoch
@@ -138,8 +139,9 @@ class ReplaySettings:
     def __post_init__(self) -> None:
         if self.concurrency < 1:
             raise ValueError("concurrency must be >= 1")
-        if self.cold_starts.size == 0 or not np.all(self.cold_starts > 0):
-            raise ValueError("cold starts must be > 0 seconds")
+        for samples in (self.cold_starts, *self.cold_starts_by_target.values()):
+            if samples.size == 0 or not np.all(samples > 0):
+                raise ValueError("cold starts must be > 0 seconds")
         if self.refit_minutes < 1:
             raise ValueError("refit interval must be >= 1 minute")
         if not (math.isfinite(self.tune_days) and self.tune_days >= 0):
@@ -474,6 +476,24 @@ class Replay:
         """An hour of warm-up before scoring, or before the tuning history when there is one."""
         return max(self.trace.start, self.window.start - self.settings.tune_days * 86400.0 - 3600.0)
 
+    def with_cold_starts(self, cold_starts: np.ndarray, by_target: Mapping[str, np.ndarray]) -> Replay:
+        """The same replay with other cold-start samples (another weights tier), sharing the
+        forecast, sessions and scored requests already computed: only the simulation differs."""
+        other = Replay(
+            self.trace,
+            dataclasses.replace(self.settings, cold_starts=cold_starts, cold_starts_by_target=dict(by_target)),
+        )
+        other._forecast, other._scored = self._forecast, self._scored
+        if self._sessions is not None:
+            other._sessions, other._batch_sessions = self._sessions, self._batch_sessions
+        return other
+
+    def cold_starts_of(self, index: int) -> simulation.ColdStarts:
+        """Target `index`'s cold-start draws (its own samples, else the shared ones)."""
+        name = self.trace.targets[index].name
+        samples = self.settings.cold_starts_by_target.get(name, self.settings.cold_starts)
+        return simulation.ColdStarts(samples, self.settings.seed, index)
+
     def prepare_forecast(self, on_refit: Callable[[], None] | None = None) -> TraceForecast:
         if self._forecast is None:
             self._forecast = forecast_trace(
@@ -570,7 +590,7 @@ class Replay:
             request.arrivals,
             request.exec_seconds,
             floor,
-            simulation.ColdStarts(self.settings.cold_starts, self.settings.seed, index),
+            self.cold_starts_of(index),
             concurrency=self.settings.concurrency,
             window=self.window if window is None else window,
         )
@@ -579,7 +599,7 @@ class Replay:
         total = simulation.Outcome()
         for index, request in enumerate(self.trace.targets):
             if choice.kind is PolicyKind.ORACLE:
-                cold = simulation.ColdStarts(self.settings.cold_starts, self.settings.seed, index)
+                cold = self.cold_starts_of(index)
                 outcome = simulation.simulate_oracle(
                     request.arrivals,
                     request.exec_seconds,

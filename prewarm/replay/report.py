@@ -164,8 +164,10 @@ def render_report(
     inputs: ReplayInputs,
     trace: traces.Trace,
     tuned: tuned_runs.TuningReport | None = None,
+    staged: Sequence[evaluator.PolicyScore] = (),
 ) -> str:
-    """report.md: what was replayed, every score, and prewarm against the keep-alive frontier."""
+    """report.md: what was replayed, every score, and prewarm against the keep-alive frontier
+    (with `staged`, the same policies with their cold starts from the weights tier's `staged` rows)."""
     window = result.window
     scored_from = evaluator.utc_datetime(window.start)
     scored_to = evaluator.utc_datetime(window.end)
@@ -192,6 +194,8 @@ def render_report(
     lines += ["", "## Policies", "", *policy_table(result.scores), ""]
     runs = () if tuned is None else (*tuned.objectives, *tuned.fleet)
     lines += ttft.report_section([*result.scores, *(run.score for run in runs)], inputs.model_ttft)
+    if staged:
+        lines += ttft.weights_tier_section(result.scores, staged)
     compared = [s for s in result.scores if s.policy.startswith(("prewarm", "hybrid-histogram"))]
     compared += list(result.prewarm_frontier) + list(result.prewarm_intent_frontier)
     if result.keepalive_frontier:

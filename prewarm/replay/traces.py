@@ -256,6 +256,69 @@ def read_cold_start_distribution(path: Path) -> np.ndarray:
     return np.asarray(values, dtype=np.float64)
 
 
+# Weights tiers a cold-start distribution may name (docs/semi-warm.md): the model's weights were
+# already staged on the node's volume, or were not (read from the model store or hub).
+STAGED = "staged"
+NOT_STAGED = "not staged"
+_TIER_SPELLINGS = {"staged": STAGED, "not staged": NOT_STAGED, "not-staged": NOT_STAGED, "not_staged": NOT_STAGED}
+ANY_TARGET = ""  # samples for every target without rows of its own
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class ColdStartTiers:
+    """Cold-start samples in seconds by weights tier, then by target (ANY_TARGET for the rest).
+
+    One tier ("") when the file has no `tier` column; both STAGED and NOT_STAGED when it has.
+    """
+
+    samples: Mapping[str, Mapping[str, np.ndarray]]
+
+    @property
+    def tiered(self) -> bool:
+        return STAGED in self.samples
+
+    def for_targets(self, tier: str, names: Sequence[str]) -> tuple[np.ndarray, dict[str, np.ndarray]]:
+        """(samples for every target, samples by target name) of one tier; KeyError naming the
+        target that has neither its own rows nor the tier's shared ones."""
+        table = self.samples[tier]
+        shared = table.get(ANY_TARGET)
+        own = {name: table[name] for name in names if name in table}
+        missing = [name for name in names if name not in own and shared is None]
+        if missing:
+            raise KeyError(f"tier {tier or '(none)'!r} has no cold starts for {', '.join(missing)}")
+        return (shared if shared is not None else next(iter(own.values()))), own
+
+
+def read_cold_start_tiers(path: Path) -> ColdStartTiers:
+    """Cold starts (ms in `value`) with an optional `tier` (staged / not staged) and `target` column."""
+    collected: dict[str, dict[str, list[float]]] = {}
+    problems: list[str] = []
+    for line, row in _rows(path, ("value",)):
+        seconds = seconds_from_ms(row["value"] or "")
+        raw_tier = (row.get("tier") or "").strip().lower() if "tier" in row else None
+        tier = "" if raw_tier is None else _TIER_SPELLINGS.get(raw_tier)
+        if seconds is None:
+            problems.append(f"line {line}, column 'value': {row['value']!r} is not a duration > 0 (ms)")
+        if tier is None:
+            problems.append(f"line {line}, column 'tier': {row.get('tier')!r} is not 'staged' or 'not staged'")
+        if seconds is None or tier is None:
+            continue
+        target = (row.get("target") or "").strip()
+        collected.setdefault(tier, {}).setdefault(target, []).append(seconds)
+    if not collected and not problems:
+        problems.append("no values")
+    if collected and "" not in collected:
+        problems += [f"tier {tier!r}: no rows" for tier in (NOT_STAGED, STAGED) if tier not in collected]
+    if problems:
+        raise TraceError(path, problems)
+    return ColdStartTiers(
+        {
+            tier: {target: np.asarray(values, dtype=np.float64) for target, values in by_target.items()}
+            for tier, by_target in collected.items()
+        }
+    )
+
+
 def sessions_of(
     groups: Iterable[str], arrivals: np.ndarray, finishes: np.ndarray, gap: timedelta
 ) -> list[tuple[float, float]]:

@@ -33,10 +33,10 @@ from prewarm.service import (
     leadership,
     listener,
     observability,
-    state,
     telemetry,
 )
 from prewarm.service import tuner as tuning
+from prewarm.service.store import Store, build_store
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -72,7 +72,7 @@ class RunningService:
 
     decider: decider.Decider
     forecaster: forecast_loop.ForecastLoop
-    store: state.Store
+    store: Store
     listener: listener.IntentListener
     http_port: int
     grpc_port: int | None
@@ -97,7 +97,7 @@ async def run_service(
     for warning in parsed.warnings:
         log.warning("%s", warning)
     history.require_prometheus(parsed.targets, options.prometheus, source=str(options.config))
-    store = state.build_store(
+    store = build_store(
         options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
     )
     providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
@@ -164,9 +164,9 @@ async def run_service(
         history_reader=reader,
     )
     leases: leadership.TargetLeases | None = None
-    if isinstance(store, state.RedisStore):  # replicas share the store: one decides each target
+    if store.leases is not None:  # replicas share the store: one decides each target
         leases = leadership.TargetLeases(
-            store,
+            store.leases,
             holder=options.identity,
             targets=lambda: loop.specs,
             ttl=options.decider_lease,
@@ -218,8 +218,7 @@ async def run_service(
                 )
             )
             grpc_port = embedded.port
-        if isinstance(store, state.RedisStore):
-            await store.start()  # after every listener (decider, scaler cache) is added
+        await store.start()  # after every listener (decider, scaler cache) is added
         if leases is not None:
             campaigning_for_targets = asyncio.create_task(leases.run(), name="decider-leases")
             stack.push_async_callback(_stop_leases, leases, campaigning_for_targets)

@@ -4,6 +4,7 @@ Service or a Deployment, fills in known images' entrypoints, and leaves every ot
 from __future__ import annotations
 
 import difflib
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -419,3 +420,55 @@ def test_cli_multi_document_file_with_a_scaled_object(tmp_path: Path) -> None:
     missing = run_cli("inject", str(tmp_path / "absent.yaml"), "--claim", "c")
     assert missing.returncode == 2
     assert "absent.yaml: [Errno 2] No such file or directory" in missing.stderr
+
+
+WEIGHTS_ENV = [
+    {"name": "PREWARM_MODEL", "value": "chat-8b"},
+    {"name": "HF_HUB_CACHE", "value": "/var/cache/prewarm/weights"},
+    {"name": "PREWARM_WEIGHTS_MODEL", "value": "acme/chat-8b"},
+]
+WEIGHTS_AFFINITY = {
+    "nodeAffinity": {
+        "preferredDuringSchedulingIgnoredDuringExecution": [
+            {
+                "weight": 100,
+                "preference": {
+                    "matchExpressions": [{"key": "weights.prewarm.dev/models--acme--chat-8b", "operator": "Exists"}]
+                },
+            }
+        ]
+    }
+}
+
+
+@pytest.mark.parametrize("text", [SERVICE, DEPLOYMENT], ids=["knative-service", "deployment"])
+def test_weights_add_the_hub_cache_and_a_preferred_node_affinity(text: str) -> None:
+    injected = inject.inject_cache(text, claim="prewarm-cache", weights="acme/chat-8b")
+    spec = YAML(typ="safe").load(injected.text)["spec"]["template"]["spec"]
+    assert spec["containers"][0]["env"] == WEIGHTS_ENV
+    assert spec["affinity"] == WEIGHTS_AFFINITY
+    assert any("weights.prewarm.dev/models--acme--chat-8b" in note for note in injected.notes)
+
+
+def test_the_weights_annotation_names_the_model_and_affinities_already_there_are_kept() -> None:
+    text = SERVICE.replace(
+        '    prewarm.dev/enabled: "true"   # pre-warm this Service\n',
+        '    prewarm.dev/enabled: "true"   # pre-warm this Service\n    prewarm.dev/weights-model: acme/chat-8b\n',
+    ).replace(
+        "    spec:\n      containers:\n",
+        "    spec:\n      affinity:\n        nodeAffinity:\n"
+        "          preferredDuringSchedulingIgnoredDuringExecution:\n"
+        "            - weight: 10\n              preference: {matchExpressions: [{key: zone, operator: Exists}]}\n"
+        "      containers:\n",
+    )
+    injected = inject.inject_cache(text, claim="prewarm-cache")
+    preferred = YAML(typ="safe").load(injected.text)["spec"]["template"]["spec"]["affinity"]["nodeAffinity"][
+        "preferredDuringSchedulingIgnoredDuringExecution"
+    ]
+    assert preferred == [
+        {"weight": 10, "preference": {"matchExpressions": [{"key": "zone", "operator": "Exists"}]}},
+        *WEIGHTS_AFFINITY["nodeAffinity"]["preferredDuringSchedulingIgnoredDuringExecution"],
+    ]
+    assert "kubernetes.podspec-affinity" in injected.notes[-1]
+    with pytest.raises(inject.InjectError, match=re.escape("--weights: '../x' must be ORG/NAME or NAME")):
+        inject.inject_cache(SERVICE, claim="prewarm-cache", weights="../x")

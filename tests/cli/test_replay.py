@@ -473,3 +473,43 @@ def test_objectives_need_score_from(tmp_path: Path, capsys: pytest.CaptureFixtur
     write_alibaba(trace)
     assert cli.main(replay_args(trace, tmp_path / "out", "--objective", "cold=5%")) == 2
     assert "--objective and --fleet-budget need --score-from" in capsys.readouterr().err
+
+
+def test_cold_start_tiers_show_what_staged_weights_buy(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    trace = tmp_path / "requests.csv"
+    write_alibaba(trace)
+    dist = tmp_path / "cold.csv"
+    rows = [f"{ms},not staged," for ms in range(20_000, 30_000, 500)]
+    rows += [f"{ms},staged," for ms in range(3_000, 5_000, 100)]
+    rows += ["900,staged,M0001"]  # a small model staged: its own, faster, cold starts
+    dist.write_text("value,tier,target\n" + "\n".join(rows) + "\n")
+    out = tmp_path / "out"
+    args = replay_args(
+        trace, out, "--cold-start-dist", str(dist), "--no-sweep", "--policies", "knative-default,prewarm"
+    )
+    assert cli.main([*args, "--score-from", "2024-11-16 00:00:00"]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    plain = {r["policy"]: r for r in summary if "weights_tier" not in r}
+    staged = {r["policy"]: r for r in summary if r.get("weights_tier") == "staged"}
+    assert set(plain) == set(staged) == {"knative-default", "prewarm"}
+    for policy in plain:  # same floors and requests; only the cold starts' length changes
+        assert staged[policy]["requests"] == plain[policy]["requests"]
+        without = next(row for row in plain[policy]["ttft"] if row["priority"] == "all")
+        with_tier = next(row for row in staged[policy]["ttft"] if row["priority"] == "all")
+        assert with_tier["cold_p95_s"] < without["cold_p95_s"]
+        assert with_tier["blended_p95_s"] <= without["blended_p95_s"]
+    shared, own = traces.read_cold_start_tiers(dist).for_targets(traces.STAGED, ["M0000", "M0001"])
+    assert (shared.min(), shared.max(), own["M0001"].tolist(), list(own)) == (3.0, 4.9, [0.9], ["M0001"])
+    text = (out / "report.md").read_text()
+    assert "## Weights tier: staged against not staged" in text
+    assert "its `not staged` rows" in text
+    printed = capsys.readouterr().out
+    assert "| policy | cold starts | cold TTFT p95 s: not staged / staged |" in printed
+
+    dist.write_text("value,tier\n20000,not staged\n3000,fast\n")
+    assert cli.main(replay_args(trace, tmp_path / "bad", "--cold-start-dist", str(dist))) == 2
+    err = capsys.readouterr().err
+    assert "line 3, column 'tier': 'fast' is not 'staged' or 'not staged'" in err
+    dist.write_text("value,tier,target\n20000,not staged,\n3000,staged,M0001\n")
+    assert cli.main(replay_args(trace, tmp_path / "bad", "--cold-start-dist", str(dist))) == 2
+    assert "tier 'staged' has no cold starts for M0000" in capsys.readouterr().err

@@ -12,7 +12,8 @@ import pytest
 from support import RedisServer, wait_for
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import actuation, clock, composition, decider, state
+from prewarm.service import actuation, clock, composition, decider
+from prewarm.service.store import Intent, MemoryStore
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -90,7 +91,7 @@ def opened(session: str, at: datetime) -> ledger.SessionEvent:
 
 async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() -> None:
     manual = clock.ManualClock(T0)
-    store = state.MemoryStore()
+    store = MemoryStore()
     recorder = RecordingActuator()
     loop = decider.Decider(
         target_specs=[chat_spec()], store=store, actuators=[FailingActuator(), recorder], clock=manual
@@ -98,7 +99,7 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
     task = asyncio.create_task(loop.run())
     try:
         await wait_for(lambda: recorder.applied == [(None, 0)])
-        await store.record_intents([state.Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
+        await store.record_intents([Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
         await wait_for(lambda: recorder.applied[-1] == (0, 2))
         assert loop.decisions["ml/chat"].source is policy.Source.INTENT
         assert loop.decisions["ml/chat"].next_change == T0 + timedelta(seconds=60)  # sessions expire
@@ -116,7 +117,7 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
 
 
 async def test_decider_resumes_from_stored_decision_and_actuates_once() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     spec = chat_spec()
     earlier = policy.decide_floor(spec, policy.Signals(sessions=4), T0, None)
     await store.save_decision(earlier)

@@ -1,0 +1,91 @@
+"""`prewarm cache warm`: the node follower's composition root (one per node, a DaemonSet). Reads the
+targets file for each target's weights, builds the Redis store and the Kubernetes client, and runs
+the follower until SIGTERM; without --follow it works every target once and exits.
+
+A verb of `prewarm cache`, but in a module of its own: it loads the server stack (Redis, the
+Kubernetes client), which the pod-side `prewarm cache` verbs must not.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import contextlib
+import logging
+import os
+from datetime import timedelta
+from pathlib import Path
+
+from knative import kube_api
+from prewarm.cache import s3_source
+from prewarm.cli import arguments, cache, process
+from prewarm.core import targets
+from prewarm.service import config_file, knative_targets, store, weights_follower
+
+log = logging.getLogger("prewarm")
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """`prewarm cache warm`'s flags."""
+    parser.add_argument("--follow", action="store_true", help="keep following the decisions (else one pass)")
+    parser.add_argument("--store", required=True, help="the Redis the deciders write to (redis://, redis+sentinel://)")
+    parser.add_argument("--config", type=Path, required=True, help="the targets file; targets with `weights:` count")
+    parser.add_argument("--node", default=None, help="this node's name (default: $NODE_NAME)")
+    parser.add_argument("--root", type=Path, default=cache.DEFAULT_ROOT, help="the node's cache volume")
+    parser.add_argument(
+        "--budget", type=cache.parse_size, required=True, help="bytes of weights this node keeps (200G, 500Gi)"
+    )
+    parser.add_argument(
+        "--lead",
+        type=arguments.positive_seconds,
+        default=60.0,
+        metavar="SECONDS",
+        help="stage this long before a scheduled rise from zero: the cold-start time (default 60)",
+    )
+    parser.add_argument(
+        "--node-selector", default="", help="label selector of the nodes the targets' pods run on (the DaemonSet's)"
+    )
+    parser.add_argument("--kubeconfig", type=Path, help="default: in-cluster credentials")
+    parser.add_argument("--s3-endpoint", help="an S3-compatible store's URL, for s3:// sources (default: AWS's)")
+    parser.set_defaults(run=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Follow (or make one pass); 2 with the reason when the flags or the targets file are invalid."""
+    return process.run_until_signalled(lambda stop: warm(args, stop))
+
+
+async def warm(args: argparse.Namespace, stop: asyncio.Event) -> None:
+    """Build the follower from the flags and run it until `stop` is set (or make one pass)."""
+    node = args.node or os.environ.get("NODE_NAME", "")
+    problems = [] if node else [targets.Problem("--node", None, "is required (or NODE_NAME from the downward API)")]
+    parsed = config_file.load_config_file(args.config)
+    specs = {str(spec.ref): spec.weights for spec in parsed.targets if spec.weights is not None}
+    if not specs:
+        problems.append(targets.Problem("--config", str(args.config), "names no target with weights"))
+    if problems:
+        raise targets.ConfigError("prewarm cache warm", problems)
+    settings = weights_follower.FollowerSettings(
+        node=node,
+        root=args.root,
+        budget_bytes=args.budget,
+        lead=timedelta(seconds=args.lead),
+        node_selector=args.node_selector,
+    )
+    feed = store.RedisStore.from_url(args.store)
+    api = kube_api.KubeAPI(knative_targets.load_kube_client(args.kubeconfig))
+    s3 = s3_source.connect(args.s3_endpoint) if any(s3_source.is_s3(w.source) for w in specs.values()) else None
+    follower = weights_follower.WeightsFollower(feed=feed, nodes=api, specs=specs, settings=settings, s3=s3)
+    log.info("following %d targets with weights on node %s (budget %d bytes)", len(specs), node, args.budget)
+    try:
+        if not args.follow:
+            for target in specs:
+                await follower.reconcile(target)
+            return
+        async with weights_follower.following(follower):
+            await feed.start()
+            await stop.wait()
+    finally:
+        with contextlib.suppress(Exception):
+            await feed.close()
+        api.close()

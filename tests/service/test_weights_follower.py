@@ -1,0 +1,200 @@
+"""The node follower against a real Redis and the fake Kubernetes API: weights land on the chosen
+nodes within a second of a floor leaving zero, nowhere else, within the node's byte budget, and
+the node says so with a label."""
+
+from __future__ import annotations
+
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+
+import pytest
+from aiohttp.test_utils import TestServer
+from kube_api_server import MERGE_PATCH, KubeAPIServer
+from kubernetes import client as k8s
+from model_files import write_model
+from support import RedisServer, wait_for
+
+from knative import kube_api
+from prewarm.cache import entries, hub_layout, staging
+from prewarm.core import policy, targets, weights
+from prewarm.service import store, weights_follower
+
+T0 = datetime(2026, 12, 7, 9, 0, tzinfo=UTC)
+TARGET = "llm/chat"
+NODES = ("gpu-a", "gpu-b", "gpu-c")
+
+
+def decision(target: str, floor: int, at: datetime, *, next_change: datetime | None = None) -> policy.FloorDecision:
+    ref = targets.TargetRef(*target.split("/"))
+    spec = targets.TargetSpec(
+        ref=ref, kind=targets.TargetKind.KNATIVE, max=8, sessions_per_replica=1, hold=timedelta(0)
+    )
+    made = policy.decide_floor(spec, policy.Signals(sessions=floor), at, None)
+    return made if next_change is None else policy.FloorDecision(**{**_fields(made), "next_change": next_change})
+
+
+def _fields(made: policy.FloorDecision) -> dict[str, object]:
+    return {name: getattr(made, name) for name in made.__dataclass_fields__}
+
+
+class Cluster:
+    """The fake API server with three GPU nodes and a CPU node, and a KubeAPI talking to it."""
+
+    def __init__(self, fake: KubeAPIServer, api: kube_api.KubeAPI) -> None:
+        self.fake, self.api = fake, api
+
+    def label(self, node: str, model: str) -> str | None:
+        labels: dict[str, str] = self.fake.nodes[node]["metadata"]["labels"]
+        return labels.get(hub_layout.node_label(hub_layout.repo_folder(model)))
+
+
+@pytest.fixture
+async def cluster() -> AsyncIterator[Cluster]:
+    fake = KubeAPIServer()
+    for node in NODES:
+        fake.add_node(node, labels={"pool": "gpu"})
+    fake.add_node("cpu-a", labels={"pool": "cpu"})
+    fake.add_node("gpu-down", labels={"pool": "gpu"}, ready=False)
+    async with TestServer(fake.app) as server:
+        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))), timeout=5)
+        try:
+            yield Cluster(fake, api)
+        finally:
+            api.close()
+
+
+@pytest.fixture(scope="module")
+def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    store = tmp_path_factory.mktemp("models")
+    write_model(store / "acme" / "chat", shards=2, shard_bytes=8 * 1024**2, seed=1)
+    write_model(store / "acme" / "other", shards=1, shard_bytes=8 * 1024**2, seed=2)
+    return store
+
+
+def _follower(
+    feed: store.RedisStore, cluster: Cluster, node: str, root: Path, specs: dict[str, weights.WeightsSettings]
+) -> weights_follower.WeightsFollower:
+    settings = weights_follower.FollowerSettings(node=node, root=root, budget_bytes=10**12, node_selector="pool=gpu")
+    return weights_follower.WeightsFollower(
+        feed=feed, nodes=cluster.api, specs=specs, settings=settings, now=lambda: T0
+    )
+
+
+async def test_weights_land_within_a_second_of_the_floor_leaving_zero(
+    redis_server: RedisServer, cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
+    chosen = weights.place_weights(TARGET, NODES, weights.nodes_wanted(1))  # floor 1: two of the three GPU nodes
+    left_out = next(node for node in NODES if node not in chosen)
+    writer = store.RedisStore.from_url(redis_server.url)
+    feeds = [store.RedisStore.from_url(redis_server.url) for _ in NODES]
+    followers = {
+        node: _follower(feed, cluster, node, tmp_path / node, specs) for node, feed in zip(NODES, feeds, strict=True)
+    }
+    try:
+        await writer.save_decision(decision(TARGET, 0, T0))
+        async with (
+            weights_follower.following(followers[NODES[0]]),
+            weights_follower.following(followers[NODES[1]]),
+            weights_follower.following(followers[NODES[2]]),
+        ):
+            for feed in feeds:
+                await feed.start()
+            await wait_for(lambda: all(f.decision(TARGET) is not None for f in followers.values()))
+            assert not any(f.staged for f in followers.values())  # floor 0: nothing staged anywhere
+
+            started = time.monotonic()
+            await writer.save_decision(decision(TARGET, 1, T0 + timedelta(seconds=1)))
+            await wait_for(lambda: all(cluster.label(node, "acme/chat") for node in chosen), within=10)
+            elapsed = time.monotonic() - started
+            assert elapsed < 1.0, f"staged {elapsed:.2f}s after the floor left zero"
+        for node in chosen:
+            result = followers[node].staged[-1]
+            assert not result.hit and result.staged_bytes > 16 * 1024**2
+            assert cluster.label(node, "acme/chat") == result.revision_id
+            assert (
+                staging.repo_entry(tmp_path / node, "acme/chat") / "refs" / "main"
+            ).read_text() == result.revision_id
+        assert followers[left_out].staged == [] and not (tmp_path / left_out).exists()
+        assert cluster.label(left_out, "acme/chat") is None
+        patches = [(path, ctype) for path, ctype, _ in cluster.fake.patches()]
+        assert sorted(patches) == sorted((f"/api/v1/nodes/{node}", MERGE_PATCH) for node in chosen)
+    finally:
+        for feed in (writer, *feeds):
+            await feed.close()
+
+
+async def test_a_follower_started_late_relists_and_stages(
+    redis_server: RedisServer, cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
+    node = weights.place_weights(TARGET, NODES, 2)[0]
+    writer = store.RedisStore.from_url(redis_server.url)
+    feed = store.RedisStore.from_url(redis_server.url)
+    try:
+        await writer.save_decision(decision(TARGET, 2, T0))  # published while nobody listened
+        follower = _follower(feed, cluster, node, tmp_path / node, specs)
+        async with weights_follower.following(follower):
+            await feed.start()
+            await wait_for(lambda: cluster.label(node, "acme/chat") is not None, within=10)
+    finally:
+        await writer.close()
+        await feed.close()
+
+
+async def test_a_scheduled_rise_within_the_lead_stages_ahead(
+    redis_server: RedisServer, cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
+    node = weights.place_weights(TARGET, NODES, 2)[0]
+    feed = store.RedisStore.from_url(redis_server.url)
+    try:
+        await feed.save_decision(decision(TARGET, 0, T0, next_change=T0 + timedelta(seconds=30)))
+        follower = _follower(feed, cluster, node, tmp_path / node, specs)  # lead 60 s > 30 s
+        async with weights_follower.following(follower):
+            await feed.start()
+            await wait_for(lambda: bool(follower.staged), within=10)
+    finally:
+        await feed.close()
+
+
+async def test_the_byte_budget_evicts_the_least_recently_needed_model_not_in_use(
+    redis_server: RedisServer, cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    other = "llm/other"
+    specs = {
+        TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat")),
+        other: weights.WeightsSettings(model="acme/other", source=str(model_store / "acme" / "other")),
+    }
+    node = "solo"
+    cluster.fake.add_node(node, labels={"pool": "solo"})
+    feed = store.RedisStore.from_url(redis_server.url)
+    root = tmp_path / node
+    settings = weights_follower.FollowerSettings(
+        node=node, root=root, budget_bytes=20 * 1024**2, node_selector="pool=solo"
+    )
+    follower = weights_follower.WeightsFollower(feed=feed, nodes=cluster.api, specs=specs, settings=settings)
+    try:
+        async with weights_follower.following(follower):
+            await feed.start()
+            await feed.save_decision(decision(TARGET, 1, T0))
+            await wait_for(lambda: cluster.label(node, "acme/chat") is not None, within=10)
+            # A model server uses acme/chat: over budget, it stays, and both are kept.
+            chat = staging.repo_entry(root, "acme/chat")
+            entries.write_lease(chat, host="pod", pid=1, now=time.time())
+            await feed.save_decision(decision(other, 1, T0))
+            await wait_for(lambda: cluster.label(node, "acme/other") is not None, within=10)
+            assert chat.is_dir() and cluster.label(node, "acme/chat") is not None
+            # The server is gone; the floor of llm/chat rises again after llm/other's: acme/other
+            # is now the least recently needed and makes room.
+            entries.lease_path(chat, "pod", 1).unlink()
+            await feed.save_decision(decision(TARGET, 0, T0 + timedelta(seconds=1)))
+            await wait_for(lambda: not follower.holds(TARGET))
+            await feed.save_decision(decision(TARGET, 2, T0 + timedelta(seconds=2)))
+            await wait_for(lambda: cluster.label(node, "acme/other") is None, within=10)
+        assert chat.is_dir() and not staging.repo_entry(root, "acme/other").exists()
+        assert cluster.label(node, "acme/chat") is not None
+    finally:
+        await feed.close()
