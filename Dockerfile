@@ -15,8 +15,8 @@ COPY pyproject.toml uv.lock README.md ./
 COPY prewarm ./prewarm
 COPY scaler ./scaler
 COPY knative ./knative
-# --frozen: exactly uv.lock, never re-resolved; --no-editable: the package itself is copied in.
-RUN /opt/uv/bin/uv sync --frozen --no-editable --no-dev \
+# --frozen: exactly uv.lock, never re-resolved; --no-editable: the package itself is copied in; the s3 extra lets the weights follower read S3.
+RUN /opt/uv/bin/uv sync --frozen --no-editable --no-dev --extra s3 \
  && find /opt/prewarm -name '__pycache__' -prune -exec rm -rf {} +
 
 FROM python:3.11-slim-bookworm
