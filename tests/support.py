@@ -212,17 +212,47 @@ class SentinelGroup:
                 f"sentinel failover-timeout {self.service} 10000\n"
                 f"sentinel parallel-syncs {self.service} 2\n" + known
             )
-            self._sentinels.append(
-                subprocess.Popen(
-                    [_binary("redis-sentinel"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-        for port in self.sentinel_ports:
+            self._sentinels.append(self._launch_sentinel(index))
+        self.wait_sentinels()
+
+    def _launch_sentinel(self, index: int) -> subprocess.Popen[bytes]:
+        config = self.directory / f"sentinel-{index}.conf"  # rewritten by the Sentinel as it learns
+        return subprocess.Popen(
+            [_binary("redis-sentinel"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def wait_sentinels(self, indexes: Sequence[int] | None = None) -> None:
+        """Wait until the running Sentinels (or those of `indexes`) know each other and the replicas."""
+        for index in range(len(self.sentinel_ports)) if indexes is None else indexes:
             _wait_until(
-                lambda port=port: self.sentinels_see_each_other(port),
+                lambda port=self.sentinel_ports[index]: self.sentinels_see_each_other(port),
                 within=15,
                 what="the sentinels did not find each other",
             )
+
+    def stop_sentinel(self, index: int) -> None:
+        """Stop one Sentinel (SIGTERM, waited for); `start_sentinel` starts it again on its port."""
+        self._sentinels[index].terminate()
+        self._sentinels[index].wait(timeout=10)
+
+    def start_sentinel(self, index: int) -> None:
+        self._sentinels[index] = self._launch_sentinel(index)
+        _wait_until(
+            lambda: _command(self.sentinel_ports[index], b"PING").startswith(b"+PONG"),
+            within=10,
+            what="the sentinel did not start",
+        )
+
+    def switch_subscribers(self, index: int) -> int:
+        """How many clients of one Sentinel are subscribed to a channel (Sentinels have no PUBSUB)."""
+        clients = _command(self.sentinel_ports[index], b"CLIENT LIST").split(b"\n")
+        return sum(b" sub=0 " not in line and b" sub=" in line for line in clients)
+
+    def failover(self, index: int = 0) -> None:
+        """A planned failover (the old master stays up), asked of one Sentinel."""
+        reply = _command(self.sentinel_ports[index], b"SENTINEL FAILOVER " + self.service.encode())
+        if not reply.startswith(b"+OK"):
+            raise AssertionError(f"SENTINEL FAILOVER answered {reply!r}")
 
     def sentinels_see_each_other(self, port: int) -> bool:
         reply = _command(port, b"SENTINEL MASTER " + self.service.encode()).split(b"\r\n")

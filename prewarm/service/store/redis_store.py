@@ -16,7 +16,7 @@ import redis.asyncio.sentinel as aioredis_sentinel
 import redis.exceptions
 
 from prewarm.core import ledger, policy
-from prewarm.service import redis_connection, redis_scripts
+from prewarm.service import redis_connection, redis_scripts, sentinel_master
 from prewarm.service.store import errors
 from prewarm.service.store.codec import decode_decision, encode_decision
 from prewarm.service.store.group_commit import GroupCommit
@@ -62,6 +62,7 @@ class RedisStore:
         *,
         deployment: redis_connection.RedisDeployment | None = None,
         sentinel: aioredis_sentinel.Sentinel | None = None,
+        watch: sentinel_master.SentinelWatch | None = None,
         sessions_per_target: int = 10_000,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
@@ -69,6 +70,7 @@ class RedisStore:
         self._client = client
         self._deployment = deployment
         self._sentinel = sentinel
+        self._watch = watch
         self._cluster = isinstance(client, aioredis_cluster.RedisCluster)
         if self._cluster and wait_replicas:
             raise ValueError("waiting for replicas is not supported on Redis Cluster")
@@ -112,6 +114,7 @@ class RedisStore:
             connected.client,
             deployment=deployment,
             sentinel=connected.sentinel,
+            watch=connected.watch,
             sessions_per_target=sessions_per_target,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
@@ -136,6 +139,8 @@ class RedisStore:
         """Map failures to StateUnavailable (or let a refusal through); after a failure, the first
         call that works again resyncs the listeners."""
         try:
+            if self._watch is not None:
+                self._watch.start()  # follows the master's switches from the first call on
             await self._initialize_cluster()
             yield
         except StateUnavailable:
@@ -177,7 +182,10 @@ class RedisStore:
         Add listeners before starting: the subscription covers the channels they need. It
         reconnects on its own when the server goes away, and once the server confirms each
         (re)subscription the resync listeners run, so whatever was announced in a gap is re-read.
+        On Sentinel, it also starts following the master's switches (see sentinel_master).
         """
+        if self._watch is not None:
+            self._watch.start()
         self._subscription.start()
 
     # --- ingest ---
@@ -358,6 +366,7 @@ class RedisStore:
     async def close(self) -> None:
         """Stop listening, answer every waiting batch (503) and close the clients; bounded."""
         tasks = [task for task in (self._subscription.cancel(), self._group.cancel()) if task is not None]
+        tasks += [] if self._watch is None else self._watch.cancel()
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)  # a client library may hold on to a cancellation
         self._group.fail_pending("the store is closing")

@@ -1,0 +1,144 @@
+"""A planned Sentinel failover (`SENTINEL FAILOVER`, the old master stays up) under load through
+`prewarm serve`: the service follows the switch within a second, so at most a second of events
+is lost (0 when replicas must acknowledge) and at most a second is answered 503. Real
+redis-server and redis-sentinel processes on loopback."""
+
+from __future__ import annotations
+
+import asyncio
+import dataclasses
+import io
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import aiohttp
+import pytest
+import redis.asyncio as aioredis
+from support import SentinelGroup, wait_for
+
+from prewarm.service import clock, composition
+
+RATE = 10  # events per second
+DURATION = 15  # seconds of load
+FAILOVER_AT = 2.0  # seconds into the load
+
+
+@dataclasses.dataclass
+class Outcome:
+    statuses: dict[str, int]  # event id -> status (0: no answer within the bound)
+    lost: list[str]  # acknowledged (202) and not on the new master
+
+    @property
+    def lost_seconds(self) -> float:
+        return len(self.lost) / RATE
+
+    @property
+    def unavailable_seconds(self) -> float:
+        return sum(s == 503 for s in self.statuses.values()) / RATE
+
+
+async def planned_failover_under_load(
+    group: SentinelGroup, tmp_path: Path, *, wait_replicas: int, running: list[int], gap: Callable[[], None]
+) -> Outcome:
+    """RATE events/s for DURATION s through `prewarm serve` on the Sentinel URL; `gap` runs once the
+    service follows every running Sentinel; at FAILOVER_AT the first running Sentinel is asked
+    for a planned failover. Which events were answered how, and which acknowledged ones survive?"""
+    config = tmp_path / "targets.yaml"
+    config.write_text("targets: [{name: ml/chat, kind: keda, max: 4}]\n")
+    options = composition.ServeOptions(
+        config=config, store=group.url, http_host="127.0.0.1", http_port=0, store_wait_replicas=wait_replicas
+    )
+    bound = options.listener.store_timeout + 1.0
+    statuses: dict[str, int] = {}
+
+    async def send(http: aiohttp.ClientSession, port: int, event_id: str) -> None:
+        body = {
+            "specversion": "1.0",
+            "type": "dev.prewarm.session.opened",
+            "source": "/planned-failover",
+            "id": event_id,
+            "data": {"target": "ml/chat", "session": event_id},
+        }
+        statuses[event_id] = 0
+        try:
+            async with asyncio.timeout(bound):
+                response = await http.post(
+                    f"http://127.0.0.1:{port}/events",
+                    json=body,
+                    headers={"Content-Type": "application/cloudevents+json"},
+                )
+                statuses[event_id] = response.status
+        except TimeoutError:
+            pass
+
+    old_master = group.master_port()
+    async with (
+        composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service,
+        aiohttp.ClientSession() as http,
+    ):
+        await wait_for(lambda: all(group.switch_subscribers(i) >= 1 for i in running), within=10)
+        gap()
+        await wait_for(lambda: all(group.switch_subscribers(i) >= 1 for i in running), within=10)
+        sent: list[asyncio.Task[None]] = []
+        start = time.monotonic()
+        failed_over = False
+        for i in range(RATE * DURATION):
+            sent.append(asyncio.create_task(send(http, service.http_port, f"e{i:03d}")))
+            if not failed_over and time.monotonic() - start >= FAILOVER_AT:
+                group.failover(running[0])
+                failed_over = True
+            await asyncio.sleep(max(0.0, start + (i + 1) / RATE - time.monotonic()))  # the load's pace
+        async with asyncio.timeout(bound + 1):
+            await asyncio.gather(*sent)
+    new_master = group.master_port()
+    assert new_master is not None and new_master != old_master, "the Sentinels did not switch the master"
+    client = aioredis.Redis(port=new_master, password=group.password)
+    try:
+        stored = {m.decode() for m in await client.zrange("prewarm:{ml/chat}:sessions", 0, -1)}
+    finally:
+        await client.aclose()
+    acknowledged = sorted(e for e, s in statuses.items() if s == 202)
+    return Outcome(statuses=statuses, lost=[e for e in acknowledged if e not in stored])
+
+
+def _restart_every_sentinel(group: SentinelGroup) -> None:
+    for index in range(len(group.sentinel_ports)):
+        group.stop_sentinel(index)
+    for index in range(len(group.sentinel_ports)):
+        group.start_sentinel(index)
+    group.wait_sentinels()
+
+
+SCENARIOS = {
+    "three-sentinels": ([0, 1, 2], lambda group: None),
+    "after-a-sentinel-restart": ([0, 1, 2], _restart_every_sentinel),
+    "two-sentinels-one-down": ([0, 1], lambda group: None),
+}
+
+
+@pytest.mark.parametrize("scenario", list(SCENARIOS))
+@pytest.mark.parametrize("wait_replicas", [0, 1], ids=["default", "wait-replicas-1"])
+async def test_a_planned_failover_costs_at_most_a_second(
+    redis_sentinel: SentinelGroup, tmp_path: Path, scenario: str, wait_replicas: int, record_property: Any
+) -> None:
+    running, gap = SCENARIOS[scenario]
+    for index in set(range(len(redis_sentinel.sentinel_ports))) - set(running):
+        redis_sentinel.stop_sentinel(index)
+    outcome = await planned_failover_under_load(
+        redis_sentinel, tmp_path, wait_replicas=wait_replicas, running=running, gap=lambda: gap(redis_sentinel)
+    )
+    record_property("lost_seconds", outcome.lost_seconds)
+    record_property("unavailable_seconds", outcome.unavailable_seconds)
+    print(
+        f"{scenario}, wait_replicas={wait_replicas}: {len(outcome.lost)} acknowledged events lost "
+        f"({outcome.lost_seconds:.1f} s), {outcome.unavailable_seconds:.1f} s answered 503: {outcome.lost}"
+    )
+    assert set(outcome.statuses.values()) <= {202, 503}  # every event answered within its bound
+    assert sum(s == 202 for s in outcome.statuses.values()) >= RATE * DURATION - RATE  # at most 1 s not taken
+    if wait_replicas:
+        assert outcome.lost == []
+    else:
+        assert outcome.lost_seconds <= 1.0
+    assert outcome.unavailable_seconds <= 1.0
