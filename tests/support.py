@@ -174,7 +174,11 @@ class SentinelGroup:
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return self.url_of(range(len(self.sentinel_ports)))
+
+    def url_of(self, indexes: Sequence[int]) -> str:
+        """The store URL naming only some of the Sentinels."""
+        hosts = ",".join(f"127.0.0.1:{self.sentinel_ports[i]}" for i in indexes)
         return f"redis+sentinel://:{self.password}@{hosts}/{self.service}/0"
 
     @property

@@ -95,12 +95,26 @@ class FollowedMasterPool(aioredis_sentinel.SentinelConnectionPool):
 
 
 class RoleCheckedConnection(aioredis_sentinel.SentinelManagedConnection):
-    """A master connection that asks `ROLE` once connected and refuses a node that is not a master."""
+    """A master connection that asks `ROLE` once connected and refuses a node that is not a master,
+    and that reconnects before a command when the pool has moved to another master meanwhile (a
+    switch that raced with its connecting or with the pool dropping its connections)."""
+
+    def _moved(self) -> bool:
+        followed = self.connection_pool.master_address
+        return bool(self.connection_pool.is_master and followed is not None and followed != (self.host, self.port))
+
+    async def send_packed_command(self, command: Any, check_health: bool = True) -> None:
+        if self.is_connected and self._moved():  # the retry reconnects, to the master followed now
+            await self.disconnect()
+            raise redis.exceptions.ConnectionError(f"{self.host}:{self.port} is no longer the master followed")
+        await super().send_packed_command(command, check_health=check_health)
 
     async def on_connect_check_health(self, check_health: bool = True) -> None:
         await super().on_connect_check_health(check_health=check_health)
         if not self.connection_pool.is_master:
             return
+        if self._moved():
+            raise redis.exceptions.ConnectionError(f"{self.host}:{self.port} is no longer the master followed")
         await self.send_command("ROLE", check_health=False)
         try:
             role = await self.read_response()

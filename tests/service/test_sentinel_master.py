@@ -10,19 +10,27 @@ import dataclasses
 import io
 import time
 from collections.abc import Callable
+from datetime import UTC, datetime, timedelta
 from pathlib import Path
 from typing import Any
 
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support import SentinelGroup, wait_for
+from support import SentinelGroup, wait_for, wait_for_async
 
+from prewarm.core import ledger
 from prewarm.service import clock, composition
+from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable
 
 RATE = 10  # events per second
 DURATION = 15  # seconds of load
 FAILOVER_AT = 2.0  # seconds into the load
+
+
+def intent(event_id: str) -> Intent:
+    event = ledger.SessionEvent(ledger.SessionEventType.OPENED, event_id, datetime.now(UTC), timedelta(seconds=300))
+    return Intent(target="ml/chat", source="/test", id=event_id, event=event)
 
 
 @dataclasses.dataclass
@@ -142,3 +150,47 @@ async def test_a_planned_failover_costs_at_most_a_second(
     else:
         assert outcome.lost_seconds <= 1.0
     assert outcome.unavailable_seconds <= 1.0
+
+
+@pytest.mark.parametrize("gap", [False, True], ids=["announced", "during-a-gap"])
+async def test_a_switch_the_leader_does_not_announce_is_followed_before_the_old_master_steps_down(
+    redis_sentinel: SentinelGroup, gap: bool
+) -> None:
+    """The store knows only Sentinels 1 and 2; Sentinel 0 leads the failover. Either they announce
+    the switch (+switch-master) while the store listens, or they are down during the failover and
+    the store, resubscribing once they are back, asks them. Either way writes go to the new master
+    while the old one still says it is a master (it steps down about 10 s later)."""
+    old_master = redis_sentinel.master_port()
+    store = RedisStore.from_url(redis_sentinel.url_of([1, 2]))
+    try:
+        await store.start()
+        assert await store.record_intents([intent("before")]) == IngestResult(new=(True,))
+        await wait_for(lambda: all(redis_sentinel.switch_subscribers(i) >= 1 for i in (1, 2)), within=10)
+        if gap:
+            redis_sentinel.stop_sentinel(1)
+            redis_sentinel.stop_sentinel(2)
+        redis_sentinel.failover(0)
+        failed_over = time.monotonic()
+        await wait_for(lambda: redis_sentinel.master_port() not in (None, old_master), within=10)
+        new_master = redis_sentinel.master_port()
+        if gap:
+            redis_sentinel.start_sentinel(1)
+            redis_sentinel.start_sentinel(2)
+        replica = next(r for r in redis_sentinel.servers if r.port == new_master)
+        written = 0
+
+        async def on_the_new_master() -> bool:
+            nonlocal written
+            written += 1
+            try:
+                await store.record_intents([intent(f"after-{written}")])
+            except StateUnavailable:
+                return False
+            return b"after-" in replica.command(b"ZRANGE prewarm:{ml/chat}:sessions 0 -1")
+
+        await wait_for_async(on_the_new_master, within=8)
+        print(f"followed {time.monotonic() - failed_over:.2f} s after the failover")
+        old = next(r for r in redis_sentinel.servers if r.port == old_master)
+        assert old.command(b"ROLE").split(b"\r\n")[2] == b"master"  # not yet told to step down
+    finally:
+        await store.close()
