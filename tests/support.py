@@ -284,16 +284,18 @@ class SentinelGroup:
 
 
 class RedisCluster:
-    """Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`."""
+    """Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`, each with
+    `replicas` replicas that the cluster itself promotes when their master fails."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 directory / f"node-{i}",
-                extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                extra=["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)],
                 port=free_cluster_port(),
             )
-            for i in range(3)
+            for i in range(3 * (1 + replicas))
         ]
 
     @property
@@ -310,6 +312,8 @@ class RedisCluster:
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -322,6 +326,19 @@ class RedisCluster:
             within=20,
             what="the cluster did not come up",
         )
+        if self.replicas:
+            _wait_until(
+                lambda: all(
+                    b"master_link_status:up" in node.command(b"INFO replication")
+                    for node in self.nodes
+                    if not self.is_master(node)
+                ),
+                within=20,
+                what="the cluster's replicas did not sync",
+            )
+
+    def is_master(self, node: RedisServer) -> bool:
+        return node.command(b"ROLE").split(b"\r\n")[2:3] == [b"master"]
 
     def stop(self) -> None:
         for node in self.nodes:
