@@ -26,6 +26,7 @@ from prewarm.service.store.protocol import (
     DEDUP_TTL,
     ChangeListener,
     DecisionListener,
+    DroppedListener,
     IngestResult,
     Intent,
     ResyncListener,
@@ -82,6 +83,7 @@ class RedisStore:
         self._change_listeners: list[ChangeListener] = []
         self._decision_listeners: list[DecisionListener] = []
         self._resync_listeners: list[ResyncListener] = []
+        self._dropped_listeners: list[DroppedListener] = []
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
         self._subscription = Subscription(
@@ -95,7 +97,6 @@ class RedisStore:
         self._failing = False  # a call failed since the last one that worked: listeners resync on recovery
         self._cluster_ready = False
         self._cluster_initializing = asyncio.Lock()
-        self.dropped_sessions = 0
 
     @classmethod
     def from_url(
@@ -260,8 +261,17 @@ class RedisStore:
                 reply = await self._call_and_wait(self._ingest, keys, args)
             else:
                 reply = await self._ingest(keys=keys, args=args)
-        self.dropped_sessions += int(reply[0])
+        for target, count in zip(index, reply[0], strict=True):
+            if int(count):
+                self._dropped(target, int(count))
         return [int(flag) for flag in reply[1:]]
+
+    def _dropped(self, target: str, count: int) -> None:
+        for listener in self._dropped_listeners:
+            try:
+                listener(target, count)
+            except Exception:
+                log.exception("a dropped-sessions listener failed")
 
     async def _call_and_wait(self, script: Any, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run `script`, then WAIT on the same connection until `wait_replicas` replicas have it."""
@@ -362,6 +372,9 @@ class RedisStore:
 
     def add_resync_listener(self, listener: ResyncListener) -> None:
         self._resync_listeners.append(listener)
+
+    def add_dropped_listener(self, listener: DroppedListener) -> None:
+        self._dropped_listeners.append(listener)
 
     async def close(self) -> None:
         """Stop listening, answer every waiting batch (503) and close the clients; bounded."""
