@@ -160,15 +160,17 @@ class RedisServer:
 
 
 class SentinelGroup:
-    """A master, two replicas of it and three Sentinels (quorum 2) watching them as `service`, all
-    behind one password; failover is quick (down after 300 ms)."""
+    """A master, `replicas` replicas of it (two by default) and three Sentinels (quorum 2) watching
+    them as `service`, all behind one password; failover is quick (down after 500 ms)."""
 
-    def __init__(self, directory: Path, *, service: str = "prewarm", password: str = "s3cret") -> None:
+    def __init__(
+        self, directory: Path, *, service: str = "prewarm", password: str = "s3cret", replicas: int = 2
+    ) -> None:
         self.directory = directory
         self.service = service
         self.password = password
         self.master = RedisServer(directory / "a", password=password)
-        self.replicas = [RedisServer(directory / name, password=password) for name in ("b", "c")]
+        self.replicas = [RedisServer(directory / name, password=password) for name in "bcdefgh"[:replicas]]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
 
