@@ -181,7 +181,12 @@ def connect(deployment: RedisDeployment, *, timeout: float) -> Connected:
         assert deployment.service is not None
         sentinel = aioredis_sentinel.Sentinel(
             list(deployment.nodes),
-            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": fail_fast_retry()},
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "retry": fail_fast_retry(),
+                "health_check_interval": 10,  # a subscription to a Sentinel gone silent is noticed
+            },
             **common,
         )
         client: aioredis.Redis = sentinel.master_for(

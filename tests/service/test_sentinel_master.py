@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from support import SentinelGroup, wait_for, wait_for_async
 
 from prewarm.core import ledger
-from prewarm.service import clock, composition
+from prewarm.service import clock, composition, sentinel_master
 from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable
 
 RATE = 10  # events per second
@@ -192,5 +192,21 @@ async def test_a_switch_the_leader_does_not_announce_is_followed_before_the_old_
         print(f"followed {time.monotonic() - failed_over:.2f} s after the failover")
         old = next(r for r in redis_sentinel.servers if r.port == old_master)
         assert old.command(b"ROLE").split(b"\r\n")[2] == b"master"  # not yet told to step down
+    finally:
+        await store.close()
+
+
+async def test_a_connection_to_a_node_that_is_no_longer_a_master_is_refused(redis_sentinel: SentinelGroup) -> None:
+    """Told (wrongly) that a replica is the master, the store's first connection asks ROLE, refuses
+    the replica, asks the Sentinels again and writes to the real master."""
+    store = RedisStore.from_url(redis_sentinel.url)
+    try:
+        pool = store._client.connection_pool
+        assert isinstance(pool, sentinel_master.FollowedMasterPool)
+        replica = redis_sentinel.replicas[0]
+        await pool.adopt(("127.0.0.1", replica.port), epoch=99)
+        assert await store.record_intents([intent("routed")]) == IngestResult(new=(True,))
+        assert pool.master_address == ("127.0.0.1", redis_sentinel.master.port)
+        assert b"routed" in redis_sentinel.master.command(b"ZRANGE prewarm:{ml/chat}:sessions 0 -1")
     finally:
         await store.close()

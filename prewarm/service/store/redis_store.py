@@ -379,7 +379,9 @@ class RedisStore:
     async def close(self) -> None:
         """Stop listening, answer every waiting batch (503) and close the clients; bounded."""
         tasks = [task for task in (self._subscription.cancel(), self._group.cancel()) if task is not None]
-        tasks += [] if self._watch is None else self._watch.cancel()
+        if self._watch is not None:
+            tasks += self._watch.cancel()
+            self._watch = None  # a call after closing must not follow the Sentinels again
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)  # a client library may hold on to a cancellation
         self._group.fail_pending("the store is closing")
