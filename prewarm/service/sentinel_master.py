@@ -6,10 +6,13 @@ keep writing to the old master, which stays up and says it is a master until Sen
 it, seconds later, and discards what it took in the meantime. As Jedis and go-redis do, a
 `SentinelWatch` subscribes to `+switch-master` on every configured Sentinel; on a notice, and
 after every (re)subscription (a gap may have hidden one), it asks that Sentinel for the master
-and its config epoch. `FollowedMasterPool` connects only to the newest master learned that way
-and drops every connection to the old one, in use or idle, the pub/sub subscription's included;
-a command cut off in flight is retried on the new master. `RoleCheckedConnection` asks `ROLE`
-on every new connection and refuses a node that is no longer a master.
+and its config epoch. The other Sentinels hear of a switch from its leader up to seconds after
+the promotion, so the watch also follows the leader's `+failover-state-wait-promotion` and asks
+the replica being promoted for its `ROLE` until it says master. `FollowedMasterPool` connects
+only to the newest master learned that way and drops every connection to the old one, in use
+or idle, the pub/sub subscription's included; a command cut off in flight is retried on the new
+master. `RoleCheckedConnection` asks `ROLE` on every new connection and refuses a node that is
+no longer a master.
 """
 
 from __future__ import annotations
@@ -96,8 +99,9 @@ class FollowedMasterPool(aioredis_sentinel.SentinelConnectionPool):
 
 class RoleCheckedConnection(aioredis_sentinel.SentinelManagedConnection):
     """A master connection that asks `ROLE` once connected and refuses a node that is not a master,
-    and that reconnects before a command when the pool has moved to another master meanwhile (a
-    switch that raced with its connecting or with the pool dropping its connections)."""
+    and that drops itself before a command when the pool has moved to another master meanwhile (a
+    switch that raced with its connecting or with the pool dropping its connections): the
+    client's retry then connects to the master followed now."""
 
     def _moved(self) -> bool:
         followed = self.connection_pool.master_address
@@ -127,8 +131,9 @@ class RoleCheckedConnection(aioredis_sentinel.SentinelManagedConnection):
 
 
 class SentinelWatch:
-    """Subscribes to `+switch-master` on each Sentinel (each on its own, so one down costs
-    nothing) and keeps `pool` on the master with the newest config epoch any of them gives."""
+    """Subscribes to `+switch-master` and the leader's promotions on each Sentinel (each on its own,
+    so one down costs nothing) and keeps `pool` on the master with the newest config epoch any of
+    them gives, or on a replica the leader promoted as soon as it says it is a master."""
 
     def __init__(self, sentinels: Sequence[aioredis.Redis], *, service: str, pool: FollowedMasterPool) -> None:
         self._sentinels = list(sentinels)
