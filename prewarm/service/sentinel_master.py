@@ -166,6 +166,7 @@ class SentinelWatch:
                 await pubsub.subscribe(SWITCH_CHANNEL, PROMOTING_CHANNEL)
                 while True:
                     message = await pubsub.get_message(timeout=1.0)
+                    clock.refuse_if_cancelling()  # redis-py may turn a cancellation into "no message"
                     if message is None:
                         continue
                     if message["type"] == "subscribe" and message["data"] == 1:  # a switch may have gone unheard
@@ -236,6 +237,7 @@ class SentinelWatch:
                                 self._service,
                             )
                         return
+                clock.refuse_if_cancelling()
                 await asyncio.sleep(_PROMOTION_POLL)
         finally:
             with contextlib.suppress(Exception):
