@@ -43,6 +43,17 @@ def redis_cluster(tmp_path: Path) -> Iterator[RedisCluster]:
 
 
 @pytest.fixture
+def redis_cluster_with_replicas(tmp_path: Path) -> Iterator[RedisCluster]:
+    """A real Redis Cluster of three masters with a replica each; a master is failed after 1 s."""
+    cluster = RedisCluster(tmp_path / "cluster", replicas=1, node_timeout_ms=1000)
+    try:
+        cluster.start()
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+@pytest.fixture
 def prometheus_server(tmp_path: Path) -> Iterator[PrometheusServer]:
     """A Prometheus not started yet: load its history (`load_openmetrics`), then `start()` it."""
     server = PrometheusServer(tmp_path / "prometheus")

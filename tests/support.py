@@ -165,21 +165,27 @@ class RedisServer:
 
 
 class SentinelGroup:
-    """A master, two replicas of it and three Sentinels (quorum 2) watching them as `service`, all
-    behind one password; failover is quick (down after 300 ms)."""
+    """A master, `replicas` replicas of it (two by default) and three Sentinels (quorum 2) watching
+    them as `service`, all behind one password; failover is quick (down after 500 ms)."""
 
-    def __init__(self, directory: Path, *, service: str = "prewarm", password: str = "s3cret") -> None:
+    def __init__(
+        self, directory: Path, *, service: str = "prewarm", password: str = "s3cret", replicas: int = 2
+    ) -> None:
         self.directory = directory
         self.service = service
         self.password = password
         self.master = RedisServer(directory / "a", password=password)
-        self.replicas = [RedisServer(directory / name, password=password) for name in ("b", "c")]
+        self.replicas = [RedisServer(directory / name, password=password) for name in "bcdefgh"[:replicas]]
         self.sentinel_ports = [free_port() for _ in range(3)]
         self._sentinels: list[subprocess.Popen[bytes]] = []
 
     @property
     def url(self) -> str:
-        hosts = ",".join(f"127.0.0.1:{port}" for port in self.sentinel_ports)
+        return self.url_of(range(len(self.sentinel_ports)))
+
+    def url_of(self, indexes: Sequence[int]) -> str:
+        """The store URL naming only some of the Sentinels."""
+        hosts = ",".join(f"127.0.0.1:{self.sentinel_ports[i]}" for i in indexes)
         return f"redis+sentinel://:{self.password}@{hosts}/{self.service}/0"
 
     @property
@@ -217,17 +223,47 @@ class SentinelGroup:
                 f"sentinel failover-timeout {self.service} 10000\n"
                 f"sentinel parallel-syncs {self.service} 2\n" + known
             )
-            self._sentinels.append(
-                subprocess.Popen(
-                    [_binary("redis-sentinel"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-                )
-            )
-        for port in self.sentinel_ports:
+            self._sentinels.append(self._launch_sentinel(index))
+        self.wait_sentinels()
+
+    def _launch_sentinel(self, index: int) -> subprocess.Popen[bytes]:
+        config = self.directory / f"sentinel-{index}.conf"  # rewritten by the Sentinel as it learns
+        return subprocess.Popen(
+            [_binary("redis-sentinel"), str(config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
+
+    def wait_sentinels(self, indexes: Sequence[int] | None = None) -> None:
+        """Wait until the running Sentinels (or those of `indexes`) know each other and the replicas."""
+        for index in range(len(self.sentinel_ports)) if indexes is None else indexes:
             _wait_until(
-                lambda port=port: self.sentinels_see_each_other(port),
+                lambda port=self.sentinel_ports[index]: self.sentinels_see_each_other(port),
                 within=15,
                 what="the sentinels did not find each other",
             )
+
+    def stop_sentinel(self, index: int) -> None:
+        """Stop one Sentinel (SIGTERM, waited for); `start_sentinel` starts it again on its port."""
+        self._sentinels[index].terminate()
+        self._sentinels[index].wait(timeout=10)
+
+    def start_sentinel(self, index: int) -> None:
+        self._sentinels[index] = self._launch_sentinel(index)
+        _wait_until(
+            lambda: _command(self.sentinel_ports[index], b"PING").startswith(b"+PONG"),
+            within=10,
+            what="the sentinel did not start",
+        )
+
+    def switch_subscribers(self, index: int) -> int:
+        """How many clients of one Sentinel are subscribed to a channel (Sentinels have no PUBSUB)."""
+        clients = _command(self.sentinel_ports[index], b"CLIENT LIST").split(b"\n")
+        return sum(b" sub=0 " not in line and b" sub=" in line for line in clients)
+
+    def failover(self, index: int = 0) -> None:
+        """A planned failover (the old master stays up), asked of one Sentinel."""
+        reply = _command(self.sentinel_ports[index], b"SENTINEL FAILOVER " + self.service.encode())
+        if not reply.startswith(b"+OK"):
+            raise AssertionError(f"SENTINEL FAILOVER answered {reply!r}")
 
     def sentinels_see_each_other(self, port: int) -> bool:
         reply = _command(port, b"SENTINEL MASTER " + self.service.encode()).split(b"\r\n")
@@ -255,16 +291,18 @@ class SentinelGroup:
 
 
 class RedisCluster:
-    """Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`."""
+    """Three masters with `--cluster-enabled yes`, joined by `redis-cli --cluster create`, each with
+    `replicas` replicas that the cluster itself promotes when their master fails."""
 
-    def __init__(self, directory: Path) -> None:
+    def __init__(self, directory: Path, *, replicas: int = 0, node_timeout_ms: int = 2000) -> None:
+        self.replicas = replicas
         self.nodes = [
             RedisServer(
                 directory / f"node-{i}",
-                extra=["--cluster-enabled", "yes", "--cluster-node-timeout", "2000"],
+                extra=["--cluster-enabled", "yes", "--cluster-node-timeout", str(node_timeout_ms)],
                 port=free_cluster_port(),
             )
-            for i in range(3)
+            for i in range(3 * (1 + replicas))
         ]
 
     @property
@@ -281,6 +319,8 @@ class RedisCluster:
                 "--cluster",
                 "create",
                 *(f"127.0.0.1:{node.port}" for node in self.nodes),
+                "--cluster-replicas",
+                str(self.replicas),
                 "--cluster-yes",
             ],
             check=True,
@@ -293,6 +333,19 @@ class RedisCluster:
             within=20,
             what="the cluster did not come up",
         )
+        if self.replicas:
+            _wait_until(
+                lambda: all(
+                    b"master_link_status:up" in node.command(b"INFO replication")
+                    for node in self.nodes
+                    if not self.is_master(node)
+                ),
+                within=20,
+                what="the cluster's replicas did not sync",
+            )
+
+    def is_master(self, node: RedisServer) -> bool:
+        return node.command(b"ROLE").split(b"\r\n")[2:3] == [b"master"]
 
     def stop(self) -> None:
         for node in self.nodes:

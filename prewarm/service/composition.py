@@ -106,6 +106,7 @@ async def run_service(
         tracer_provider=providers.tracer_provider,
         targets=[str(spec.ref) for spec in parsed.targets],
     )
+    store.add_dropped_listener(instruments.record_sessions_dropped)
     actuators: list[actuation.Actuator] = []
     kube: knative_api.KubeAPI | None = None
     knative: knative_actuator.KnativeActuator | None = None

@@ -24,6 +24,7 @@ import redis.backoff
 from redis.asyncio.retry import Retry
 
 from prewarm.core import targets
+from prewarm.service import sentinel_master
 
 SENTINEL_DEFAULT_PORT = 26379
 REDIS_DEFAULT_PORT = 6379
@@ -156,16 +157,18 @@ def fail_fast_retry() -> Retry:
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class Connected:
-    """The data client, and the Sentinel manager behind it (closed with it), if any."""
+    """The data client, and the Sentinel manager behind it (closed with it) and the watch that
+    follows its master's switches, if any."""
 
     client: aioredis.Redis | aioredis_cluster.RedisCluster
     sentinel: aioredis_sentinel.Sentinel | None = None
+    watch: sentinel_master.SentinelWatch | None = None
 
 
 def connect(deployment: RedisDeployment, *, timeout: float) -> Connected:
     """Clients for `deployment` (nothing is opened until the first call): a plain client, a
-    Sentinel-managed master client (it asks the Sentinels again after a failover), or a Cluster
-    client."""
+    Sentinel-managed master client (with a watch that follows its switches; see sentinel_master),
+    or a Cluster client."""
     common: dict[str, Any] = {
         "socket_timeout": timeout,
         "socket_connect_timeout": timeout,
@@ -178,13 +181,26 @@ def connect(deployment: RedisDeployment, *, timeout: float) -> Connected:
         assert deployment.service is not None
         sentinel = aioredis_sentinel.Sentinel(
             list(deployment.nodes),
-            sentinel_kwargs={"socket_timeout": timeout, "socket_connect_timeout": timeout, "retry": fail_fast_retry()},
+            sentinel_kwargs={
+                "socket_timeout": timeout,
+                "socket_connect_timeout": timeout,
+                "retry": fail_fast_retry(),
+                "health_check_interval": 10,  # a subscription to a Sentinel gone silent is noticed
+            },
             **common,
         )
         client: aioredis.Redis = sentinel.master_for(
-            deployment.service, db=deployment.db, health_check_interval=10, **credentials
+            deployment.service,
+            connection_pool_class=sentinel_master.FollowedMasterPool,
+            connection_class=sentinel_master.RoleCheckedConnection,
+            db=deployment.db,
+            health_check_interval=10,
+            **credentials,
         )
-        return Connected(client, sentinel)
+        pool = client.connection_pool
+        assert isinstance(pool, sentinel_master.FollowedMasterPool)
+        watch = sentinel_master.SentinelWatch(sentinel.sentinels, service=deployment.service, pool=pool)
+        return Connected(client, sentinel, watch)
     cluster = aioredis_cluster.RedisCluster(
         startup_nodes=[aioredis_cluster.ClusterNode(host, port) for host, port in deployment.nodes],
         **common,

@@ -18,7 +18,8 @@ INGEST_KEYS = ("sessions", "closed", "arrivals", "batch")
 #       "<target index>|<o|h|c>[b]|<expires_ms>|<minute>|<session id>"
 #       (`b` marks a batch session: kept in the batch set, not counted as an arrival; a session
 #       keeps the class of the first event seen for it).
-# Returns {dropped, then 1 (accepted) or 0 (duplicate) per intent}, and publishes the changed
+# Returns {{sessions dropped per target, full ledger}, then 1 (accepted) or 0 (duplicate) per
+# intent}, and publishes the changed
 # targets, newline-separated, as one message on prewarm:changes. With "touch duplicates", a
 # duplicate's dedup key is rewritten (same value, same expiry) so that the call propagates to the
 # replicas: a WAIT after it then also covers the first, maybe unacknowledged, delivery.
@@ -55,7 +56,8 @@ for t = 1, ntargets do
   redis.call('ZREMRANGEBYSCORE', KEYS[t*4-2], '-inf', now)
   redis.call('ZREMRANGEBYSCORE', KEYS[t*4], '-inf', now)
 end
-local dropped = 0
+local dropped = {}
+for t = 1, ntargets do dropped[t] = 0 end
 local results = {0}
 local changed, touched = {}, {}
 for i, intent in ipairs(parsed) do
@@ -82,7 +84,7 @@ for i, intent in ipairs(parsed) do
       local size = redis.call('ZCARD', live)
       if size > cap then
         redis.call('ZPOPMIN', live, size - cap)
-        dropped = dropped + size - cap
+        dropped[ti] = dropped[ti] + size - cap
       end
     end
     if kind == 'o' and batch == '' then

@@ -74,6 +74,13 @@ class Telemetry:
         meter.create_observable_counter(
             "prewarm.events", callbacks=[self._observe_events], unit="{event}", description="CloudEvents received"
         )
+        self._dropped_sessions: collections.Counter[str] = collections.Counter()
+        meter.create_observable_counter(
+            "prewarm.sessions.dropped",
+            callbacks=[self._observe_dropped],
+            unit="{session}",
+            description="Live sessions dropped because the target's ledger was full (the first to expire go first)",
+        )
         self._decision_duration = meter.create_histogram(
             "prewarm.decision.duration",
             unit="s",
@@ -180,6 +187,14 @@ class Telemetry:
     def _observe_events(self, options: CallbackOptions) -> Iterable[Observation]:
         for (kind, outcome), count in sorted(self._event_counts.items()):
             yield Observation(count, {"type": kind, "outcome": outcome})
+
+    def record_sessions_dropped(self, target: str, count: int) -> None:
+        """The store dropped `count` live sessions of `target`: its ledger was full."""
+        self._dropped_sessions[self._target(target)] += count
+
+    def _observe_dropped(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, count in sorted(self._dropped_sessions.items()):
+            yield Observation(count, {"target": target})
 
     def record_session_opened(self, target: str, floor_before: int | None) -> None:
         """A session opened: warm if the target's floor already kept a replica, cold otherwise."""

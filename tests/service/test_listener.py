@@ -549,6 +549,8 @@ async def test_readyz_reports_an_unreachable_store(redis_backed: Harness, redis_
 
 async def test_redis_batch_flood_never_evicts_interactive_sessions(redis_server: RedisServer) -> None:
     store = RedisStore.from_url(redis_server.url, sessions_per_target=3)
+    dropped: list[tuple[str, int]] = []
+    store.add_dropped_listener(lambda target, count: dropped.append((target, count)))
     try:
 
         def intent(i: int, session: str, priority: ledger.Priority) -> Intent:
@@ -560,7 +562,7 @@ async def test_redis_batch_flood_never_evicts_interactive_sessions(redis_server:
         assert (await store.record_intents([*chats, *jobs])).accepted == 22
         count = await store.count_sessions("ml/chat", T0)
         assert (count.active, count.batch) == (5, 3)  # each class capped on its own
-        assert store.dropped_sessions == 17
+        assert dropped == [("ml/chat", 17)]  # one write, one report per target
     finally:
         await store.close()
 

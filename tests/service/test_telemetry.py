@@ -169,6 +169,27 @@ async def test_metrics_and_traces_follow_events_decisions_and_phases(app: App) -
     assert [((s.end_time or 0) - (s.start_time or 0)) / 1e9 for s in children] == pytest.approx([1, 8, 3, 1])
 
 
+async def test_sessions_dropped_from_a_full_ledger_are_counted_on_metrics(app: App) -> None:
+    """A target keeps at most 10,000 live sessions; the ones that expire first make room, and each
+    is counted on /metrics for its target."""
+    opened = [
+        Intent(
+            "ml/chat",
+            "/flood",
+            f"e{i}",
+            ledger.SessionEvent(
+                ledger.SessionEventType.OPENED, f"s{i}", T0, timedelta(seconds=300 + i), ledger.Priority.INTERACTIVE
+            ),
+        )
+        for i in range(10_003)
+    ]
+    await app.service.store.record_intents(opened)
+    assert (await app.service.store.count_sessions("ml/chat", T0)).active == 10_000
+    async with aiohttp.ClientSession() as http:
+        metrics = await app.metrics(http)
+    assert metrics[("prewarm_sessions_dropped_total", (("target", "ml/chat"),))] == 3
+
+
 async def test_bad_phase_is_rejected(app: App) -> None:
     async with aiohttp.ClientSession() as http:
         bad = phase("p", "dreaming", 0)

@@ -13,6 +13,7 @@ from prewarm.service.store.protocol import (
     DEDUP_TTL,
     ChangeListener,
     DecisionListener,
+    DroppedListener,
     IngestResult,
     Intent,
     ResyncListener,
@@ -35,6 +36,7 @@ class MemoryStore:
         self._change_listeners: list[ChangeListener] = []
         self._decision_listeners: list[DecisionListener] = []
         self._resync_listeners: list[ResyncListener] = []  # kept for the protocol: memory has no gaps
+        self._dropped_listeners: list[DroppedListener] = []
         self.dedup_dropped = 0
 
     @property
@@ -45,6 +47,7 @@ class MemoryStore:
     async def record_intents(self, intents: Sequence[Intent]) -> IngestResult:
         new: list[bool] = []
         changed: set[str] = set()
+        dropped: dict[str, int] = {}
         for intent in intents:
             key = (intent.source, intent.id)
             now = intent.event.at
@@ -56,8 +59,11 @@ class MemoryStore:
             book = self._ledgers.get(intent.target)
             if book is None:
                 book = self._ledgers[intent.target] = ledger.SessionLedger(capacity=self._sessions_per_target)
+            before = book.dropped
             if book.apply(intent.event):
                 changed.add(intent.target)
+            if book.dropped > before:
+                dropped[intent.target] = dropped.get(intent.target, 0) + book.dropped - before
             if intent.event.type is ledger.SessionEventType.OPENED and intent.event.priority is _INTERACTIVE:
                 counts = self._arrivals.setdefault(intent.target, {})
                 minute = arrival_minute(now)
@@ -69,6 +75,9 @@ class MemoryStore:
         for target in sorted(changed):
             for listener in self._change_listeners:
                 listener(target)
+        for target, count in sorted(dropped.items()):
+            for dropped_listener in self._dropped_listeners:
+                dropped_listener(target, count)
         return IngestResult(new=tuple(new))
 
     def _remember(self, key: tuple[str, str], until: datetime) -> None:
@@ -113,6 +122,9 @@ class MemoryStore:
     def add_resync_listener(self, listener: ResyncListener) -> None:
         self._resync_listeners.append(listener)
 
+    def add_dropped_listener(self, listener: DroppedListener) -> None:
+        self._dropped_listeners.append(listener)
+
     async def start(self) -> None:
         """Nothing to start: listeners are called as the writes happen."""
         return None
@@ -121,8 +133,4 @@ class MemoryStore:
         self._change_listeners.clear()
         self._decision_listeners.clear()
         self._resync_listeners.clear()
-
-    def dropped_sessions(self, target: str) -> int:
-        """Live sessions of `target` lost because its ledger was full."""
-        book = self._ledgers.get(target)
-        return 0 if book is None else book.dropped
+        self._dropped_listeners.clear()

@@ -15,6 +15,7 @@ if TYPE_CHECKING:
 ChangeListener = Callable[[str], None]
 DecisionListener = Callable[[policy.FloorDecision], None]
 ResyncListener = Callable[[], None]
+DroppedListener = Callable[[str, int], None]
 
 DEDUP_TTL = timedelta(hours=24)
 ARRIVAL_HISTORY = timedelta(days=8)  # enough for "same minute last week" features
@@ -110,6 +111,11 @@ class Store(Protocol):
     def add_resync_listener(self, listener: ResyncListener) -> None:
         """Call `listener()` after every (re)subscription and after the store comes back from a
         failure: announcements may have been missed, so listeners re-read what they follow."""
+        ...
+
+    def add_dropped_listener(self, listener: DroppedListener) -> None:
+        """Call `listener(target, n)` when a write dropped `n` live sessions of `target` because
+        its ledger was full (the sessions that expire first go first)."""
         ...
 
     async def start(self) -> None:

@@ -74,6 +74,7 @@ class Subscription:
                     backoff = 0.05
                     while True:
                         message = await pubsub.get_message(timeout=1.0)
+                        clock.refuse_if_cancelling()  # redis-py may turn a cancellation into "no message"
                         if message is None:
                             continue
                         if message["type"] == "subscribe":

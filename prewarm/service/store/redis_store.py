@@ -16,7 +16,7 @@ import redis.asyncio.sentinel as aioredis_sentinel
 import redis.exceptions
 
 from prewarm.core import ledger, policy
-from prewarm.service import redis_connection, redis_scripts
+from prewarm.service import redis_connection, redis_scripts, sentinel_master
 from prewarm.service.store import errors
 from prewarm.service.store.codec import decode_decision, encode_decision
 from prewarm.service.store.group_commit import GroupCommit
@@ -26,6 +26,7 @@ from prewarm.service.store.protocol import (
     DEDUP_TTL,
     ChangeListener,
     DecisionListener,
+    DroppedListener,
     IngestResult,
     Intent,
     ResyncListener,
@@ -62,6 +63,7 @@ class RedisStore:
         *,
         deployment: redis_connection.RedisDeployment | None = None,
         sentinel: aioredis_sentinel.Sentinel | None = None,
+        watch: sentinel_master.SentinelWatch | None = None,
         sessions_per_target: int = 10_000,
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
@@ -69,6 +71,7 @@ class RedisStore:
         self._client = client
         self._deployment = deployment
         self._sentinel = sentinel
+        self._watch = watch
         self._cluster = isinstance(client, aioredis_cluster.RedisCluster)
         if self._cluster and wait_replicas:
             raise ValueError("waiting for replicas is not supported on Redis Cluster")
@@ -80,6 +83,7 @@ class RedisStore:
         self._change_listeners: list[ChangeListener] = []
         self._decision_listeners: list[DecisionListener] = []
         self._resync_listeners: list[ResyncListener] = []
+        self._dropped_listeners: list[DroppedListener] = []
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
         self._subscription = Subscription(
@@ -93,7 +97,6 @@ class RedisStore:
         self._failing = False  # a call failed since the last one that worked: listeners resync on recovery
         self._cluster_ready = False
         self._cluster_initializing = asyncio.Lock()
-        self.dropped_sessions = 0
 
     @classmethod
     def from_url(
@@ -112,6 +115,7 @@ class RedisStore:
             connected.client,
             deployment=deployment,
             sentinel=connected.sentinel,
+            watch=connected.watch,
             sessions_per_target=sessions_per_target,
             wait_replicas=wait_replicas,
             wait_timeout=wait_timeout,
@@ -136,6 +140,8 @@ class RedisStore:
         """Map failures to StateUnavailable (or let a refusal through); after a failure, the first
         call that works again resyncs the listeners."""
         try:
+            if self._watch is not None:
+                self._watch.start()  # follows the master's switches from the first call on
             await self._initialize_cluster()
             yield
         except StateUnavailable:
@@ -177,7 +183,10 @@ class RedisStore:
         Add listeners before starting: the subscription covers the channels they need. It
         reconnects on its own when the server goes away, and once the server confirms each
         (re)subscription the resync listeners run, so whatever was announced in a gap is re-read.
+        On Sentinel, it also starts following the master's switches (see sentinel_master).
         """
+        if self._watch is not None:
+            self._watch.start()
         self._subscription.start()
 
     # --- ingest ---
@@ -252,8 +261,17 @@ class RedisStore:
                 reply = await self._call_and_wait(self._ingest, keys, args)
             else:
                 reply = await self._ingest(keys=keys, args=args)
-        self.dropped_sessions += int(reply[0])
+        for target, count in zip(index, reply[0], strict=True):
+            if int(count):
+                self._dropped(target, int(count))
         return [int(flag) for flag in reply[1:]]
+
+    def _dropped(self, target: str, count: int) -> None:
+        for listener in self._dropped_listeners:
+            try:
+                listener(target, count)
+            except Exception:
+                log.exception("a dropped-sessions listener failed")
 
     async def _call_and_wait(self, script: Any, keys: Sequence[str], args: Sequence[str | int]) -> Any:
         """Run `script`, then WAIT on the same connection until `wait_replicas` replicas have it."""
@@ -355,9 +373,15 @@ class RedisStore:
     def add_resync_listener(self, listener: ResyncListener) -> None:
         self._resync_listeners.append(listener)
 
+    def add_dropped_listener(self, listener: DroppedListener) -> None:
+        self._dropped_listeners.append(listener)
+
     async def close(self) -> None:
         """Stop listening, answer every waiting batch (503) and close the clients; bounded."""
         tasks = [task for task in (self._subscription.cancel(), self._group.cancel()) if task is not None]
+        if self._watch is not None:
+            tasks += self._watch.cancel()
+            self._watch = None  # a call after closing must not follow the Sentinels again
         if tasks:
             await asyncio.wait(tasks, timeout=2.0)  # a client library may hold on to a cancellation
         self._group.fail_pending("the store is closing")

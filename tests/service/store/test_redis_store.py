@@ -305,7 +305,8 @@ async def test_the_sentinel_store_follows_a_failover(redis_sentinel: SentinelGro
                 return False
 
         await wait_for_async(written, within=15)
-        assert redis_sentinel.master_port() in {r.port for r in redis_sentinel.replicas}
+        # the store may follow the promoted replica before the first Sentinel announces it
+        await wait_for(lambda: redis_sentinel.master_port() in {r.port for r in redis_sentinel.replicas})
         assert (await store.count_sessions("ml/chat", T0)).active == 2
         assert resyncs  # the store came back from a failure: its listeners re-read
     finally:
