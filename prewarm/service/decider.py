@@ -2,7 +2,8 @@
 
 It re-decides a target when its signals change (the store announces it) or when the target's last
 decision said something would change by itself (a window opens, a hold ends, a session expires),
-and sleeps in between: no busy tick. Floors that changed go to every actuator.
+and sleeps in between: no busy tick. A floor that changed is submitted to the reconcilers
+(prewarm/service/reconciler.py), which queue it for the actuators: deciding never waits for acting.
 
 Like an informer, it re-reads everything after any gap in what the store announces (each
 (re)subscription, each recovery of the store), and a decision that failed is tried again with
@@ -16,14 +17,14 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Mapping
 from datetime import datetime, timedelta
 from typing import Any, Protocol
 
 from opentelemetry import trace
 
 from prewarm.core import policy, targets
-from prewarm.service import actuation, clock, state, telemetry
+from prewarm.service import clock, reconciler, state, target_registry, telemetry
 
 log = logging.getLogger(__name__)
 
@@ -65,9 +66,9 @@ class Decider:
     def __init__(
         self,
         *,
-        target_specs: Sequence[targets.TargetSpec],
+        registry: target_registry.TargetRegistry,
         store: state.Store,
-        actuators: Sequence[actuation.Actuator],
+        reconcilers: reconciler.Reconcilers | None = None,
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
         forecast_degraded: ForecastStatus | None = None,
@@ -77,9 +78,9 @@ class Decider:
         tuned: TunedSpec | None = None,
         explain_tuning: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
-        self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
+        self._specs = registry.specs  # read-only here: targets come and go through the registry
         self._store = store
-        self._actuators = tuple(actuators)
+        self._reconcilers = reconcilers
         self._clock = clock
         self._forecast = forecast
         self._forecast_degraded = forecast_degraded
@@ -94,8 +95,9 @@ class Decider:
         self._stale: set[str] = set(self._specs)  # to re-read from the store (when another replica decides them)
         self._fresh: set[str] = set()  # just taken over: the previous decision comes from the store
         self._retry: dict[str, tuple[int, datetime]] = {}  # target -> (failures in a row, when to try again)
-        self._actuated: set[str] = set()  # targets whose floor this process has applied at least once
+        self._actuated: set[str] = set()  # targets whose floor this process has submitted at least once
         self._wake = asyncio.Event()
+        registry.follow(added=self._added, removed=self._removed, changed=self.mark_changed)
         store.add_change_listener(self.mark_changed)
         store.add_resync_listener(self.resync)
         if ownership is not None:
@@ -113,15 +115,12 @@ class Decider:
 
     @property
     def specs(self) -> Mapping[str, targets.TargetSpec]:
-        """The targets this decider owns, by `namespace/name`."""
+        """The targets it decides among (the registry's view), by `namespace/name`."""
         return self._specs
 
-    def add_target(self, spec: targets.TargetSpec) -> None:
-        """Own `spec` from now on (or replace the target's spec) and decide it at once."""
+    def _added(self, spec: targets.TargetSpec) -> None:
+        """A target appeared (or its spec changed): decide it at once."""
         target = str(spec.ref)
-        if self._specs.get(target) == spec:
-            return
-        self._specs[target] = spec
         if self._telemetry is not None:
             self._telemetry.add_target(target)
         self._stale.add(target)
@@ -129,14 +128,15 @@ class Decider:
         if self._ownership is not None:
             self._ownership.targets_changed()
 
-    def remove_target(self, target: str) -> None:
-        """Stop deciding `target` (its stored decision stays for a later return)."""
-        self._specs.pop(target, None)
+    def _removed(self, target: str) -> None:
+        """A target went away: stop deciding it (its stored decision stays for a later return)."""
         self._decisions.pop(target, None)
         for pending in (self._dirty, self._stale, self._fresh, self._actuated):
             pending.discard(target)
         self._retry.pop(target, None)
         self._traces.pop(target, None)
+        if self._reconcilers is not None:
+            self._reconcilers.drop(target)
         if self._ownership is not None:
             self._ownership.targets_changed()
 
@@ -168,6 +168,8 @@ class Decider:
         """Another replica decides `target` now: follow its decisions."""
         self._actuated.discard(target)
         self._retry.pop(target, None)
+        if self._reconcilers is not None:
+            self._reconcilers.drop(target)  # its decider applies its floors now
         self._stale.add(target)
         self._wake.set()
 
@@ -231,11 +233,11 @@ class Decider:
             self._heard(stored)
 
     async def decide(self, target: str, now: datetime) -> policy.FloorDecision:
-        """Decide one target at `now`, save the decision, and actuate if its floor changed."""
+        """Decide one target at `now`, save the decision, and queue it for the actuators if its floor changed."""
         if self._telemetry is None:
             return await self._decide(target, now, None)
         span = self._telemetry.decision_span(target, self._traces.pop(target, None))
-        with trace.use_span(span, end_on_exit=True):  # actuation spans nest under it
+        with trace.use_span(span, end_on_exit=True):  # actuation spans are its children
             return await self._decide(target, now, span)
 
     async def _decide(self, target: str, now: datetime, span: trace.Span | None) -> policy.FloorDecision:
@@ -270,29 +272,9 @@ class Decider:
             span.set_attributes({"prewarm.floor": decision.floor, "prewarm.source": decision.source.value})
         if target not in self._actuated or previous is None or previous.floor != decision.floor:
             self._actuated.add(target)
-            for actuator in self._actuators:
-                await self._actuate(actuator, decision, previous)
+            if self._reconcilers is not None:
+                self._reconcilers.submit(decision)  # queued: deciding never waits for an actuator
         return decision
-
-    async def _actuate(
-        self, actuator: actuation.Actuator, decision: policy.FloorDecision, previous: policy.FloorDecision | None
-    ) -> None:
-        began = time.perf_counter()
-        outcome = "ok"
-        try:
-            if self._telemetry is None:
-                await actuator.apply(decision, previous)
-            else:
-                with self._telemetry.tracer.start_as_current_span(
-                    "actuate", attributes={"prewarm.actuator": actuator.name}
-                ):
-                    await actuator.apply(decision, previous)
-        except Exception:
-            # One failing actuator must not stop the others or the loop; it retries its own way.
-            outcome = "error"
-            log.exception("actuator %s failed for %s", actuator.name, decision.target)
-        if self._telemetry is not None:
-            self._telemetry.record_actuation(actuator.name, outcome, time.perf_counter() - began)
 
     async def describe(self) -> list[dict[str, Any]]:
         """What the decision core sees per target, for operators: floor, source, reason, sessions."""

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from opentelemetry import trace
@@ -86,7 +86,27 @@ class Telemetry:
             description="Time to apply one floor",
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
-        self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
+        self._actuations = meter.create_counter(
+            "prewarm.actuations",
+            unit="{actuation}",
+            description="Attempts to apply a floor, by outcome: applied, skipped, refused or error",
+        )
+        self._actuation_retries = meter.create_counter(
+            "prewarm.actuation.retries", unit="{actuation}", description="Failed attempts queued again with backoff"
+        )
+        self._queues: dict[str, tuple[Callable[[], int], Callable[[], float]]] = {}
+        meter.create_observable_gauge(
+            "prewarm.actuation.queue.depth",
+            callbacks=[self._observe_queue_depth],
+            unit="{target}",
+            description="Targets waiting for an actuator's worker or for their backoff",
+        )
+        meter.create_observable_gauge(
+            "prewarm.actuation.unapplied.age",
+            callbacks=[self._observe_unapplied_age],
+            unit="s",
+            description="How long the oldest decided floor has not been applied",
+        )
         self._knative_refusals = meter.create_counter(
             "prewarm.knative.refusals",
             unit="{actuation}",
@@ -270,8 +290,27 @@ class Telemetry:
         self._history_queries.add(1, {"preset": preset, "outcome": outcome})
 
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
+        """One attempt to apply a floor: `outcome` applied, skipped, refused or error."""
         self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
         self._actuation_duration.record(seconds, {"actuator": actuator})
+
+    def record_actuation_retry(self, actuator: str) -> None:
+        """A failed attempt was queued again with backoff."""
+        self._actuation_retries.add(1, {"actuator": actuator})
+
+    def watch_actuation(
+        self, actuator: str, *, depth: Callable[[], int], oldest_unapplied: Callable[[], float]
+    ) -> None:
+        """Report an actuator's queue depth and the age of its oldest unapplied floor at each collection."""
+        self._queues[actuator] = (depth, oldest_unapplied)
+
+    def _observe_queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        for actuator, (depth, _) in sorted(self._queues.items()):
+            yield Observation(depth(), {"actuator": actuator})
+
+    def _observe_unapplied_age(self, options: CallbackOptions) -> Iterable[Observation]:
+        for actuator, (_, oldest) in sorted(self._queues.items()):
+            yield Observation(oldest(), {"actuator": actuator})
 
     def record_knative_refusal(self, target: str) -> None:
         """A Knative target's floor was not written: which object carries min-scale is unknown."""
