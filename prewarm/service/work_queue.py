@@ -125,7 +125,9 @@ class WorkQueue:
         while not self._shut:
             self._timer_wake.clear()
             now = self._now()
-            while self._delayed and self._delayed[0][0] <= now:
+            # clocks keep microseconds: a due time within one of now is due (else the wait below
+            # would return at once without the key becoming due, forever)
+            while self._delayed and self._delayed[0][0] <= now + 1e-6:
                 due, _, key = heapq.heappop(self._delayed)
                 if self._due.get(key) == due:
                     del self._due[key]
