@@ -117,7 +117,8 @@ def config_text(targets: int, namespaces: int, days: int) -> str:
 
 
 async def child_run(mode: str, url: str, config: Path, now: datetime) -> dict[str, Any]:
-    from prewarm.service import clock, config_file, forecast_loop, history, state
+    from prewarm.service import clock, config_file, forecast_loop, history
+    from prewarm.service.store import MemoryStore
 
     specs = {str(s.ref): s for s in config_file.load_config_file(config).targets}
     settings = history.PrometheusSettings(url=url, timeout=timedelta(seconds=120))
@@ -143,7 +144,7 @@ async def child_run(mode: str, url: str, config: Path, now: datetime) -> dict[st
             }
         manual = clock.ManualClock(now)
         loop = forecast_loop.ForecastLoop(
-            store=state.MemoryStore(),
+            store=MemoryStore(),
             clock=manual,
             specs=lambda: specs,
             on_change=lambda _: None,

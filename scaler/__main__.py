@@ -95,7 +95,7 @@ async def run_scaler(
 ) -> AsyncIterator[RunningScaler]:
     """Serve the ExternalScaler and health services until the context exits.
 
-    Add the cache's listener before the feed starts relaying (see RedisStore.start); `prime` runs
+    Add the cache's listener before the feed starts relaying (see Store.start); `prime` runs
     after that, for feeds that must be started.
     """
     tls = read_tls(options)

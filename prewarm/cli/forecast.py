@@ -17,7 +17,8 @@ from typing import Any, TypeVar
 
 from prewarm.cli import history_source, process
 from prewarm.core import targets
-from prewarm.service import clock, config_file, forecast_loop, history, state
+from prewarm.service import clock, config_file, forecast_loop, history
+from prewarm.service.store import build_store
 
 T = TypeVar("T")
 
@@ -75,7 +76,7 @@ async def explain(args: argparse.Namespace, env: Mapping[str, str], *, now: date
     if len(problems) == reported:  # with bad Prometheus flags, "needs --prometheus" would only repeat them
         collect(lambda: history.require_prometheus(parsed.targets, settings, source=str(args.config)))
     at = collect(lambda: parse_at(args.at, now))
-    store = collect(lambda: state.build_store(args.store))
+    store = collect(lambda: build_store(args.store))
     if problems or spec is None or at is None or store is None:
         raise targets.ConfigError("prewarm forecast explain's arguments", problems)
     async with contextlib.AsyncExitStack() as stack:
@@ -85,8 +86,7 @@ async def explain(args: argparse.Namespace, env: Mapping[str, str], *, now: date
             session = history.open_session(settings)
             stack.push_async_callback(session.close)
             reader = history.HistoryReader(history.PrometheusClient(session=session, settings=settings))
-        if isinstance(store, state.RedisStore):
-            await store.start()
+        await store.start()
         forecaster = forecast_loop.ForecastLoop(
             store=store,
             clock=clock.ManualClock(at),

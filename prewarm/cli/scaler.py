@@ -9,7 +9,8 @@ from pathlib import Path
 
 from prewarm.cli import arguments, process
 from prewarm.core import targets
-from prewarm.service import config_file, state
+from prewarm.service import config_file
+from prewarm.service.store import build_store
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -31,9 +32,9 @@ async def run_standalone_scaler(
     parsed = config_file.load_config_file(config) if config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
-    store = state.build_store(store_url)
+    store = build_store(store_url)
     specs = {str(spec.ref): spec for spec in parsed.targets}
-    prime = store.start if isinstance(store, state.RedisStore) else None
+    prime = store.start
     try:
         async with scaler_main.run_scaler(feed=store, specs=specs, options=options, prime=prime) as running:
             log.info("KEDA external scaler on port %d (store=%s)", running.port, store_url.split("@")[-1])

@@ -21,7 +21,8 @@ from pathlib import Path
 from prewarm.cli import arguments, history_source
 from prewarm.core import targets
 from prewarm.replay import evaluator, traces, tuned_runs, tuning
-from prewarm.service import clock, config_file, forecast_loop, history, state, tuner
+from prewarm.service import clock, config_file, forecast_loop, history, tuner
+from prewarm.service.store import StateUnavailable, build_store
 
 EXIT_USAGE = 2
 
@@ -127,7 +128,7 @@ async def _store_counts(
     from Prometheus for a `forecast.history` target, else the store's session openings."""
     settings = history_source.prometheus_settings(args, os.environ)
     history.require_prometheus(list(specs.values()), settings, source="prewarm tune")
-    store = state.build_store(args.store)
+    store = build_store(args.store)
     at = datetime.fromtimestamp(now, UTC)
     async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
@@ -143,7 +144,7 @@ async def _store_counts(
         try:
             await forecaster.prepare()
             return await tuner.read_history(forecaster.arrivals, specs, now=at, tune_days=args.tune_days)
-        except state.StateUnavailable as e:
+        except StateUnavailable as e:
             raise ValueError(f"the history cannot be read: {e}") from e
 
 

@@ -36,11 +36,11 @@ from prewarm.service import (
     listener,
     observability,
     reconciler,
-    state,
     target_registry,
     telemetry,
 )
 from prewarm.service import tuner as tuning
+from prewarm.service.store import Store, build_store
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
@@ -78,7 +78,7 @@ class RunningService:
     registry: target_registry.TargetRegistry
     reconcilers: reconciler.Reconcilers
     forecaster: forecast_loop.ForecastLoop
-    store: state.Store
+    store: Store
     listener: listener.IntentListener
     http_port: int
     grpc_port: int | None
@@ -105,7 +105,7 @@ async def run_service(
         log.warning("%s", warning)
     history.require_prometheus(parsed.targets, options.prometheus, source=str(options.config))
     registry = target_registry.TargetRegistry(parsed.targets)
-    store = state.build_store(
+    store = build_store(
         options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
     )
     providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
@@ -177,9 +177,9 @@ async def run_service(
     )
     forecaster.use_specs(tuner.effective_specs)  # the forecaster predicts the tuned specs
     leases: leadership.TargetLeases | None = None
-    if isinstance(store, state.RedisStore):  # replicas share the store: one decides each target
+    if store.leases is not None:  # replicas share the store: one decides each target
         leases = leadership.TargetLeases(
-            store,
+            store.leases,
             holder=options.identity,
             targets=registry.names,
             ttl=options.decider_lease,
@@ -239,8 +239,7 @@ async def run_service(
                 )
             )
             grpc_port = embedded.port
-        if isinstance(store, state.RedisStore):
-            await store.start()  # after every listener (decider, scaler cache) is added
+        await store.start()  # after every listener (decider, scaler cache) is added
         if leases is not None:
             campaigning_for_targets = asyncio.create_task(leases.run(), name="decider-leases")
             stack.push_async_callback(_stop_leases, leases, campaigning_for_targets)

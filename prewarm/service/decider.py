@@ -24,7 +24,8 @@ from typing import Any, Protocol
 from opentelemetry import trace
 
 from prewarm.core import policy, targets
-from prewarm.service import clock, reconciler, state, target_registry, telemetry
+from prewarm.service import clock, reconciler, target_registry, telemetry
+from prewarm.service.store import LeaseLost, StateUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -67,7 +68,7 @@ class Decider:
         self,
         *,
         registry: target_registry.TargetRegistry,
-        store: state.Store,
+        store: Store,
         reconcilers: reconciler.Reconcilers | None = None,
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
@@ -207,7 +208,7 @@ class Decider:
     async def _attempt(self, target: str, now: datetime) -> None:
         try:
             await self.decide(target, now)
-        except state.LeaseLost as e:
+        except LeaseLost as e:
             log.info("%s", e)
             if self._ownership is not None:
                 self._ownership.refused(target)
@@ -215,7 +216,7 @@ class Decider:
             failures = self._retry.get(target, (0, now))[0] + 1
             delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_CAP)
             self._retry[target] = (failures, now + delay)
-            if isinstance(e, state.StateUnavailable):
+            if isinstance(e, StateUnavailable):
                 log.warning("cannot decide %s (attempt %d, again in %s): %s", target, failures, delay, e)
             else:
                 log.exception("deciding %s failed (attempt %d, again in %s)", target, failures, delay)
@@ -226,7 +227,7 @@ class Decider:
         """Re-read the decision another replica stored for `target` (after a gap or a handover)."""
         try:
             stored = await self._store.load_decision(target)
-        except state.StateUnavailable as e:
+        except StateUnavailable as e:
             log.debug("cannot re-read the decision of %s: %s", target, e)  # the store's recovery resyncs
             return
         if stored is not None and not self.decides(target):
@@ -247,7 +248,7 @@ class Decider:
             spec, note = self._tuned(spec)
         fence = "" if self._ownership is None else self._ownership.fence(target)
         if fence is None:
-            raise state.LeaseLost(f"{target}: this replica no longer decides it")
+            raise LeaseLost(f"{target}: this replica no longer decides it")
         previous = None if target in self._fresh else self._decisions.get(target)
         if previous is None:
             previous = await self._store.load_decision(target)  # carry holds and budget across restarts

@@ -27,13 +27,14 @@ import numpy as np
 
 from prewarm.core import policy, targets
 from prewarm.forecast import arrival_model, minute_features, pooled_forecast
-from prewarm.service import clock, history, state, telemetry
+from prewarm.service import clock, history, telemetry
+from prewarm.service.store import ARRIVAL_HISTORY, StateUnavailable, Store
 
 log = logging.getLogger(__name__)
 
 DEFAULT_REFIT = timedelta(minutes=15)
 REREAD_MINUTES = 5  # minutes re-read each refresh: the newest may not all have been scraped yet
-SESSION_MINUTES = int(state.ARRIVAL_HISTORY.total_seconds() // 60)  # what the store keeps
+SESSION_MINUTES = int(ARRIVAL_HISTORY.total_seconds() // 60)  # what the store keeps
 
 
 def _utc(minute: int) -> datetime:
@@ -89,7 +90,7 @@ class ForecastLoop:
     def __init__(
         self,
         *,
-        store: state.Store,
+        store: Store,
         clock: clock.Clock,
         specs: Callable[[], Mapping[str, targets.TargetSpec]],
         on_change: Callable[[str], None],
@@ -229,7 +230,7 @@ class ForecastLoop:
         now = self._clock.now()
         try:
             await self.update(now)
-        except state.StateUnavailable as e:
+        except StateUnavailable as e:
             log.warning("first forecast skipped, store unavailable: %s", e)
 
     async def run(self) -> None:
@@ -241,7 +242,7 @@ class ForecastLoop:
             if minute != self._updated_minute:
                 try:
                     await self.update(now)
-                except state.StateUnavailable as e:
+                except StateUnavailable as e:
                     log.warning("forecast skipped, store unavailable: %s", e)
                 except Exception:  # one bad minute must not end forecasting for good
                     log.exception("forecast update at %s failed", now)

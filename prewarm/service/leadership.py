@@ -15,23 +15,13 @@ import contextlib
 import logging
 import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
-from typing import Protocol
 
-from prewarm.service import clock, state
+from prewarm.service import clock
+from prewarm.service.store import LeaseStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 TargetCallback = Callable[[str], None]
-
-
-class LeaseStore(Protocol):
-    """What leases need of a store (RedisStore)."""
-
-    async def claim_leases(
-        self, targets: Sequence[str], *, holder: str, held: Mapping[str, str], ttl: float, acquire: bool = True
-    ) -> list[state.Lease]: ...
-
-    async def release_leases(self, held: Mapping[str, str]) -> None: ...
 
 
 class TargetLeases:
@@ -125,7 +115,7 @@ class TargetLeases:
                 ttl=self.ttl,
                 acquire=lead,
             )
-        except state.StateUnavailable as e:
+        except StateUnavailable as e:
             self._failures += 1
             if self._failures == 1:
                 log.warning("cannot renew decider leases: %s", e)
@@ -169,7 +159,7 @@ class TargetLeases:
                 self._notify(self._lost, target)
         try:
             await self._store.release_leases(leases)
-        except state.StateUnavailable as e:
+        except StateUnavailable as e:
             log.warning("could not release %d decider leases (they expire on their own): %s", len(leases), e)
 
     def _expire(self, now: float) -> None:

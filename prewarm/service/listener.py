@@ -29,7 +29,8 @@ from cloudevents.core.formats.json import JSONFormat
 from cloudevents.core.v1.event import CloudEvent
 
 from prewarm.core import ledger, targets
-from prewarm.service import clock, state, telemetry
+from prewarm.service import clock, telemetry
+from prewarm.service.store import BatchRejected, IngestResult, Intent, StateUnavailable, Store
 
 log = logging.getLogger(__name__)
 
@@ -200,7 +201,7 @@ class PodPhase:
 
 def translate_event(
     event: CloudEvent, *, specs: Mapping[str, targets.TargetSpec], received_at: datetime
-) -> state.Intent | PodPhase:
+) -> Intent | PodPhase:
     """Validate one CloudEvent's type and data against the configured targets.
 
     Everything the store will see is checked here: ids that encode as UTF-8, a time within
@@ -246,7 +247,7 @@ def translate_event(
     priority = _PRIORITIES.get(raw_priority) if isinstance(raw_priority, str) else None
     if priority is None:
         raise _fail(400, f"event {event_id!r}: data.priority {raw_priority!r} is not one of {list(_PRIORITIES)}")
-    return state.Intent(
+    return Intent(
         target=target_name,
         source=source,
         id=event_id,
@@ -303,7 +304,7 @@ class IntentListener:
         self,
         *,
         specs: Mapping[str, targets.TargetSpec],
-        store: state.Store,
+        store: Store,
         clock: clock.Clock,
         settings: ListenerSettings,
         targets_view: TargetsView,
@@ -378,16 +379,16 @@ class IntentListener:
                 raise RejectedRequest(429, "rate limited", {"Retry-After": str(max(1, math.ceil(wait)))})
             now = self._clock.now()
             translated = [translate_event(e, specs=self._specs, received_at=now) for e in events]
-            intents = [t for t in translated if isinstance(t, state.Intent)]
+            intents = [t for t in translated if isinstance(t, Intent)]
             # floors before this batch, for warm/cold starts: only read when someone records them
             floors = {i.target: self._current_floor(i.target) for i in intents} if self._telemetry is not None else {}
             try:
                 async with asyncio.timeout(self._settings.store_timeout):
                     result = await self._store.record_intents(intents)
-            except (state.StateUnavailable, TimeoutError) as e:
+            except (StateUnavailable, TimeoutError) as e:
                 log.debug("503: %s", e)
                 raise RejectedRequest(503, "state store unavailable", {"Retry-After": "1"}) from e
-            except state.BatchRejected as e:
+            except BatchRejected as e:
                 raise RejectedRequest(400, str(e)) from e
         except RejectedRequest as rejected:
             self.counts[f"rejected.{rejected.status}"] += 1
@@ -403,9 +404,9 @@ class IntentListener:
     def _observe(
         self,
         events: list[CloudEvent],
-        translated: list[state.Intent | PodPhase],
-        intents: list[state.Intent],
-        result: state.IngestResult,
+        translated: list[Intent | PodPhase],
+        intents: list[Intent],
+        result: IngestResult,
         floors: Mapping[str, int | None],
     ) -> None:
         """After the 202 is decided: metrics, pod-start traces, and trace context for decisions."""
@@ -462,7 +463,7 @@ class IntentListener:
         try:
             async with asyncio.timeout(self._settings.store_timeout):
                 await self._store.check_writable()
-        except (state.StateUnavailable, TimeoutError) as e:
+        except (StateUnavailable, TimeoutError) as e:
             return web.Response(status=503, text=f"store unavailable: {_short(e)}\n")
         return web.Response(text="ready\n")
 
@@ -470,7 +471,7 @@ class IntentListener:
         try:
             async with asyncio.timeout(self._settings.store_timeout):
                 view = await self._targets_view()
-        except (state.StateUnavailable, TimeoutError) as e:
+        except (StateUnavailable, TimeoutError) as e:
             return web.Response(status=503, text=f"store unavailable: {_short(e)}\n")
         return web.json_response({"targets": view})
 

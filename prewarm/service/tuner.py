@@ -23,7 +23,8 @@ from typing import Any
 from prewarm.core import targets
 from prewarm.forecast import minute_features
 from prewarm.replay import tuned_runs, tuning
-from prewarm.service import clock, state, telemetry
+from prewarm.service import clock, telemetry
+from prewarm.service.store import StateUnavailable
 
 log = logging.getLogger(__name__)
 
@@ -61,7 +62,7 @@ async def read_history(
         raw = await history(name, window - _FEATURE_HISTORY, now)
         unknown = sum(1 for at, n in raw.items() if math.isnan(n) and at >= window)
         if unknown:
-            raise state.StateUnavailable(f"{name}: {unknown} minutes of its tuning history are unknown")
+            raise StateUnavailable(f"{name}: {unknown} minutes of its tuning history are unknown")
         counts[name] = {int(at.timestamp() // 60): int(n) for at, n in raw.items() if not math.isnan(n)}
     return counts
 
@@ -147,7 +148,7 @@ class Tuner:
                 try:
                     await self.retune(now)
                     next_tune = now + self._retune
-                except state.StateUnavailable as e:
+                except StateUnavailable as e:
                     log.warning("tuning postponed, history unavailable: %s", e)
                     next_tune = now + self._check
                 except Exception:  # a failed tuning keeps the last settings and tries again later

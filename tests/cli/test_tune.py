@@ -12,7 +12,7 @@ from support import RedisServer
 
 from prewarm import cli
 from prewarm.core import ledger
-from prewarm.service import state
+from prewarm.service.store import Intent, RedisStore
 
 ALIBABA_HEADER = (
     "gmt_create,predict_type,predict_status,exec_time_seconds,groupId,prompt_length,negative_prompt_length,"
@@ -52,9 +52,9 @@ def test_tune_reads_the_history_prewarm_serve_stored(
     tmp_path: Path, redis_server: RedisServer, capsys: pytest.CaptureFixture[str]
 ) -> None:
     now = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
-    store = state.RedisStore.from_url(redis_server.url)
+    store = RedisStore.from_url(redis_server.url)
     opened = [
-        state.Intent(
+        Intent(
             "ml/chat",
             "test",
             f"e{i}",

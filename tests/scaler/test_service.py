@@ -17,7 +17,8 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from support import RedisServer, wait_for
 
 from prewarm.core import policy, targets
-from prewarm.service import clock, composition, state
+from prewarm.service import clock, composition
+from prewarm.service.store import MemoryStore, RedisStore, encode_decision
 from scaler import __main__ as scaler_main
 from scaler import externalscaler_pb2 as pb
 from scaler import externalscaler_pb2_grpc as pb_grpc
@@ -41,7 +42,7 @@ class Scaler:
     """A scaler served over a MemoryStore, and a channel with a real stub to it."""
 
     def __init__(self) -> None:
-        self.store = state.MemoryStore()
+        self.store = MemoryStore()
         self.registered: list[targets.TargetSpec] = []
         self.channel: grpc.aio.Channel | None = None
 
@@ -141,7 +142,7 @@ async def test_many_streams_each_hear_only_their_own_target() -> None:
         f"ml/m{i}": targets.TargetSpec(ref=targets.TargetRef("ml", f"m{i}"), kind=targets.TargetKind.KEDA, max=3)
         for i in range(50)
     }
-    store = state.MemoryStore()
+    store = MemoryStore()
     for spec in specs.values():
         await store.save_decision(decision(spec, 0))
     options = scaler_main.ScalerOptions(address="127.0.0.1:0")
@@ -205,7 +206,7 @@ async def test_two_scalers_on_one_redis_agree_and_both_streams_see_an_event(
     options = composition.ServeOptions(
         config=config, store=redis_server.url, http_host="127.0.0.1", http_port=0, grpc=grpc_options
     )
-    feed = state.RedisStore.from_url(redis_server.url)
+    feed = RedisStore.from_url(redis_server.url)
     async with composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as serving:
         await wait_for(lambda: "ml/chat" in serving.decider.decisions)
         async with scaler_main.run_scaler(
@@ -245,8 +246,8 @@ async def test_two_scalers_on_one_redis_agree_and_both_streams_see_an_event(
 async def test_the_cache_re_reads_its_decisions_after_a_gap_in_the_feed(redis_server: RedisServer) -> None:
     """A decision published while the scaler's subscription was down never reaches it: after the
     subscription comes back, every cached decision is read again (as an informer relists)."""
-    feed = state.RedisStore.from_url(redis_server.url)
-    writer = state.RedisStore.from_url(redis_server.url)
+    feed = RedisStore.from_url(redis_server.url)
+    writer = RedisStore.from_url(redis_server.url)
     options = scaler_main.ScalerOptions(address="127.0.0.1:0", health_interval=0.05)
     await writer.save_decision(decision(CHAT, 0))
     try:
@@ -259,7 +260,7 @@ async def test_the_cache_re_reads_its_decisions_after_a_gap_in_the_feed(redis_se
             newer = decision(CHAT, 3, T0 + timedelta(minutes=1))
             # stored without an announcement, as if published while nobody listened
             raw = aioredis.Redis.from_url(redis_server.url)
-            await raw.set("prewarm:{ml/chat}:decision", state.encode_decision(newer))
+            await raw.set("prewarm:{ml/chat}:decision", encode_decision(newer))
             await raw.aclose()
             assert running.cache.cached("ml/chat") == decision(CHAT, 0)  # nothing told it yet
             refreshed = running.cache.refreshes
@@ -271,7 +272,7 @@ async def test_the_cache_re_reads_its_decisions_after_a_gap_in_the_feed(redis_se
 
 
 async def test_health_follows_the_store(redis_server: RedisServer) -> None:
-    feed = state.RedisStore.from_url(redis_server.url, timeout=0.2)
+    feed = RedisStore.from_url(redis_server.url, timeout=0.2)
     options = scaler_main.ScalerOptions(address="127.0.0.1:0", health_interval=0.05)
     try:
         async with (
@@ -351,7 +352,7 @@ async def test_mtls_requires_a_client_certificate(tmp_path: Path) -> None:
     options = scaler_main.ScalerOptions(
         address="127.0.0.1:0", tls_cert=pki["server.pem"], tls_key=pki["server.key"], tls_client_ca=pki["ca.pem"]
     )
-    store = state.MemoryStore()
+    store = MemoryStore()
     await store.save_decision(decision(CHAT, 2))
     async with scaler_main.run_scaler(feed=store, specs={"ml/chat": CHAT}, options=options) as running:
         target = f"127.0.0.1:{running.port}"

@@ -16,7 +16,8 @@ import redis.asyncio as aioredis
 from support import RedisServer, wait_for
 
 from prewarm.core import ledger, targets
-from prewarm.service import clock, composition, decider, state, target_registry
+from prewarm.service import clock, composition, decider, target_registry
+from prewarm.service.store import Intent, RedisStore
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SPEC = targets.TargetSpec(
@@ -24,9 +25,9 @@ SPEC = targets.TargetSpec(
 )
 
 
-def opened(event_id: str, at: datetime = T0) -> state.Intent:
+def opened(event_id: str, at: datetime = T0) -> Intent:
     event = ledger.SessionEvent(ledger.SessionEventType.OPENED, event_id, at, timedelta(minutes=5))
-    return state.Intent(target="ml/chat", source="/test", id=event_id, event=event)
+    return Intent(target="ml/chat", source="/test", id=event_id, event=event)
 
 
 def attempts(caplog: pytest.LogCaptureFixture) -> list[str]:
@@ -40,7 +41,7 @@ async def test_a_decision_that_failed_is_retried_with_backoff_until_it_succeeds(
     nothing decided the target again until its next event. Here nothing announces anything (no
     pub/sub): only the retry can bring the floor to the stored sessions."""
     manual = clock.ManualClock(T0)
-    store = state.RedisStore.from_url(redis_server.url, timeout=0.2)
+    store = RedisStore.from_url(redis_server.url, timeout=0.2)
     loop = decider.Decider(registry=target_registry.TargetRegistry([SPEC]), store=store, clock=manual)
     running = asyncio.create_task(loop.run())
     caplog.set_level(logging.WARNING, logger="prewarm.service.decider")
@@ -72,7 +73,7 @@ async def test_every_target_is_re_decided_after_the_subscription_comes_back(redi
     """Sessions stored with no announcement reaching the decider (as if published in a pub/sub
     gap) are decided once the subscription is back: a relist, on the injected clock."""
     manual = clock.ManualClock(T0)
-    store = state.RedisStore.from_url(redis_server.url)
+    store = RedisStore.from_url(redis_server.url)
     loop = decider.Decider(registry=target_registry.TargetRegistry([SPEC]), store=store, clock=manual)
     await store.start()
     running = asyncio.create_task(loop.run())

@@ -12,7 +12,8 @@ from opentelemetry.sdk.trace import TracerProvider
 from support import PrometheusServer, recurring_openmetrics
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import clock, decider, forecast_loop, history, state, target_registry, telemetry
+from prewarm.service import clock, decider, forecast_loop, history, target_registry, telemetry
+from prewarm.service.store import Intent, MemoryStore
 
 NOW = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
 
@@ -26,9 +27,9 @@ def spec(name: str, *, enabled: bool = True) -> targets.TargetSpec:
     )
 
 
-async def open_sessions(store: state.MemoryStore, target: str, times: list[datetime]) -> None:
+async def open_sessions(store: MemoryStore, target: str, times: list[datetime]) -> None:
     intents = [
-        state.Intent(
+        Intent(
             target,
             "test",
             f"{target}-{i}",
@@ -39,7 +40,7 @@ async def open_sessions(store: state.MemoryStore, target: str, times: list[datet
     await store.record_intents(intents)
 
 
-async def session_history(store: state.MemoryStore) -> None:
+async def session_history(store: MemoryStore) -> None:
     """ml/busy: a session every minute in the last two hours and at midday all week.
     ml/quiet: the same midday pattern, but nothing since three days ago."""
     busy = [NOW - timedelta(minutes=m) for m in range(1, 121)]
@@ -54,7 +55,7 @@ async def session_history(store: state.MemoryStore) -> None:
 
 
 async def test_forecast_follows_each_targets_history_and_feeds_the_decider() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     await session_history(store)
     specs = {str(s.ref): s for s in (spec("busy"), spec("quiet"), spec("new"), spec("off", enabled=False))}
     changed: list[str] = []
@@ -83,7 +84,7 @@ async def test_forecast_follows_each_targets_history_and_feeds_the_decider() -> 
 
 
 async def test_every_prediction_is_scored_once_its_horizon_has_passed() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     await session_history(store)
     reader = InMemoryMetricReader()
     instruments = telemetry.Telemetry(
@@ -175,7 +176,7 @@ async def test_history_loads_at_start_then_each_minute_reads_once_per_preset_and
     }
     manual = clock.ManualClock(HISTORY_NOW)
     loop = forecast_loop.ForecastLoop(
-        store=state.MemoryStore(), clock=manual, specs=lambda: specs, on_change=lambda _: None, history_reader=reader
+        store=MemoryStore(), clock=manual, specs=lambda: specs, on_change=lambda _: None, history_reader=reader
     )
     await loop.prepare()
     assert reader.calls == 3  # ml (a and b), other (c), and d's own promql: seven days fit one range
@@ -207,7 +208,7 @@ async def test_an_outage_keeps_the_last_model_even_when_a_refit_is_due(
     manual = clock.ManualClock(HISTORY_NOW)
     changed: list[str] = []
     loop = forecast_loop.ForecastLoop(
-        store=state.MemoryStore(),
+        store=MemoryStore(),
         clock=manual,
         specs=lambda: specs,
         on_change=changed.append,
@@ -235,7 +236,7 @@ async def test_session_openings_are_a_feature_beside_requests(reader: history.Hi
         "ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE),
         "ml/b": history_spec("ml/b", targets.HistoryPreset.KNATIVE),
     }
-    store = state.MemoryStore()
+    store = MemoryStore()
     await open_sessions(store, "ml/a", [HISTORY_NOW - timedelta(minutes=m) for m in (3, 63, 123)])
     loop = forecast_loop.ForecastLoop(
         store=store,
@@ -254,7 +255,7 @@ async def test_a_history_target_without_prometheus_is_degraded_not_zero() -> Non
     specs = {"ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE)}
     changed: list[str] = []
     loop = forecast_loop.ForecastLoop(
-        store=state.MemoryStore(), clock=clock.ManualClock(HISTORY_NOW), specs=lambda: specs, on_change=changed.append
+        store=MemoryStore(), clock=clock.ManualClock(HISTORY_NOW), specs=lambda: specs, on_change=changed.append
     )
     await loop.prepare()
     assert loop.degraded("ml/a") == "forecast.history needs Prometheus (--prometheus or PREWARM_PROMETHEUS_URL)"

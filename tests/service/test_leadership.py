@@ -26,7 +26,8 @@ import redis.asyncio as aioredis
 from support import RedisServer, free_port, wait_for, wait_for_async
 
 from prewarm.core import policy, targets
-from prewarm.service import clock, composition, leadership, state
+from prewarm.service import clock, composition, leadership
+from prewarm.service.store import LeaseLost, RedisStore
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 NAMES = [f"ml/model-{i}" for i in range(6)]
@@ -45,26 +46,26 @@ def decision(floor: int, at: datetime = T0) -> policy.FloorDecision:
 
 
 async def test_a_paused_former_leader_cannot_overwrite_a_newer_decision(redis_server: RedisServer) -> None:
-    store = state.RedisStore.from_url(redis_server.url)
+    store = RedisStore.from_url(redis_server.url)
     try:
-        [first] = await store.claim_leases(["ml/model-0"], holder="replica-a", held={}, ttl=0.2)
+        [first] = await store.leases.claim_leases(["ml/model-0"], holder="replica-a", held={}, ttl=0.2)
         assert first.token == "1|replica-a"
         await store.save_decision(decision(1), fence="1|replica-a")
 
         # replica-a pauses (a long GC, a stopped container) past its lease; replica-b takes over
         async def taken() -> bool:
-            [lease] = await store.claim_leases(["ml/model-0"], holder="replica-b", held={}, ttl=10)
+            [lease] = await store.leases.claim_leases(["ml/model-0"], holder="replica-b", held={}, ttl=10)
             return lease.token == "2|replica-b"
 
         await wait_for_async(taken, within=2)
         newer = decision(2, T0.replace(minute=1))
         await store.save_decision(newer, fence="2|replica-b")
         # replica-a wakes up with the decision it had computed: refused, nothing written
-        with pytest.raises(state.LeaseLost, match=r"lease token '1\|replica-a' is no longer the holder's"):
+        with pytest.raises(LeaseLost, match=r"lease token '1\|replica-a' is no longer the holder's"):
             await store.save_decision(decision(1), fence="1|replica-a")
         assert await store.load_decision("ml/model-0") == newer
         # and its renewal finds the lease taken
-        [lease] = await store.claim_leases(
+        [lease] = await store.leases.claim_leases(
             ["ml/model-0"], holder="replica-a", held={"ml/model-0": "1|replica-a"}, ttl=1
         )
         assert (lease.token, lease.holder) == (None, "2|replica-b")
@@ -75,10 +76,12 @@ async def test_a_paused_former_leader_cannot_overwrite_a_newer_decision(redis_se
 async def test_leases_follow_the_targets_and_the_permission_to_lead(redis_server: RedisServer) -> None:
     """A target that goes away, and every target when leading is no longer allowed (the
     Kubernetes Lease moved), is handed back at once for another replica to take."""
-    store = state.RedisStore.from_url(redis_server.url)
+    store = RedisStore.from_url(redis_server.url)
     wanted = list(NAMES)
     allowed = [True]
-    leases = leadership.TargetLeases(store, holder="a", targets=lambda: wanted, ttl=5.0, may_lead=lambda: allowed[0])
+    leases = leadership.TargetLeases(
+        store.leases, holder="a", targets=lambda: wanted, ttl=5.0, may_lead=lambda: allowed[0]
+    )
     lost: list[str] = []
     leases.follow(lambda target: None, lost.append)
     try:
@@ -90,17 +93,17 @@ async def test_leases_follow_the_targets_and_the_permission_to_lead(redis_server
         allowed[0] = False
         await leases.campaign()
         assert sorted(lost) == sorted(NAMES) and leases.held == frozenset()
-        [lease] = await store.claim_leases([NAMES[1]], holder="b", held={}, ttl=5)
+        [lease] = await store.leases.claim_leases([NAMES[1]], holder="b", held={}, ttl=5)
         assert lease.token == "2|b"  # released, not left to expire
     finally:
         await store.close()
 
 
 async def test_leases_are_taken_once_renewed_and_handed_back(redis_server: RedisServer) -> None:
-    stores = [state.RedisStore.from_url(redis_server.url) for _ in range(2)]
+    stores = [RedisStore.from_url(redis_server.url) for _ in range(2)]
     events: list[tuple[str, str, str]] = []
     a, b = (
-        leadership.TargetLeases(store, holder=holder, targets=lambda: NAMES, ttl=5.0)
+        leadership.TargetLeases(store.leases, holder=holder, targets=lambda: NAMES, ttl=5.0)
         for store, holder in zip(stores, ("a", "b"), strict=True)
     )
     for leases in (a, b):

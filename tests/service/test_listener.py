@@ -21,7 +21,8 @@ from hypothesis import strategies as st
 from support import RedisServer, wait_for
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import clock, decider, listener, state, target_registry
+from prewarm.service import clock, decider, listener, target_registry
+from prewarm.service.store import Intent, MemoryStore, RedisStore, Store, decode_decision, encode_decision
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 FORMAT = JSONFormat()
@@ -81,7 +82,7 @@ def batch(*events: CloudEvent) -> tuple[dict[str, str], bytes]:
 class Harness:
     """A listener with a decider on one store and one manual clock, served by aiohttp's test server."""
 
-    def __init__(self, store: state.Store, settings: listener.ListenerSettings, now: list[float]) -> None:
+    def __init__(self, store: Store, settings: listener.ListenerSettings, now: list[float]) -> None:
         self.store = store
         self.clock = clock.ManualClock(T0)
         self.decider = decider.Decider(registry=target_registry.TargetRegistry([SPEC]), store=store, clock=self.clock)
@@ -122,13 +123,13 @@ async def memory(fake_time: list[float]) -> AsyncIterator[Harness]:
     settings = listener.ListenerSettings(
         tokens=("s3cret",), cors_origins=("https://chat.example",), rate_per_second=1, burst=5
     )
-    async for harness in start(Harness(state.MemoryStore(), settings, fake_time)):
+    async for harness in start(Harness(MemoryStore(), settings, fake_time)):
         yield harness
 
 
 @pytest.fixture
 async def redis_backed(redis_server: RedisServer, fake_time: list[float]) -> AsyncIterator[Harness]:
-    store = state.RedisStore.from_url(redis_server.url, timeout=0.5)
+    store = RedisStore.from_url(redis_server.url, timeout=0.5)
     settings = listener.ListenerSettings(burst=10_000, rate_per_second=10_000, store_timeout=2.0)
     harness = Harness(store, settings, fake_time)
     await store.start()  # after the decider has added its change listener
@@ -223,7 +224,7 @@ async def test_priority_classes_are_counted_apart_and_batch_is_capped(either_sto
     import asyncio
 
     h = either_store
-    headers = AUTH if isinstance(h.store, state.MemoryStore) else {}
+    headers = AUTH if isinstance(h.store, MemoryStore) else {}
     task = asyncio.create_task(h.decider.run())
     try:
         flood = [cloudevent(f"b{i}", session=f"job-{i}", priority="batch") for i in range(6)]
@@ -462,7 +463,7 @@ async def test_redis_outage_answers_503_and_loses_nothing_acknowledged(
     assert 202 in statuses[40:]
     assert redis_backed.client is not None
     assert (await redis_backed.client.get("/readyz")).status == 200
-    client = state.RedisStore.from_url(redis_server.url)
+    client = RedisStore.from_url(redis_server.url)
     try:
         stored = await client._client.zrange("prewarm:{ml/chat}:sessions", 0, -1)
     finally:
@@ -547,12 +548,12 @@ async def test_readyz_reports_an_unreachable_store(redis_backed: Harness, redis_
 
 
 async def test_redis_batch_flood_never_evicts_interactive_sessions(redis_server: RedisServer) -> None:
-    store = state.RedisStore.from_url(redis_server.url, sessions_per_target=3)
+    store = RedisStore.from_url(redis_server.url, sessions_per_target=3)
     try:
 
-        def intent(i: int, session: str, priority: ledger.Priority) -> state.Intent:
+        def intent(i: int, session: str, priority: ledger.Priority) -> Intent:
             event = ledger.SessionEvent(ledger.SessionEventType.OPENED, session, T0, timedelta(seconds=300), priority)
-            return state.Intent("ml/chat", "/test", f"e{i}", event)
+            return Intent("ml/chat", "/test", f"e{i}", event)
 
         chats = [intent(i, f"chat-{i}", ledger.Priority.INTERACTIVE) for i in range(2)]
         jobs = [intent(10 + i, f"job-{i}", ledger.Priority.BATCH) for i in range(20)]
@@ -566,11 +567,11 @@ async def test_redis_batch_flood_never_evicts_interactive_sessions(redis_server:
 
 def test_a_decision_stored_before_batch_accounting_still_decodes() -> None:
     decision = policy.decide_floor(SPEC, policy.Signals(sessions=2), T0, None)
-    raw = json.loads(state.encode_decision(decision))
+    raw = json.loads(encode_decision(decision))
     del raw["batch_replicas"], raw["batch_used"]
-    assert state.decode_decision(json.dumps(raw)) == decision
+    assert decode_decision(json.dumps(raw)) == decision
     flooded = policy.decide_floor(SPEC, policy.Signals(batch_sessions=9), T0, None)
-    assert state.decode_decision(state.encode_decision(flooded)).batch_replicas == 1
+    assert decode_decision(encode_decision(flooded)).batch_replicas == 1
 
 
 # --- fuzzing: never a 500, never an unhandled exception ---

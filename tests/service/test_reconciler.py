@@ -20,7 +20,8 @@ from support import wait_for
 from knative import kube_api
 from knative.actuator import KnativeActuator
 from prewarm.core import policy, targets
-from prewarm.service import backoff, clock, decider, knative_targets, reconciler, state, target_registry
+from prewarm.service import backoff, clock, decider, knative_targets, reconciler, target_registry
+from prewarm.service.store import MemoryStore
 
 SERVING = "serving.knative.dev/v1"
 MIN = "autoscaling.knative.dev/min-scale"
@@ -209,7 +210,7 @@ async def test_a_leader_change_mid_outage_applies_every_floor_it_decides() -> No
         knative = reconciler.Reconciler(actuator, clock=manual)
         registry = target_registry.TargetRegistry([spec(name, floor=1) for name in names])
         loop = decider.Decider(
-            registry=registry, store=state.MemoryStore(), reconcilers=reconciler.Reconcilers([knative]), clock=manual
+            registry=registry, store=MemoryStore(), reconcilers=reconciler.Reconcilers([knative]), clock=manual
         )
         async with running(loop, knative):
             await wait_for(lambda: all((knative.describe(f"llm/{n}") or {}).get("state") == "skipped" for n in names))

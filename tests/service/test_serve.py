@@ -14,7 +14,8 @@ from support import RedisServer, wait_for
 
 from prewarm.core import actuation as actuation_outcome
 from prewarm.core import ledger, policy, targets
-from prewarm.service import actuation, clock, composition, decider, reconciler, state, target_registry
+from prewarm.service import actuation, clock, composition, decider, reconciler, target_registry
+from prewarm.service.store import Intent, MemoryStore, Store
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -93,7 +94,7 @@ class FailingActuator:
 
 @contextlib.asynccontextmanager
 async def deciding(
-    *, specs: list[targets.TargetSpec], store: state.Store, actuators: list[actuation.Actuator], at: clock.Clock
+    *, specs: list[targets.TargetSpec], store: Store, actuators: list[actuation.Actuator], at: clock.Clock
 ) -> AsyncIterator[decider.Decider]:
     """A decider and a reconciler per actuator, running until the block ends."""
     queues = reconciler.Reconcilers([reconciler.Reconciler(a, clock=at) for a in actuators])
@@ -119,11 +120,11 @@ def opened(session: str, at: datetime) -> ledger.SessionEvent:
 
 async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() -> None:
     manual = clock.ManualClock(T0)
-    store = state.MemoryStore()
+    store = MemoryStore()
     recorder = RecordingActuator()
     async with deciding(specs=[chat_spec()], store=store, actuators=[FailingActuator(), recorder], at=manual) as loop:
         await wait_for(lambda: recorder.applied == [(None, 0)])
-        await store.record_intents([state.Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
+        await store.record_intents([Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
         await wait_for(lambda: recorder.applied[-1] == (0, 2))
         assert loop.decisions["ml/chat"].source is policy.Source.INTENT
         assert loop.decisions["ml/chat"].next_change == T0 + timedelta(seconds=60)  # sessions expire
@@ -139,7 +140,7 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
 
 
 async def test_decider_resumes_from_stored_decision_and_actuates_once() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     spec = chat_spec()
     earlier = policy.decide_floor(spec, policy.Signals(sessions=4), T0, None)
     await store.save_decision(earlier)

@@ -19,7 +19,8 @@ from prometheus_client.parser import text_string_to_metric_families
 from support import wait_for, wait_for_async
 
 from prewarm.core import ledger
-from prewarm.service import clock, composition, state
+from prewarm.service import clock, composition
+from prewarm.service.store import Intent
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 DASHBOARD = (Path(__file__).resolve().parents[2] / "manifests" / "grafana" / "kube-prewarm-dashboard.json").read_text()
@@ -230,7 +231,7 @@ async def test_forecast_error_is_scraped_once_a_prediction_can_be_scored(tmp_pat
         past = [T0 - timedelta(hours=3)] + [T0 - timedelta(minutes=m) for m in range(31)]
         await service.store.record_intents(
             [
-                state.Intent(
+                Intent(
                     "ml/chat",
                     "test",
                     f"h{i}",

@@ -19,8 +19,9 @@ from support import wait_for, wait_for_async
 
 from prewarm.core import ledger, policy, targets
 from prewarm.replay import tuned_runs, tuning
-from prewarm.service import clock, composition, decider, state, target_registry, telemetry
+from prewarm.service import clock, composition, decider, target_registry, telemetry
 from prewarm.service import tuner as tuner_module
+from prewarm.service.store import Intent, MemoryStore, StateUnavailable
 
 NOW = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
 OPTIONS = tuned_runs.HistoryOptions(tune_days=1.0, refit_hours=12.0)
@@ -37,14 +38,14 @@ def spec(name: str, *, objective: float | None = None, fleet: str = targets.DEFA
     )
 
 
-async def regular_history(store: state.MemoryStore, target: str, *, every: timedelta, days: float) -> None:
+async def regular_history(store: MemoryStore, target: str, *, every: timedelta, days: float) -> None:
     """A session opening every `every` for `days` before NOW."""
     await open_at(store, target, [NOW - every * (i + 1) for i in range(int(timedelta(days=days) / every))])
 
 
-async def open_at(store: state.MemoryStore, target: str, times: list[datetime]) -> None:
+async def open_at(store: MemoryStore, target: str, times: list[datetime]) -> None:
     intents = [
-        state.Intent(
+        Intent(
             target,
             "test",
             f"{target}-{i}",
@@ -66,7 +67,7 @@ class Starts:
 
 
 async def test_an_objective_target_is_tuned_and_the_decision_says_how() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     await regular_history(store, "ml/chat", every=timedelta(minutes=3), days=2.0)
     specs = {"ml/chat": spec("chat", objective=0.05), "ml/other": spec("other")}
     changed: list[str] = []
@@ -105,7 +106,7 @@ async def test_an_objective_target_is_tuned_and_the_decision_says_how() -> None:
 
 
 async def test_the_closed_loop_tightens_when_users_meet_cold_starts_and_relaxes_when_they_do_not() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     gaps = np.random.default_rng(5).exponential(240.0, 800)  # Poisson arrivals, a 4 min mean gap
     await open_at(store, "ml/chat", [NOW - timedelta(seconds=float(s)) for s in np.cumsum(gaps)])
     specs = {"ml/chat": spec("chat", objective=0.10)}
@@ -148,7 +149,7 @@ async def test_the_closed_loop_tightens_when_users_meet_cold_starts_and_relaxes_
 
 
 async def test_a_fleet_budget_shares_hours_and_a_target_with_nothing_to_save_is_tuned_off() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     await regular_history(store, "ml/busy", every=timedelta(minutes=2, seconds=30), days=2.0)
     specs = {"ml/busy": spec("busy", fleet="gpu"), "ml/quiet": spec("quiet", fleet="gpu")}
     tuner = tuner_module.Tuner(
@@ -171,14 +172,14 @@ async def test_a_fleet_budget_shares_hours_and_a_target_with_nothing_to_save_is_
 
 
 async def test_history_that_cannot_be_read_keeps_the_last_settings() -> None:
-    store = state.MemoryStore()
+    store = MemoryStore()
     await regular_history(store, "ml/chat", every=timedelta(minutes=3), days=2.0)
     specs = {"ml/chat": spec("chat", objective=0.05)}
     failing = False
 
     async def history(target: str, since: datetime, until: datetime) -> dict[datetime, int]:
         if failing:
-            raise state.StateUnavailable("redis: connection refused")
+            raise StateUnavailable("redis: connection refused")
         return await store.arrivals(target, since, until)
 
     manual = clock.ManualClock(NOW)
@@ -220,7 +221,7 @@ targets:
     options = composition.ServeOptions(config=config, http_host="127.0.0.1", http_port=0, tuning=OPTIONS)
     manual = clock.ManualClock(NOW)
     async with composition.run_service(options, clock=manual, out=io.StringIO()) as service:
-        assert isinstance(service.store, state.MemoryStore)
+        assert isinstance(service.store, MemoryStore)
         await regular_history(service.store, "ml/chat", every=timedelta(minutes=3), days=2.0)
         url = f"http://127.0.0.1:{service.http_port}"
         async with aiohttp.ClientSession() as http:
@@ -280,7 +281,7 @@ async def test_a_gap_in_the_tuning_window_keeps_the_last_settings() -> None:
 
         return read
 
-    with pytest.raises(state.StateUnavailable, match="ml/chat: 1 minutes of its tuning history are unknown"):
+    with pytest.raises(StateUnavailable, match="ml/chat: 1 minutes of its tuning history are unknown"):
         await tuner_module.read_history(
             history_with(window_start + timedelta(hours=1)), ["ml/chat"], now=NOW, tune_days=OPTIONS.tune_days
         )

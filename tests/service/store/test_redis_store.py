@@ -17,14 +17,24 @@ import redis.asyncio as aioredis
 from support import RedisCluster, RedisServer, SentinelGroup, wait_for, wait_for_async
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import clock, composition, redis_connection, state
+from prewarm.service import clock, composition, redis_connection
+from prewarm.service.store import (
+    BatchRejected,
+    IngestResult,
+    Intent,
+    LeaseLost,
+    RedisStore,
+    StateUnavailable,
+    build_store,
+    redis_keys,
+)
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
 
-def intent(event_id: str, *, target: str = "ml/chat", session: str | None = None, at: datetime = T0) -> state.Intent:
+def intent(event_id: str, *, target: str = "ml/chat", session: str | None = None, at: datetime = T0) -> Intent:
     event = ledger.SessionEvent(ledger.SessionEventType.OPENED, session or event_id, at, timedelta(seconds=300))
-    return state.Intent(target=target, source="/test", id=event_id, event=event)
+    return Intent(target=target, source="/test", id=event_id, event=event)
 
 
 # --- URLs ---
@@ -103,7 +113,7 @@ def test_store_urls_name_their_topology(url: str, expected: redis_connection.Red
 )
 def test_bad_store_urls_are_one_clear_error(url: str, message: str) -> None:
     with pytest.raises(targets.ConfigError) as caught:
-        state.build_store(url)
+        build_store(url)
     assert str(caught.value).startswith("invalid configuration in --store (1 problem):\n  - --store: ")
     assert message in str(caught.value)
     assert "secret" not in str(caught.value)
@@ -119,7 +129,7 @@ def test_bad_store_urls_are_one_clear_error(url: str, message: str) -> None:
 )
 def test_waiting_for_replicas_needs_a_store_that_has_them(url: str, message: str) -> None:
     with pytest.raises(targets.ConfigError, match=message):
-        state.build_store(url, wait_replicas=1)
+        build_store(url, wait_replicas=1)
 
 
 # --- the group commit answers every batch ---
@@ -128,7 +138,7 @@ def test_waiting_for_replicas_needs_a_store_that_has_them(url: str, message: str
 async def test_a_batch_the_store_refuses_fails_alone_and_writes_nothing(redis_server: RedisServer) -> None:
     """Batches that slipped past the edge (built here by hand) fail on their own; the 50 valid
     batches group-committed with them are stored, and no request waits without bound."""
-    store = state.RedisStore.from_url(redis_server.url, timeout=0.5)
+    store = RedisStore.from_url(redis_server.url, timeout=0.5)
     try:
         valid = [[intent(f"v{i}")] for i in range(50)]
         before_1970 = [intent("old", at=datetime(1969, 12, 31, tzinfo=UTC))]  # a negative time: the script refuses
@@ -138,26 +148,26 @@ async def test_a_batch_the_store_refuses_fails_alone_and_writes_nothing(redis_se
         async with asyncio.timeout(5):
             results = await asyncio.gather(*(store.record_intents(b) for b in batches), return_exceptions=True)
         refused = [r for r in results if isinstance(r, BaseException)]
-        assert [type(r) for r in refused] == [state.BatchRejected] * 3
+        assert [type(r) for r in refused] == [BatchRejected] * 3
         assert "the store refused the batch: " in str(refused[0])
-        assert [r for r in results if isinstance(r, state.IngestResult)] == [state.IngestResult(new=(True,))] * 50
+        assert [r for r in results if isinstance(r, IngestResult)] == [IngestResult(new=(True,))] * 50
         assert (await store.count_sessions("ml/chat", T0)).active == 50
         # nothing of the mixed batch was written: its valid event is new when sent again
-        assert await store.record_intents([intent("m1")]) == state.IngestResult(new=(True,))
+        assert await store.record_intents([intent("m1")]) == IngestResult(new=(True,))
     finally:
         await store.close()
 
 
 async def test_closing_the_store_answers_every_waiting_batch(redis_server: RedisServer) -> None:
-    store = state.RedisStore.from_url(redis_server.url, timeout=0.5)
+    store = RedisStore.from_url(redis_server.url, timeout=0.5)
     redis_server.freeze()  # the first group's call hangs; the rest queue behind it
     try:
         waiting = [asyncio.create_task(store.record_intents([intent(f"e{i}")])) for i in range(5)]
-        await wait_for(lambda: store._committing is not None)
+        await wait_for(lambda: store._group._committing is not None)
         await store.close()
         async with asyncio.timeout(5):
             results = await asyncio.gather(*waiting, return_exceptions=True)
-        assert all(isinstance(r, state.StateUnavailable) for r in results)
+        assert all(isinstance(r, StateUnavailable) for r in results)
     finally:
         redis_server.thaw()
 
@@ -274,24 +284,24 @@ async def test_without_waiting_for_replicas_a_failover_loses_what_the_replica_mi
 
 
 async def test_the_sentinel_store_follows_a_failover(redis_sentinel: SentinelGroup) -> None:
-    store = state.build_store(redis_sentinel.url)
-    assert isinstance(store, state.RedisStore)
+    store = build_store(redis_sentinel.url)
+    assert isinstance(store, RedisStore)
     assert store.topology is redis_connection.Topology.SENTINEL
     resyncs: list[int] = []
     store.add_resync_listener(lambda: resyncs.append(1))
     try:
-        assert await store.record_intents([intent("before")]) == state.IngestResult(new=(True,))
+        assert await store.record_intents([intent("before")]) == IngestResult(new=(True,))
         await store.check_writable()
         await wait_for(lambda: all(r.command(b"DBSIZE") != b":0\r\n" for r in redis_sentinel.replicas))
         redis_sentinel.master.kill()
-        with pytest.raises(state.StateUnavailable):  # the Sentinels still name the dead master: not ready
+        with pytest.raises(StateUnavailable):  # the Sentinels still name the dead master: not ready
             async with asyncio.timeout(5):
                 await store.check_writable()
 
         async def written() -> bool:
             try:
-                return await store.record_intents([intent("after")]) == state.IngestResult(new=(True,))
-            except state.StateUnavailable:
+                return await store.record_intents([intent("after")]) == IngestResult(new=(True,))
+            except StateUnavailable:
                 return False
 
         await wait_for_async(written, within=15)
@@ -309,15 +319,15 @@ CLUSTER_TARGETS = [f"ml/model-{i}" for i in range(12)]  # spread over the three 
 
 
 async def test_the_cluster_store_group_commits_per_slot(redis_cluster: RedisCluster) -> None:
-    store = state.build_store(redis_cluster.url)
-    assert isinstance(store, state.RedisStore)
+    store = build_store(redis_cluster.url)
+    assert isinstance(store, RedisStore)
     assert store.topology is redis_connection.Topology.CLUSTER
     changed: list[str] = []
     store.add_change_listener(changed.append)
     try:
         await store.start()
         await store.check_writable()
-        slots = {store._slot(t) for t in CLUSTER_TARGETS}
+        slots = {redis_keys.slot(t) for t in CLUSTER_TARGETS}
         assert len(slots) == len(CLUSTER_TARGETS)
         # concurrent batches, one naming every target: group-committed as one call per slot
         batches = [[intent(f"{t}-a", target=t) for t in CLUSTER_TARGETS]]
@@ -331,12 +341,12 @@ async def test_the_cluster_store_group_commits_per_slot(redis_cluster: RedisClus
             assert await store.arrivals(target, T0, T0 + timedelta(minutes=1)) == {T0: 4}
         await wait_for(lambda: set(changed) == set(CLUSTER_TARGETS))  # pub/sub reaches every node's subscribers
         # a decision, fenced by its target's lease, in its target's slot
-        leases = await store.claim_leases(CLUSTER_TARGETS, holder="replica-a", held={}, ttl=5)
+        leases = await store.leases.claim_leases(CLUSTER_TARGETS, holder="replica-a", held={}, ttl=5)
         assert [lease.token for lease in leases] == ["1|replica-a"] * len(CLUSTER_TARGETS)
         spec = targets.TargetSpec(ref=targets.TargetRef("ml", "model-3"), kind=targets.TargetKind.KEDA, max=9)
         decision = policy.decide_floor(spec, policy.Signals(sessions=4), T0, None)
         await store.save_decision(decision, fence="1|replica-a")
-        with pytest.raises(state.LeaseLost):
+        with pytest.raises(LeaseLost):
             await store.save_decision(decision, fence="0|replica-b")
         assert await store.load_decision("ml/model-3") == decision
     finally:

@@ -1,0 +1,75 @@
+"""Decider leases in Redis: one key per target holding a fencing token, taken and renewed by script."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping, Sequence
+from contextlib import AbstractAsyncContextManager
+from datetime import timedelta
+
+import redis.asyncio as aioredis
+import redis.asyncio.cluster as aioredis_cluster
+
+from prewarm.service import redis_scripts
+from prewarm.service.store.leases import Lease
+from prewarm.service.store.redis_keys import key, slot
+
+MAX_LEASES_PER_CALL = 256
+EPOCH_TTL = timedelta(days=30)  # a target's lease epoch outlives any token that could still be in use
+
+
+class RedisLeases:
+    """The LeaseStore of a RedisStore; `calling` maps each call's failures as the store does."""
+
+    def __init__(
+        self,
+        client: aioredis.Redis | aioredis_cluster.RedisCluster,
+        *,
+        calling: Callable[[], AbstractAsyncContextManager[None]],
+    ) -> None:
+        self._cluster = isinstance(client, aioredis_cluster.RedisCluster)
+        self._calling = calling
+        self._claim = client.register_script(redis_scripts.CLAIM_LEASES)
+        self._release = client.register_script(redis_scripts.RELEASE_LEASES)
+
+    async def claim_leases(
+        self, targets: Sequence[str], *, holder: str, held: Mapping[str, str], ttl: float, acquire: bool = True
+    ) -> list[Lease]:
+        """Renew the leases `held` (target -> token), take free ones when `acquire`, report the rest.
+
+        A taken lease gets a new token (the target's epoch, incremented, and `holder`), so a
+        former holder's token never matches again. Raises StateUnavailable.
+        """
+        results: list[Lease] = []
+        ttl_ms = max(1, round(ttl * 1000))
+        for chunk in self._slot_chunks(targets):
+            keys = [k for target in chunk for k in (key(target, "leader"), key(target, "epoch"))]
+            args: list[str | int] = [holder, ttl_ms, 1 if acquire else 0, int(EPOCH_TTL.total_seconds())]
+            args += [held.get(target, "") for target in chunk]
+            async with self._calling():
+                reply = await self._claim(keys=keys, args=args)
+            for target, (holds, token, remaining_ms) in zip(chunk, reply, strict=True):
+                text = token.decode() if isinstance(token, bytes) else str(token)
+                results.append(
+                    Lease(
+                        target=target,
+                        token=text if int(holds) else None,
+                        holder=text,
+                        remaining=max(0, int(remaining_ms)) / 1000,
+                    )
+                )
+        return results
+
+    async def release_leases(self, held: Mapping[str, str]) -> None:
+        """Give up the leases `held` (target -> token) that still hold those tokens."""
+        for chunk in self._slot_chunks(list(held)):
+            async with self._calling():
+                await self._release(keys=[key(t, "leader") for t in chunk], args=[held[t] for t in chunk])
+
+    def _slot_chunks(self, targets: Sequence[str]) -> list[list[str]]:
+        """Targets in groups one script call may name: a single server takes any, a Cluster one slot."""
+        if not self._cluster:
+            return [list(targets[i : i + MAX_LEASES_PER_CALL]) for i in range(0, len(targets), MAX_LEASES_PER_CALL)]
+        by_slot: dict[int, list[str]] = {}
+        for target in targets:
+            by_slot.setdefault(slot(target), []).append(target)
+        return list(by_slot.values())
