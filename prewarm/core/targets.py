@@ -462,53 +462,158 @@ def _parse_cron_value(key: str, raw: object) -> tuple[tuple[schedule.CronWindow,
     return tuple(windows), problems
 
 
+# --- the settings table: one row per setting, read by every source ---
+
+
+@dataclasses.dataclass(frozen=True, slots=True)
+class Setting:
+    """One target setting: its canonical key, the `TargetSpec` attribute it sets, and its parser.
+
+    YAML nests the canonical key (`forecast.quantile` is `forecast: {quantile: ...}`); annotations
+    spell it in kebab case after `prewarm.dev/` (`forecast-quantile`), scalerMetadata in camel case
+    (`forecastQuantile`).
+    """
+
+    key: str
+    field: str  # dotted attribute path in TargetSpec
+    parse: Callable[[object], Any]
+
+    @property
+    def annotation(self) -> str:
+        """The key after `prewarm.dev/`: `sessionTTL` is `session-ttl`, `forecast.keepAlive` `forecast-keep-alive`."""
+        return re.sub(r"([a-z0-9])([A-Z])", r"\1-\2", self.key.replace(".", "-")).lower()
+
+    @property
+    def metadata(self) -> str:
+        """The scalerMetadata key: `forecast.keepAlive` is `forecastKeepAlive`."""
+        first, *rest = self.key.split(".")
+        return first + "".join(part[:1].upper() + part[1:] for part in rest)
+
+
+class _SettingProblems(ValueError):
+    """Several problems inside one setting's value (cron windows), keyed relative to the setting."""
+
+    def __init__(self, problems: Sequence[Problem]) -> None:
+        super().__init__("; ".join(str(p) for p in problems))
+        self.problems = tuple(problems)
+
+
+def _parse_cron_setting(raw: object) -> tuple[schedule.CronWindow, ...]:
+    if raw == []:
+        return ()
+    windows, problems = _parse_cron_value("", raw)
+    if problems:
+        raise _SettingProblems(problems)
+    return windows
+
+
+def _parse_replicas_at_least_one(raw: object) -> int:
+    return parse_int(raw, minimum=1)
+
+
+# Every target setting, in the order problems are reported. A new setting is one row here (and its
+# attribute in TargetSpec); every source reads it from this table.
+SETTINGS: tuple[Setting, ...] = (
+    Setting("min", "min", parse_int),
+    Setting("max", "max", parse_int),
+    Setting("sessionsPerReplica", "sessions_per_replica", _parse_replicas_at_least_one),
+    Setting("sessionTTL", "session_ttl", parse_duration),
+    Setting("hold", "hold", parse_duration),
+    Setting("cron", "cron", _parse_cron_setting),
+    Setting("forecast.enabled", "forecast.enabled", parse_bool),
+    Setting("forecast.quantile", "forecast.quantile", parse_quantile),
+    Setting("forecast.horizon", "forecast.horizon", parse_duration),
+    Setting("forecast.keepAlive", "forecast.keep_alive", parse_duration),
+    Setting("forecast.keepAliveReplicas", "forecast.keep_alive_replicas", _parse_replicas_at_least_one),
+    Setting("forecast.history", "forecast.history.preset", parse_history_preset),
+    Setting("forecast.historyQuery", "forecast.history.query", parse_promql_template),
+    Setting("forecast.historyName", "forecast.history.name", parse_label_value),
+    Setting("forecast.historyDays", "forecast.history.days", parse_history_days),
+    Setting("budget", "budget", parse_float),
+    Setting("objective.coldStarts", "objective.cold_starts", parse_share),
+    Setting("fleet", "fleet", parse_fleet_name),
+    Setting("batch.floor", "batch.floor", parse_int),
+    Setting("batch.budgetShare", "batch.budget_share", parse_share),
+)
+SETTINGS_BY_KEY: dict[str, Setting] = {s.key: s for s in SETTINGS}
+# The nested settings a dotted `field` reaches into (history is built with its cross-field rules).
+_NESTED_SETTINGS: dict[str, Callable[..., Any]] = {
+    "forecast": ForecastSettings,
+    "objective": ObjectiveSettings,
+    "batch": BatchAllowance,
+}
+_HISTORY_FIELD = "forecast.history"
+
+
+def _parse_settings(
+    raw: Mapping[str, object], spelled: Callable[[str], str], problems: list[Problem]
+) -> dict[str, Any]:
+    """Parse every setting given in canonical-keyed `raw`; blank values are not given."""
+    values: dict[str, Any] = {}
+    for setting in SETTINGS:
+        value = raw.get(setting.key)
+        if value is None or value == "":
+            continue
+        try:
+            values[setting.key] = setting.parse(value)
+        except _SettingProblems as e:
+            problems.extend(Problem(spelled(setting.key) + p.key, p.value, p.message) for p in e.problems)
+        except ValueError as e:
+            problems.append(Problem(spelled(setting.key), value, str(e)))
+    return values
+
+
+def _assemble_spec(
+    *, ref: TargetRef, kind: TargetKind, values: Mapping[str, Any], history: HistorySettings | None
+) -> TargetSpec:
+    """A TargetSpec from parsed values (canonical keys); what is not given keeps its dataclass default."""
+    top: dict[str, Any] = {}
+    nested: dict[str, dict[str, Any]] = {group: {} for group in _NESTED_SETTINGS}
+    for key, value in values.items():
+        field = SETTINGS_BY_KEY[key].field
+        group, _, attribute = field.partition(".")
+        if field.startswith(_HISTORY_FIELD + "."):
+            continue
+        if attribute:
+            nested[group][attribute] = value
+        else:
+            top[field] = value
+    nested["forecast"]["history"] = history
+    built = {group: make(**nested[group]) for group, make in _NESTED_SETTINGS.items()}
+    return TargetSpec(ref=ref, kind=kind, **top, **built)
+
+
+def _raw_form(value: object) -> object:
+    """A parsed value written back in a form its parser accepts."""
+    if isinstance(value, timedelta):
+        return value.total_seconds()
+    if isinstance(value, enum.Enum):
+        return value.value
+    if isinstance(value, schedule.CronWindow):
+        return {
+            "schedule": value.schedule,
+            "duration": value.duration.total_seconds(),
+            "floor": value.floor,
+            "timezone": value.timezone,
+        }
+    if isinstance(value, tuple):
+        return [_raw_form(item) for item in value]
+    return value
+
+
+def _canonical_values(spec: TargetSpec) -> dict[str, object]:
+    """The canonical-key view of an already-valid spec, so inline keys can override it."""
+    values: dict[str, object] = {}
+    for setting in SETTINGS:
+        value: object = spec
+        for attribute in setting.field.split("."):
+            value = getattr(value, attribute) if value is not None else None
+        if value is not None and value != ():
+            values[setting.key] = _raw_form(value)
+    return values
+
+
 # --- the shared builder: canonical keys in, TargetSpec out ---
-
-# canonical key -> (annotation suffix, scalerMetadata key); YAML uses the canonical key itself.
-FLAT_KEYS: dict[str, tuple[str, str]] = {
-    "min": ("min", "min"),
-    "max": ("max", "max"),
-    "sessionsPerReplica": ("sessions-per-replica", "sessionsPerReplica"),
-    "sessionTTL": ("session-ttl", "sessionTTL"),
-    "hold": ("hold", "hold"),
-    "cron": ("cron", "cron"),
-    "forecast.enabled": ("forecast-enabled", "forecastEnabled"),
-    "forecast.quantile": ("forecast-quantile", "forecastQuantile"),
-    "forecast.horizon": ("forecast-horizon", "forecastHorizon"),
-    "forecast.keepAlive": ("forecast-keep-alive", "forecastKeepAlive"),
-    "forecast.keepAliveReplicas": ("forecast-keep-alive-replicas", "forecastKeepAliveReplicas"),
-    "forecast.history": ("forecast-history", "forecastHistory"),
-    "forecast.historyQuery": ("forecast-history-query", "forecastHistoryQuery"),
-    "forecast.historyName": ("forecast-history-name", "forecastHistoryName"),
-    "forecast.historyDays": ("forecast-history-days", "forecastHistoryDays"),
-    "budget": ("budget", "budget"),
-    "objective.coldStarts": ("objective-cold-starts", "objectiveColdStarts"),
-    "fleet": ("fleet", "fleet"),
-    "batch.floor": ("batch-floor", "batchFloor"),
-    "batch.budgetShare": ("batch-budget-share", "batchBudgetShare"),
-}
-
-_FIELD_PARSERS: dict[str, Callable[[object], Any]] = {
-    "min": parse_int,
-    "max": parse_int,
-    "sessionsPerReplica": lambda raw: parse_int(raw, minimum=1),
-    "sessionTTL": parse_duration,
-    "hold": parse_duration,
-    "forecast.enabled": parse_bool,
-    "forecast.quantile": parse_quantile,
-    "forecast.horizon": parse_duration,
-    "forecast.keepAlive": parse_duration,
-    "forecast.keepAliveReplicas": lambda raw: parse_int(raw, minimum=1),
-    "forecast.history": parse_history_preset,
-    "forecast.historyQuery": parse_promql_template,
-    "forecast.historyName": parse_label_value,
-    "forecast.historyDays": parse_history_days,
-    "budget": parse_float,
-    "objective.coldStarts": parse_share,
-    "fleet": parse_fleet_name,
-    "batch.floor": parse_int,
-    "batch.budgetShare": parse_share,
-}
 
 
 def _build_target(
@@ -521,18 +626,8 @@ def _build_target(
     problems: list[Problem],
 ) -> TargetSpec | None:
     """Validate canonical-keyed `raw` into a TargetSpec, appending problems named by `spelled(key)`."""
-    values: dict[str, Any] = {}
-    for key, parse in _FIELD_PARSERS.items():
-        if key not in raw or raw[key] is None or raw[key] == "":
-            continue
-        try:
-            values[key] = parse(raw[key])
-        except ValueError as e:
-            problems.append(Problem(spelled(key), raw[key], str(e)))
-    cron: tuple[schedule.CronWindow, ...] = ()
-    if raw.get("cron") not in (None, "", []):
-        cron, cron_problems = _parse_cron_value(spelled("cron"), raw["cron"])
-        problems.extend(cron_problems)
+    values = _parse_settings(raw, spelled, problems)
+    cron: tuple[schedule.CronWindow, ...] = values.get("cron", ())
 
     ceiling = values.get("max", platform_max)
     if ceiling is None and "max" not in raw:
@@ -553,28 +648,7 @@ def _build_target(
     history = _build_history(values, raw, spelled, problems)
     if problems or ref is None or kind is None or ceiling is None:
         return None
-    return TargetSpec(
-        ref=ref,
-        kind=kind,
-        min=floor_min,
-        max=ceiling,
-        sessions_per_replica=values.get("sessionsPerReplica", DEFAULT_SESSIONS_PER_REPLICA),
-        session_ttl=values.get("sessionTTL", DEFAULT_SESSION_TTL),
-        hold=values.get("hold", DEFAULT_HOLD),
-        cron=cron,
-        forecast=ForecastSettings(
-            enabled=values.get("forecast.enabled", False),
-            quantile=values.get("forecast.quantile", DEFAULT_FORECAST_QUANTILE),
-            horizon=values.get("forecast.horizon", DEFAULT_FORECAST_HORIZON),
-            keep_alive=values.get("forecast.keepAlive", timedelta(0)),
-            keep_alive_replicas=values.get("forecast.keepAliveReplicas", 1),
-            history=history,
-        ),
-        budget=values.get("budget"),
-        objective=ObjectiveSettings(cold_starts=values.get("objective.coldStarts")),
-        fleet=values.get("fleet", DEFAULT_FLEET),
-        batch=BatchAllowance(floor=values.get("batch.floor", 0), budget_share=values.get("batch.budgetShare")),
-    )
+    return _assemble_spec(ref=ref, kind=kind, values={**values, "max": ceiling}, history=history)
 
 
 def _build_history(
@@ -648,10 +722,10 @@ def _parse_kind(raw: object) -> TargetKind:
 
 # Nested YAML mappings and the canonical keys they hold: `forecast: {quantile: 0.9}` is `forecast.quantile`.
 _YAML_GROUPS: dict[str, frozenset[str]] = {
-    group: frozenset(k.partition(".")[2] for k in FLAT_KEYS if k.startswith(group + "."))
-    for group in ("forecast", "objective", "batch")
+    group: frozenset(k.partition(".")[2] for k in SETTINGS_BY_KEY if k.startswith(group + "."))
+    for group in sorted({k.partition(".")[0] for k in SETTINGS_BY_KEY if "." in k})
 }
-_YAML_TARGET_KEYS = frozenset({"name", "kind"} | set(_YAML_GROUPS)) | {k for k in FLAT_KEYS if "." not in k}
+_YAML_TARGET_KEYS = frozenset({"name", "kind"} | set(_YAML_GROUPS)) | {k for k in SETTINGS_BY_KEY if "." not in k}
 _YAML_TOP_LEVEL_KEYS = frozenset({"targets", "fleet", "fleets"})
 
 
@@ -702,7 +776,7 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
         kind = _parse_required(item, "kind", _parse_kind, prefix, "is required (knative or keda)", problems)
         if ref is not None and ref in seen:
             problems.append(Problem(f"{prefix}.name", str(ref), "is listed twice"))
-        raw: dict[str, object] = {k: v for k, v in item.items() if k in FLAT_KEYS}
+        raw: dict[str, object] = {k: v for k, v in item.items() if k in SETTINGS_BY_KEY}
         for group, keys in _YAML_GROUPS.items():
             nested = item.get(group)
             if isinstance(nested, Mapping):
@@ -734,7 +808,7 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
 
 # --- source 2: Kubernetes annotations (prewarm.dev/kebab-case) ---
 
-_ANNOTATION_TO_CANONICAL = {suffix: canonical for canonical, (suffix, _) in FLAT_KEYS.items()}
+_ANNOTATION_TO_CANONICAL = {s.annotation: s.key for s in SETTINGS}
 
 
 def parse_annotations(
@@ -761,7 +835,7 @@ def parse_annotations(
         ref=ref,
         kind=kind,
         raw=raw,
-        spelled=lambda canonical: ANNOTATION_PREFIX + FLAT_KEYS[canonical][0],
+        spelled=lambda canonical: ANNOTATION_PREFIX + SETTINGS_BY_KEY[canonical].annotation,
         platform_max=platform_max,
         problems=problems,
     )
@@ -772,7 +846,7 @@ def parse_annotations(
 
 # --- source 3: KEDA trigger scalerMetadata (camelCase, no prefix) ---
 
-_METADATA_TO_CANONICAL = {meta: canonical for canonical, (_, meta) in FLAT_KEYS.items()}
+_METADATA_TO_CANONICAL = {s.metadata: s.key for s in SETTINGS}
 # `target` is ours; KEDA passes the trigger's whole metadata map, so its own external-scaler
 # connection keys arrive too and are neither target settings nor typos.
 SCALER_METADATA_CONTROL_KEYS = frozenset(
@@ -806,53 +880,10 @@ def parse_scaler_metadata(
         ref=ref,
         kind=TargetKind.KEDA if base is None else base.kind,
         raw=raw,
-        spelled=lambda canonical: FLAT_KEYS[canonical][1],
+        spelled=lambda canonical: SETTINGS_BY_KEY[canonical].metadata,
         platform_max=platform_max,
         problems=problems,
     )
     if spec is None:
         raise ConfigError(f"scalerMetadata of {scaled_object}", problems)
     return spec, tuple(warnings)
-
-
-def _canonical_values(spec: TargetSpec) -> dict[str, object]:
-    """The canonical-key view of an already-valid spec, so inline keys can override it."""
-    values: dict[str, object] = {
-        "min": spec.min,
-        "max": spec.max,
-        "sessionsPerReplica": spec.sessions_per_replica,
-        "sessionTTL": spec.session_ttl.total_seconds(),
-        "hold": spec.hold.total_seconds(),
-        "forecast.enabled": spec.forecast.enabled,
-        "forecast.quantile": spec.forecast.quantile,
-        "forecast.horizon": spec.forecast.horizon.total_seconds(),
-        "forecast.keepAlive": spec.forecast.keep_alive.total_seconds(),
-        "forecast.keepAliveReplicas": spec.forecast.keep_alive_replicas,
-        "fleet": spec.fleet,
-    }
-    if spec.cron:
-        values["cron"] = [
-            {
-                "schedule": w.schedule,
-                "duration": w.duration.total_seconds(),
-                "floor": w.floor,
-                "timezone": w.timezone,
-            }
-            for w in spec.cron
-        ]
-    history = spec.forecast.history
-    if history is not None:
-        values["forecast.history"] = history.preset.value
-        values["forecast.historyDays"] = history.days
-        if history.query is not None:
-            values["forecast.historyQuery"] = history.query
-        if history.name is not None:
-            values["forecast.historyName"] = history.name
-    if spec.budget is not None:
-        values["budget"] = spec.budget
-    if spec.objective.cold_starts is not None:
-        values["objective.coldStarts"] = spec.objective.cold_starts
-    values["batch.floor"] = spec.batch.floor
-    if spec.batch.budget_share is not None:
-        values["batch.budgetShare"] = spec.batch.budget_share
-    return values

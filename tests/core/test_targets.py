@@ -562,3 +562,77 @@ def test_a_fleet_without_a_budget_is_warned_about() -> None:
         source="t.yaml",
     )
     assert parsed.warnings == ("t.yaml: ml/b names fleet 'a10o', which has no budget (fleet: or fleets:)",)
+
+
+# Every setting's spellings, pinned: the table derives them from the canonical key.
+SPELLINGS = [
+    ("min", "min", "min"),
+    ("max", "max", "max"),
+    ("sessionsPerReplica", "sessions-per-replica", "sessionsPerReplica"),
+    ("sessionTTL", "session-ttl", "sessionTTL"),
+    ("hold", "hold", "hold"),
+    ("cron", "cron", "cron"),
+    ("forecast.enabled", "forecast-enabled", "forecastEnabled"),
+    ("forecast.quantile", "forecast-quantile", "forecastQuantile"),
+    ("forecast.horizon", "forecast-horizon", "forecastHorizon"),
+    ("forecast.keepAlive", "forecast-keep-alive", "forecastKeepAlive"),
+    ("forecast.keepAliveReplicas", "forecast-keep-alive-replicas", "forecastKeepAliveReplicas"),
+    ("forecast.history", "forecast-history", "forecastHistory"),
+    ("forecast.historyQuery", "forecast-history-query", "forecastHistoryQuery"),
+    ("forecast.historyName", "forecast-history-name", "forecastHistoryName"),
+    ("forecast.historyDays", "forecast-history-days", "forecastHistoryDays"),
+    ("budget", "budget", "budget"),
+    ("objective.coldStarts", "objective-cold-starts", "objectiveColdStarts"),
+    ("fleet", "fleet", "fleet"),
+    ("batch.floor", "batch-floor", "batchFloor"),
+    ("batch.budgetShare", "batch-budget-share", "batchBudgetShare"),
+]
+
+
+def test_each_setting_is_one_row_spelled_for_every_source() -> None:
+    assert [(s.key, s.annotation, s.metadata) for s in targets.SETTINGS] == SPELLINGS
+
+
+# One value per setting, as a flat string map can hold it (cron in its compact form).
+EVERY_SETTING = {
+    "min": "1",
+    "max": "6",
+    "sessionsPerReplica": "8",
+    "sessionTTL": "90s",
+    "hold": "5m",
+    "cron": COMPACT_CRON,
+    "forecast.enabled": "true",
+    "forecast.quantile": "0.95",
+    "forecast.horizon": "2m",
+    "forecast.keepAlive": "10m",
+    "forecast.keepAliveReplicas": "2",
+    "forecast.history": "vllm",
+    "forecast.historyName": "llama",
+    "forecast.historyDays": "7",
+    "budget": "12.5",
+    "objective.coldStarts": "5%",
+    "fleet": "gpu",
+    "batch.floor": "1",
+    "batch.budgetShare": "20%",
+}
+
+
+def test_every_setting_reads_the_same_from_every_source_and_survives_a_base() -> None:
+    assert set(EVERY_SETTING) == {s.key for s in targets.SETTINGS} - {"forecast.historyQuery"}
+    by_key = {s.key: s for s in targets.SETTINGS}
+    ref = TargetRef("ml", "chat")
+    from_annotations, warnings = targets.parse_annotations(
+        {targets.ANNOTATION_PREFIX + by_key[k].annotation: v for k, v in EVERY_SETTING.items()}, ref=ref
+    )
+    from_metadata, metadata_warnings = targets.parse_scaler_metadata(
+        {by_key[k].metadata: v for k, v in EVERY_SETTING.items()}, scaled_object=ref
+    )
+    assert warnings == metadata_warnings == ()
+    assert from_metadata == dataclasses.replace(from_annotations, kind=TargetKind.KEDA)
+    assert from_annotations.forecast.keep_alive == timedelta(minutes=10)
+    assert from_annotations.forecast.history == targets.HistorySettings(
+        targets.HistoryPreset.VLLM, name="llama", days=7
+    )
+    assert (from_annotations.objective.cold_starts, from_annotations.fleet) == (0.05, "gpu")
+    again, _ = targets.parse_scaler_metadata({}, scaled_object=ref, base=from_metadata)
+    assert again == from_metadata
