@@ -232,9 +232,9 @@ class Reconciler:
     async def _attempt(
         self, target: str, decision: policy.FloorDecision | None, entry: TargetActuation
     ) -> outcomes.Result:
-        if self._telemetry is None:
+        if self._telemetry is None or entry.context is None:  # a span only as a decision span's child
             return await self._call(target, decision, entry.applied)
-        parent = None if entry.context is None else trace.set_span_in_context(trace.NonRecordingSpan(entry.context))
+        parent = trace.set_span_in_context(trace.NonRecordingSpan(entry.context))
         with self._telemetry.tracer.start_as_current_span(
             "actuate", context=parent, attributes={"prewarm.actuator": self.name, "prewarm.target": target}
         ):
