@@ -63,10 +63,22 @@ class Telemetry:
         meter = meter_provider.get_meter("kube-prewarm")
         self.tracer = tracer_provider.get_tracer("kube-prewarm")
         self._targets = set(targets)
-        self._floor = meter.create_gauge("prewarm.floor", unit="{replica}", description="Decided replica floor")
-        self._sessions = meter.create_gauge("prewarm.sessions.active", unit="{session}", description="Live sessions")
-        self._budget = meter.create_gauge(
-            "prewarm.budget.used", unit="h", description="Pre-warm replica-hours spent today (UTC)"
+        # Set per decision (a relist decides every target): plain dicts here, read by OpenTelemetry
+        # only when it collects, instead of three instrument calls per decision.
+        self._floors: dict[str, dict[str, int]] = {}  # target -> source -> floor (0 for superseded sources)
+        self._session_counts: dict[str, int] = {}
+        self._budgets: dict[str, float] = {}
+        meter.create_observable_gauge(
+            "prewarm.floor", callbacks=[self._observe_floors], unit="{replica}", description="Decided replica floor"
+        )
+        meter.create_observable_gauge(
+            "prewarm.sessions.active", callbacks=[self._observe_sessions], unit="{session}", description="Live sessions"
+        )
+        meter.create_observable_gauge(
+            "prewarm.budget.used",
+            callbacks=[self._observe_budgets],
+            unit="h",
+            description="Pre-warm replica-hours spent today (UTC)",
         )
         # Counted per event on the ingest hot path: plain integers here, read by OpenTelemetry only
         # when it collects (a scrape or an export), instead of an instrument call per event.
@@ -178,7 +190,6 @@ class Telemetry:
         self._objective_quantile = meter.create_gauge(
             "prewarm.objective.quantile", unit="1", description="The tuned forecast quantile (0: forecast off)"
         )
-        self._floor_source: dict[str, str] = {}
         self._starts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # target -> [warm, cold]
         self._raises: dict[str, _Raise] = {}
         self._raise_outcomes: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # [used, total]
@@ -246,18 +257,30 @@ class Telemetry:
 
     # --- decisions and actuation ---
 
+    def _observe_floors(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, floors in sorted(self._floors.items()):
+            for source, floor in sorted(floors.items()):
+                yield Observation(floor, {"target": target, "source": source})
+
+    def _observe_sessions(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, count in sorted(self._session_counts.items()):
+            yield Observation(count, {"target": target})
+
+    def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, hours in sorted(self._budgets.items()):
+            yield Observation(hours, {"target": target})
+
     def record_decision(
         self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, sessions: int, seconds: float
     ) -> None:
         label = {"target": self._target(decision.target)}
         # One non-zero series per target: the current source's. Summed over sources, it is the floor.
-        superseded = self._floor_source.get(label["target"])
-        if superseded is not None and superseded != decision.source.value:
-            self._floor.set(0, {**label, "source": superseded})
-        self._floor_source[label["target"]] = decision.source.value
-        self._floor.set(decision.floor, {**label, "source": decision.source.value})
-        self._sessions.set(sessions, label)
-        self._budget.set(decision.budget_used, label)
+        floors = self._floors.setdefault(label["target"], {})
+        for source in floors:
+            floors[source] = 0
+        floors[decision.source.value] = decision.floor
+        self._session_counts[label["target"]] = sessions
+        self._budgets[label["target"]] = decision.budget_used
         self._decision_duration.record(seconds, label)
         before = 0 if previous is None else previous.floor
         if decision.floor > before and decision.source is policy.Source.INTENT:
