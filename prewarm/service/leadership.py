@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prewarm.service import clock
-from prewarm.service.store import LeaseStore, StateUnavailable
+from prewarm.service.store import Lease, LeaseStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 TargetCallback = Callable[[str], None]
+CLAIM_CHUNK = 1024  # targets per claim: each chunk's leases count from when its own claim was sent
 
 
 class TargetLeases:
@@ -106,28 +107,37 @@ class TargetLeases:
         letting_go = {t: token for t, (token, _) in self._held.items() if not lead or t not in known}
         if letting_go:
             await self._give_up(letting_go)
-        sent = self._monotonic()
-        try:
-            leases = await self._store.claim_leases(
-                wanted,
-                holder=self.holder,
-                held={t: token for t, (token, _) in self._held.items()},
-                ttl=self.ttl,
-                acquire=lead,
-            )
-        except StateUnavailable as e:
-            self._failures += 1
-            if self._failures == 1:
-                log.warning("cannot renew decider leases: %s", e)
-            now = self._monotonic()
-            self._expire(now)
-            delay = min(0.05 * 2.0**self._failures, 1.0)
-            deadlines = [until - now for _, until in self._held.values()]
-            return max(0.0, min([delay, *deadlines]))
+        began = self._monotonic()
+        next_claim = self._renew_every
+        for start in range(0, len(wanted), CLAIM_CHUNK):
+            chunk = wanted[start : start + CLAIM_CHUNK]
+            sent = self._monotonic()  # each chunk's leases are believed held from its own claim
+            try:
+                leases = await self._store.claim_leases(
+                    chunk,
+                    holder=self.holder,
+                    held={t: self._held[t][0] for t in chunk if t in self._held},
+                    ttl=self.ttl,
+                    acquire=lead,
+                )
+            except StateUnavailable as e:
+                self._failures += 1
+                if self._failures == 1:
+                    log.warning("cannot renew decider leases: %s", e)
+                now = self._monotonic()
+                self._expire(now)
+                delay = min(0.05 * 2.0**self._failures, 1.0)
+                deadlines = [until - now for _, until in self._held.values()]
+                return max(0.0, min([delay, *deadlines]))
+            next_claim = min(next_claim, self._settle(leases, until=sent + self.ttl, lead=lead))
         if self._failures:
             log.info("decider leases renewed again after %d failed attempts", self._failures)
         self._failures = 0
-        until = sent + self.ttl
+        self._expire(self._monotonic())
+        return max(0.0, next_claim - (self._monotonic() - began))
+
+    def _settle(self, leases: Sequence[Lease], *, until: float, lead: bool) -> float:
+        """Take in one claim's answers; return the seconds until a foreign lease expires (or the renewal)."""
         next_claim = self._renew_every
         for lease in leases:
             before = self._held.get(lease.target)
@@ -145,8 +155,7 @@ class TargetLeases:
                 self._notify(self._lost, lease.target)
             if lead and lease.holder and lease.remaining >= 0:
                 next_claim = min(next_claim, lease.remaining + 0.005)  # be there when it expires
-        self._expire(self._monotonic())
-        return max(0.0, next_claim - (self._monotonic() - sent))
+        return next_claim
 
     async def release_all(self) -> None:
         """Give every held lease back (at shutdown), so a standby takes over at once."""
