@@ -109,27 +109,35 @@ class TargetLeases:
             await self._give_up(letting_go)
         began = self._monotonic()
         next_claim = self._renew_every
-        for start in range(0, len(wanted), CLAIM_CHUNK):
-            chunk = wanted[start : start + CLAIM_CHUNK]
-            sent = self._monotonic()  # each chunk's leases are believed held from its own claim
-            try:
-                leases = await self._store.claim_leases(
-                    chunk,
-                    holder=self.holder,
-                    held={t: self._held[t][0] for t in chunk if t in self._held},
-                    ttl=self.ttl,
-                    acquire=lead,
-                )
-            except StateUnavailable as e:
-                self._failures += 1
-                if self._failures == 1:
-                    log.warning("cannot renew decider leases: %s", e)
-                now = self._monotonic()
-                self._expire(now)
-                delay = min(0.05 * 2.0**self._failures, 1.0)
-                deadlines = [until - now for _, until in self._held.values()]
-                return max(0.0, min([delay, *deadlines]))
-            next_claim = min(next_claim, self._settle(leases, until=sent + self.ttl, lead=lead))
+        try:
+            # what is held is renewed in bulk (the reply names only what was lost); the rest is claimed
+            renewing = {t: self._held[t][0] for t in wanted if t in self._held}
+            for start in range(0, len(wanted), CLAIM_CHUNK):
+                chunk = wanted[start : start + CLAIM_CHUNK]
+                sent = self._monotonic()  # each chunk's leases are believed held from its own call
+                held = {t: renewing[t] for t in chunk if t in renewing}
+                lost = set(await self._store.renew_leases(held, ttl=self.ttl)) if held else set()
+                for target in held.keys() - lost:
+                    self._held[target] = (held[target], sent + self.ttl)
+                claiming = [t for t in chunk if t not in held or t in lost]
+                if claiming:
+                    leases = await self._store.claim_leases(
+                        claiming,
+                        holder=self.holder,
+                        held={t: held[t] for t in claiming if t in held},
+                        ttl=self.ttl,
+                        acquire=lead,
+                    )
+                    next_claim = min(next_claim, self._settle(leases, until=sent + self.ttl, lead=lead))
+        except StateUnavailable as e:
+            self._failures += 1
+            if self._failures == 1:
+                log.warning("cannot renew decider leases: %s", e)
+            now = self._monotonic()
+            self._expire(now)
+            delay = min(0.05 * 2.0**self._failures, 1.0)
+            deadlines = [until - now for _, until in self._held.values()]
+            return max(0.0, min([delay, *deadlines]))
         if self._failures:
             log.info("decider leases renewed again after %d failed attempts", self._failures)
         self._failures = 0

@@ -164,6 +164,26 @@ end
 return out
 """
 
+# KEYS: per target, its lease key.
+# ARGV: lease ms, then per target the token this holder holds.
+# Renews each lease that still holds its token; returns the (1-based) positions of those that did
+# not (taken or expired): a renewal of thousands of leases answers with only what changed.
+RENEW_LEASES = r"""
+local ttl = tonumber(ARGV[1])
+if not ttl or ttl < 1 or #KEYS ~= #ARGV - 1 then
+  return redis.error_reply('ERR prewarm renew leases: malformed arguments')
+end
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
 # KEYS: per target, its lease key then its epoch key.
 # ARGV: holder id, lease ms, acquire free leases (0|1), epoch ttl s, then per target the token
 #       this holder believes it holds ('' for none).

@@ -14,6 +14,7 @@ from prewarm.service.store.leases import Lease
 from prewarm.service.store.redis_keys import key, slot
 
 MAX_LEASES_PER_CALL = 256
+MAX_RENEWALS_PER_CALL = 2048  # a renewal is one GET and one PEXPIRE: a short script even at this size
 EPOCH_TTL = timedelta(days=30)  # a target's lease epoch outlives any token that could still be in use
 
 
@@ -30,6 +31,7 @@ class RedisLeases:
         self._calling = calling
         self._claim = client.register_script(redis_scripts.CLAIM_LEASES)
         self._release = client.register_script(redis_scripts.RELEASE_LEASES)
+        self._renew = client.register_script(redis_scripts.RENEW_LEASES)
 
     async def claim_leases(
         self, targets: Sequence[str], *, holder: str, held: Mapping[str, str], ttl: float, acquire: bool = True
@@ -59,16 +61,29 @@ class RedisLeases:
                 )
         return results
 
+    async def renew_leases(self, held: Mapping[str, str], *, ttl: float) -> list[str]:
+        """Renew what `held` still holds, a chunk per call; the reply names only the leases lost."""
+        lost: list[str] = []
+        ttl_ms = max(1, round(ttl * 1000))
+        for chunk in self._slot_chunks(list(held), per_call=MAX_RENEWALS_PER_CALL):
+            async with self._calling():
+                reply = await self._renew(
+                    keys=[key(target, "leader") for target in chunk], args=[ttl_ms, *(held[t] for t in chunk)]
+                )
+            lost += [chunk[int(position) - 1] for position in reply]
+        return lost
+
     async def release_leases(self, held: Mapping[str, str]) -> None:
         """Give up the leases `held` (target -> token) that still hold those tokens."""
         for chunk in self._slot_chunks(list(held)):
             async with self._calling():
                 await self._release(keys=[key(t, "leader") for t in chunk], args=[held[t] for t in chunk])
 
-    def _slot_chunks(self, targets: Sequence[str]) -> list[list[str]]:
+    def _slot_chunks(self, targets: Sequence[str], *, per_call: int = 0) -> list[list[str]]:
         """Targets in groups one script call may name: a single server takes any, a Cluster one slot."""
         if not self._cluster:
-            return [list(targets[i : i + MAX_LEASES_PER_CALL]) for i in range(0, len(targets), MAX_LEASES_PER_CALL)]
+            size = per_call or MAX_LEASES_PER_CALL
+            return [list(targets[i : i + size]) for i in range(0, len(targets), size)]
         by_slot: dict[int, list[str]] = {}
         for target in targets:
             by_slot.setdefault(slot(target), []).append(target)
