@@ -180,11 +180,14 @@ class TargetLeases:
             log.warning("could not release %d decider leases (they expire on their own): %s", len(leases), e)
 
     def _expire(self, now: float) -> None:
-        for target, (_, until) in list(self._held.items()):
-            if now >= until:
-                del self._held[target]
-                log.warning("%s: lease not renewed in time; %s stops deciding it", target, self.holder)
-                self._notify(self._lost, target)
+        expired = [target for target, (_, until) in self._held.items() if now >= until]
+        if not expired:
+            return
+        shown = ", ".join(expired[:3]) + (f" and {len(expired) - 3} more" if len(expired) > 3 else "")
+        log.warning("%s: lease not renewed in time; %s stops deciding it", shown, self.holder)  # one line for all
+        for target in expired:
+            del self._held[target]
+            self._notify(self._lost, target)
 
     @staticmethod
     def _notify(callbacks: Sequence[TargetCallback], target: str) -> None:

@@ -26,6 +26,8 @@ from prewarm.service import actuation, backoff, clock, telemetry, work_queue
 log = logging.getLogger(__name__)
 
 REFUSED_RETRY = 30.0  # seconds before a refused floor is tried again (the cause may be fixed meanwhile)
+RETRY_SHARE = 0.5  # at most this share of the workers retry failing targets at once: the rest take fresh work
+RETRY_LATER = 0.25  # seconds a retry waits when that share is busy (a stalled API holds its workers)
 
 
 @dataclasses.dataclass(slots=True)
@@ -67,6 +69,8 @@ class Reconciler:
         self._telemetry = telemetry
         self._refused_retry = refused_retry
         self._states: dict[str, TargetActuation] = {}
+        self._retry_slots = max(1, int(workers * RETRY_SHARE))
+        self._retrying = 0  # workers on a target that failed before
         self.retries = 0
         if telemetry is not None:
             telemetry.watch_actuation(self.name, depth=self.depth, oldest_unapplied=self.oldest_unapplied)
@@ -158,9 +162,19 @@ class Reconciler:
                 target = await self._queue.get()
             except work_queue.ShutDown:
                 return
+            entry = self._states.get(target)
+            retry = entry is not None and entry.attempts > 0
+            if retry and self._retrying >= self._retry_slots:
+                # many targets failing at once (calls that hang until their timeout) would take
+                # every worker: their retries wait for a retry slot, fresh floors go ahead
+                self._queue.done(target)
+                self._queue.add_after(target, RETRY_LATER)
+                continue
+            self._retrying += retry
             try:
                 await self._reconcile(target)
             finally:
+                self._retrying -= retry
                 self._queue.done(target)
 
     async def _reconcile(self, target: str) -> None:

@@ -385,4 +385,20 @@ async def test_a_stalled_api_holds_up_no_other_target_and_the_floor_lands_once_i
             revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
             await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=2)
             await wait_for_async(lambda: knative_applied(1), within=2)
+            async with http.get(f"http://127.0.0.1:{service.http_port}/metrics") as response:
+                metrics = {
+                    (
+                        sample.name,
+                        tuple(sorted((k, v) for k, v in sample.labels.items() if "otel" not in k)),
+                    ): sample.value
+                    for family in text_string_to_metric_families(await response.text())
+                    for sample in family.samples
+                }
     assert {manager for _, _, manager in fake.field_managers} == {"kube-prewarm"}  # our writes are ours
+    knative = (("actuator", "knative"),)
+    assert metrics[("prewarm_actuation_queue_depth", knative)] == 0
+    assert metrics[("prewarm_actuation_unapplied_age_seconds", knative)] == 0
+    assert metrics[("prewarm_actuations_total", (("actuator", "knative"), ("outcome", "applied")))] >= 2
+    assert (
+        metrics[("prewarm_actuations_total", (("actuator", "knative"), ("outcome", "skipped")))] == 6
+    )  # 3 KEDA targets x 2 floors
