@@ -57,12 +57,12 @@ def write_config(path: Path, targets: int) -> None:
             out.write(f"  - {{name: {target_name(index)}, kind: keda, max: 4, sessionsPerReplica: 1, hold: 0s}}\n")
 
 
-def decided(client: redis.Redis, targets: int) -> int:
-    """How many targets have a stored decision (one pipelined EXISTS per target)."""
+def undecided(client: redis.Redis, names: list[str]) -> list[str]:
+    """Those of `names` with no stored decision yet (one pipelined EXISTS each: poll what is left)."""
     with client.pipeline(transaction=False) as pipe:
-        for index in range(targets):
-            pipe.exists(f"prewarm:{{{target_name(index)}}}:decision")
-        return sum(int(n) for n in pipe.execute())
+        for name in names:
+            pipe.exists(f"prewarm:{{{name}}}:decision")
+        return [name for name, found in zip(names, pipe.execute(), strict=True) if not found]
 
 
 def floor_of(client: redis.Redis, target: str) -> int | None:
@@ -111,10 +111,11 @@ def run(targets: int, workdir: Path) -> dict[str, Any]:
     try:
         result["http_up_s"] = time.monotonic() - began
         deadline = began + 600
-        while decided(client, targets) < targets:
+        waiting = [target_name(index) for index in range(targets)]
+        while waiting := undecided(client, waiting):
             if time.monotonic() > deadline:
                 raise RuntimeError("not every target was decided within 600 s")
-            time.sleep(0.2)
+            time.sleep(0.5)
         result["all_decided_s"] = time.monotonic() - began
         # Redis restart: the decider re-reads every target after the gap
         store.send_signal(signal.SIGTERM)

@@ -110,25 +110,25 @@ class TargetLeases:
         began = self._monotonic()
         next_claim = self._renew_every
         try:
-            # what is held is renewed in bulk (the reply names only what was lost); the rest is claimed
+            # what is held is renewed in bulk, all at once (the reply names only what was lost)
             renewing = {t: self._held[t][0] for t in wanted if t in self._held}
-            for start in range(0, len(wanted), CLAIM_CHUNK):
-                chunk = wanted[start : start + CLAIM_CHUNK]
-                sent = self._monotonic()  # each chunk's leases are believed held from its own call
-                held = {t: renewing[t] for t in chunk if t in renewing}
-                lost = set(await self._store.renew_leases(held, ttl=self.ttl)) if held else set()
-                for target in held.keys() - lost:
-                    self._held[target] = (held[target], sent + self.ttl)
-                claiming = [t for t in chunk if t not in held or t in lost]
-                if claiming:
-                    leases = await self._store.claim_leases(
-                        claiming,
-                        holder=self.holder,
-                        held={t: held[t] for t in claiming if t in held},
-                        ttl=self.ttl,
-                        acquire=lead,
-                    )
-                    next_claim = min(next_claim, self._settle(leases, until=sent + self.ttl, lead=lead))
+            sent = self._monotonic()
+            lost = set(await self._store.renew_leases(renewing, ttl=self.ttl)) if renewing else set()
+            for target in renewing.keys() - lost:
+                self._held[target] = (renewing[target], sent + self.ttl)
+            # the rest is claimed a chunk at a time, each chunk's leases counted from its own claim
+            claiming = [t for t in wanted if t not in renewing or t in lost]
+            for start in range(0, len(claiming), CLAIM_CHUNK):
+                chunk = claiming[start : start + CLAIM_CHUNK]
+                sent = self._monotonic()
+                leases = await self._store.claim_leases(
+                    chunk,
+                    holder=self.holder,
+                    held={t: renewing[t] for t in chunk if t in renewing},
+                    ttl=self.ttl,
+                    acquire=lead,
+                )
+                next_claim = min(next_claim, self._settle(leases, until=sent + self.ttl, lead=lead))
         except StateUnavailable as e:
             self._failures += 1
             if self._failures == 1:

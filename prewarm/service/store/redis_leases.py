@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
@@ -62,16 +63,19 @@ class RedisLeases:
         return results
 
     async def renew_leases(self, held: Mapping[str, str], *, ttl: float) -> list[str]:
-        """Renew what `held` still holds, a chunk per call; the reply names only the leases lost."""
-        lost: list[str] = []
+        """Renew what `held` still holds, every chunk's call sent at once (a renewal of all a replica
+        holds takes one round trip, not one per chunk); the replies name only the leases lost."""
         ttl_ms = max(1, round(ttl * 1000))
-        for chunk in self._slot_chunks(list(held), per_call=MAX_RENEWALS_PER_CALL):
+
+        async def renew(chunk: list[str]) -> list[str]:
             async with self._calling():
                 reply = await self._renew(
-                    keys=[key(target, "leader") for target in chunk], args=[ttl_ms, *(held[t] for t in chunk)]
+                    keys=[key(t, "leader") for t in chunk], args=[ttl_ms, *(held[t] for t in chunk)]
                 )
-            lost += [chunk[int(position) - 1] for position in reply]
-        return lost
+            return [chunk[int(position) - 1] for position in reply]
+
+        chunks = self._slot_chunks(list(held), per_call=MAX_RENEWALS_PER_CALL)
+        return [target for lost in await asyncio.gather(*(renew(chunk) for chunk in chunks)) for target in lost]
 
     async def release_leases(self, held: Mapping[str, str]) -> None:
         """Give up the leases `held` (target -> token) that still hold those tokens."""
