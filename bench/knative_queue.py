@@ -172,7 +172,7 @@ def main() -> int:
     parser.add_argument("--services", type=int, default=1000)
     parser.add_argument("--stalled", type=float, default=0.05)
     parser.add_argument("--rounds", type=int, default=3)
-    parser.add_argument("--timeout", type=float, default=10.0, help="the API client's per-call timeout (s)")
+    parser.add_argument("--timeout", type=float, default=2.0, help="the API client's per-call timeout (s)")
     parser.add_argument("--out", type=Path, default=Path("bench/out/knative_queue.json"))
     args = parser.parse_args()
     baseline = run(args.services, args.rounds, 0.0, args.timeout)

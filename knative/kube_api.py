@@ -84,7 +84,7 @@ class KubeAPI:
     `max_workers` bounds the calls in flight: give the actuator's reconciler no more workers than
     this, so a stalled call holds one thread and never a thread another target waits for."""
 
-    def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 16, timeout: float = 10.0) -> None:
+    def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 32, timeout: float = 10.0) -> None:
         self._core = k8s.CoreV1Api(api_client)
         self._apps = k8s.AppsV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)

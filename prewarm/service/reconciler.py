@@ -26,7 +26,7 @@ from prewarm.service import actuation, backoff, clock, telemetry, work_queue
 log = logging.getLogger(__name__)
 
 REFUSED_RETRY = 30.0  # seconds before a refused floor is tried again (the cause may be fixed meanwhile)
-RETRY_SHARE = 0.5  # at most this share of the workers retry failing targets at once: the rest take fresh work
+RETRY_SHARE = 0.25  # at most this share of the workers retry failing targets at once: the rest take fresh work
 RETRY_LATER = 0.25  # seconds a retry waits when that share is busy (a stalled API holds its workers)
 
 
