@@ -23,7 +23,7 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from prewarm.core import policy, targets
+from prewarm.core import ledger, policy, targets
 from prewarm.service import clock, reconciler, target_registry, telemetry
 from prewarm.service.store import LeaseLost, StateUnavailable, Store
 
@@ -345,9 +345,15 @@ class Decider:
         """What the decision core sees per target, for operators: floor, source, reason, sessions."""
         now = self._clock.now()
         view: list[dict[str, Any]] = []
-        for target, spec in sorted(self._specs.items()):
+        names = sorted(self._specs)
+        counts: list[ledger.SessionCount] = []
+        for start in range(0, len(names), BATCH):  # a batch of targets per store round trip
+            counts += [sessions for sessions, _ in await self._store.decision_inputs(names[start : start + BATCH], now)]
+        for target, sessions in zip(names, counts, strict=True):
+            spec = self._specs.get(target)
+            if spec is None:  # removed while the sessions were read
+                continue
             decision = self._decisions.get(target)
-            sessions = await self._store.count_sessions(target, now)
             view.append(
                 {
                     "target": target,
