@@ -47,8 +47,8 @@ def decision(name: str, floor: int) -> policy.FloorDecision:
 class Cluster:
     """The fake API with one Knative Service per name, each routing all traffic to `<name>-00001`."""
 
-    def __init__(self, server: KubeAPIServer, api: kube_api.KubeAPI) -> None:
-        self.server, self.api = server, api
+    def __init__(self, server: KubeAPIServer, api: kube_api.KubeAPI, url: str) -> None:
+        self.server, self.api, self.url = server, api, url
 
     def min_scale(self, name: str) -> str | None:
         revision = self.server.get(SERVING, "llm", "revisions", f"{name}-00001")
@@ -78,9 +78,10 @@ async def cluster_with(names: list[str]) -> AsyncIterator[Cluster]:
         )
         fake.add(SERVING, "revisions", {"metadata": {"name": f"{name}-00001", "namespace": "llm"}})
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))), timeout=5)
+        url = str(server.make_url("")).rstrip("/")
+        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=url)), timeout=5)
         try:
-            yield Cluster(fake, api)
+            yield Cluster(fake, api, url)
         finally:
             fake.release()
             api.close()
@@ -125,6 +126,36 @@ async def test_a_stalled_target_holds_up_no_other_and_lands_once_the_api_answers
             await wait_for(lambda: cluster.min_scale("stalled") == "2", within=2)
             await wait_for(lambda: (knative.describe("llm/stalled") or {}).get("state") == "applied")
     assert knative.retries == 0
+
+
+async def test_calls_that_time_out_during_a_stall_are_retried_and_the_floor_lands_once_it_answers() -> None:
+    """The API stalls for longer than the client waits: each attempt times out and is retried with
+    backoff; the other target lands meanwhile; once the API answers, the stalled floor lands."""
+    async with cluster_with(["stalled", "other"]) as cluster:
+        quick = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=cluster.url)), timeout=0.2)
+        manual = clock.ManualClock(T0)
+        knative = reconciler.Reconciler(KnativeActuator(quick, floor_object="revision"), clock=manual, workers=4)
+        try:
+            async with running(knative):
+                cluster.server.stall("/stalled")
+                knative.submit(decision("stalled", 3))
+                knative.submit(decision("other", 3))
+                await wait_for(lambda: cluster.min_scale("other") == "3", within=1)
+                for _ in range(2):  # two attempts time out, each retried after its backoff
+                    await next_retry(manual)
+                view = knative.describe("llm/stalled")
+                assert view is not None and view["attempts"] >= 2 and view["state"] == "retrying"
+                assert "Timeout" in str(view["last_error"]) or "timed out" in str(view["last_error"])
+                cluster.server.release()
+                while cluster.min_scale("stalled") != "3":  # the attempt under way, or the next one, lands
+                    await wait_for(
+                        lambda: any(d > manual.now() for d in manual.deadlines) or cluster.min_scale("stalled") == "3",
+                        within=2,
+                    )
+                    if cluster.min_scale("stalled") != "3":
+                        await next_retry(manual)
+        finally:
+            quick.close()
 
 
 async def test_a_throttled_or_failing_api_is_retried_with_backoff_until_the_floor_lands() -> None:
