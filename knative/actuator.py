@@ -3,26 +3,26 @@
 It patches the Revision's annotation (Knative >= 1.21) or the PodAutoscaler's (<= 1.20), never
 the Service template (that would mint a Revision and restart GPU pods), only when the value
 changes, and only what the webhook will accept. When the installed version cannot be read it
-patches nothing and says so (log, metric, `/targets`): the wrong object is worse than none.
+patches nothing and says so (log, metric, `/targets`, a `refused` outcome): the wrong object is
+worse than none. It makes one attempt per call and raises what may pass (no answer, 429, 5xx):
+the reconciler in front of it retries with backoff, so a slow API never holds up another target.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Awaitable, Callable
-from typing import Any, TypeVar
+from typing import Any
 
 from knative import annotations as keys
 from knative import floors, kube_api, serving_version
-from prewarm.core import policy
+from prewarm.core import actuation, policy
 
 log = logging.getLogger(__name__)
 
-Sleep = Callable[[float], Awaitable[None]]
 Wake = Callable[[str, str], Awaitable[int]]  # (method, url) -> HTTP status
-T = TypeVar("T")
+CONFLICT_REREADS = 3  # a 409 is read again and retried at once, this many times within one attempt
 
 
 def parse_wake(value: str | None) -> tuple[str, str] | None:
@@ -46,9 +46,6 @@ class KnativeActuator:
         api: kube_api.KubeAPI,
         *,
         floor_object: str | None = None,
-        max_attempts: int = 5,
-        sleep: Sleep = asyncio.sleep,
-        rng: random.Random | None = None,
         applies_to: Callable[[str], bool] = lambda target: True,
         wake: Wake | None = None,
         is_leader: Callable[[], bool] = lambda: True,
@@ -65,30 +62,24 @@ class KnativeActuator:
         self._version = None if floor_object is None else serving_version.forced(floor_object)
         self._detecting = asyncio.Lock()
         self._refused: dict[str, str] = {}  # target -> why its last floor was not written
-        self._max_attempts = max_attempts
-        self._sleep = sleep
-        self._rng = rng or random.Random()
         self._invalid_logged: set[tuple[str, str, str]] = set()
-        self._locks: dict[str, asyncio.Lock] = {}  # one apply per target at a time: the second reads the first's write
         self.counts: dict[str, int] = {
             "patched": 0,
             "unchanged": 0,
             "gone": 0,
             "invalid": 0,
-            "failed": 0,
             "refused": 0,
         }
 
     async def installed_version(self) -> serving_version.ServingVersion:
         """Where min-scale goes: read from the installed Knative Serving once it is known, and
-        tried again on every call while it is not (RBAC fixed, API server back)."""
+        tried again on every call while it is not (RBAC fixed, API server back). Raises
+        KubeAPIError when a read failed in a way that may pass."""
         if self._version is not None and self._version.floor_object is not None:
             return self._version
         async with self._detecting:
             if self._version is None or self._version.floor_object is None:
-                found = await serving_version.detect_serving_version(
-                    self._api, system_namespace=self._system_namespace, retry=self._retrying
-                )
+                found = await serving_version.detect_serving_version(self._api, system_namespace=self._system_namespace)
                 if found.floor_object is not None:
                     log.info(
                         "Knative Serving %s (%s): min-scale goes on %ss",
@@ -109,7 +100,7 @@ class KnativeActuator:
             "refused": self._refused.get(target),
         }
 
-    def _refuse(self, target: str, version: serving_version.ServingVersion) -> None:
+    def _refuse(self, target: str, version: serving_version.ServingVersion) -> actuation.Result:
         reason = (
             f"min-scale not written: Knative Serving version unknown ({version.source}); set "
             "--knative-system-namespace to where Knative Serving runs, let this service account read it "
@@ -120,45 +111,46 @@ class KnativeActuator:
         if self._refused.get(target) != reason:  # once per target and reason; the metric counts every one
             log.error("%s: %s", target, reason)
         self._refused[target] = reason
+        return actuation.Result(actuation.Outcome.REFUSED, reason)
 
-    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> actuation.Result:
         if not self._applies_to(decision.target):
-            return  # a KEDA target: its floor reaches KEDA through the scaler
+            return actuation.Result(actuation.Outcome.SKIPPED, "not a Knative target")
         leaving_zero = decision.floor > 0 and (previous is None or previous.floor == 0)
-        await self.apply_floor(decision.target, decision.floor, wake=leaving_zero)
+        return await self.apply_floor(decision.target, decision.floor, wake=leaving_zero)
 
-    async def release(self, target: str) -> None:
+    async def release(self, target: str) -> actuation.Result:
         """Pre-warming ended for `target`: give its routed revisions back the user's own min-scale."""
-        await self.apply_floor(target, 0)
+        return await self.apply_floor(target, 0)
 
-    async def apply_floor(self, target: str, floor: int, *, wake: bool = False) -> None:
+    async def apply_floor(self, target: str, floor: int, *, wake: bool = False) -> actuation.Result:
         """Make `floor` the min-scale of `target`'s routed revisions (re-read from the Service).
 
         With `wake`, also send the Service's `prewarm.dev/wake` request once: a revision at zero
         whose autoscaler has no metrics (desired scale -1) can ignore a raised min-scale.
-        Replicas that do not hold the lease patch nothing (see knative/leader.py).
+        Replicas that do not hold the lease patch nothing (see knative/leader.py). Raises
+        KubeAPIError when a call failed in a way that may pass: the caller retries.
         """
         if not self._is_leader():
-            return
-        async with self._locks.setdefault(target, asyncio.Lock()):
-            version = await self.installed_version()
-            if version.floor_object is None:
-                self._refuse(target, version)
-                return
-            kind = version.floor_object
-            self._refused.pop(target, None)
-            namespace, _, name = target.partition("/")
-            try:
-                service = await self._api.get_service(namespace, name)
-            except kube_api.NotFound:
-                self.counts["gone"] += 1
-                log.info("%s: no such Knative Service; nothing to patch", target)
-                return
-            user_min = floors.user_min_scale(service)
-            for revision in floors.routed_revisions(service):
-                await self._apply_one(kind, namespace, revision, floor, user_min)
+            return actuation.Result(actuation.Outcome.SKIPPED, "another replica holds the Knative lease")
+        version = await self.installed_version()
+        if version.floor_object is None:
+            return self._refuse(target, version)
+        kind = version.floor_object
+        self._refused.pop(target, None)
+        namespace, _, name = target.partition("/")
+        try:
+            service = await self._api.get_service(namespace, name)
+        except kube_api.NotFound:
+            self.counts["gone"] += 1
+            log.info("%s: no such Knative Service; nothing to patch", target)
+            return actuation.APPLIED  # nothing to hold a floor: done until the Service appears
+        user_min = floors.user_min_scale(service)
+        for revision in floors.routed_revisions(service):
+            await self._apply_one(kind, namespace, revision, floor, user_min)
         if wake:
             await self._send_wake(target, service)
+        return actuation.APPLIED
 
     async def _send_wake(self, target: str, service: dict[str, Any]) -> None:
         annotations = (service.get("metadata") or {}).get("annotations") or {}
@@ -181,7 +173,9 @@ class KnativeActuator:
         log.info("%s: wake %s %s -> %d", target, method, path, code)
 
     async def _apply_one(self, kind: str, namespace: str, name: str, floor: int, user_min: int | None) -> None:
-        for attempt in range(1, self._max_attempts + 1):
+        """Read the object, patch min-scale when it differs; a 409 is read again at once (bounded).
+        Raises KubeAPIError on anything else that may pass."""
+        for _ in range(CONFLICT_REREADS):
             try:
                 obj = await self._api.get_floor_object(kind, namespace, name)
                 patch = self._patch_for(obj, floor, user_min)
@@ -203,31 +197,7 @@ class KnativeActuator:
                 return
             except kube_api.Conflict:
                 continue  # changed since read: read again and retry at once
-            except kube_api.KubeAPIError as e:
-                if attempt == self._max_attempts:
-                    break
-                delay = self._backoff(attempt)
-                log.warning("%s %s/%s: %s; retry %d in %.2fs", kind, namespace, name, e, attempt, delay)
-                await self._sleep(delay)
-        self.counts["failed"] += 1
-        log.error("%s %s/%s: min-scale not applied after %d attempts", kind, namespace, name, self._max_attempts)
-
-    def _backoff(self, attempt: int) -> float:
-        """Exponential from 0.1 s, capped at 10 s, with jitter."""
-        return min(10.0, 0.1 * 2.0 ** (attempt - 1)) * (0.5 + self._rng.random())
-
-    async def _retrying(self, call: Callable[[], Awaitable[T]]) -> T:
-        """`call`, retried with backoff while it fails in a way that may pass (no answer, 429, 5xx)."""
-        for attempt in range(1, self._max_attempts + 1):
-            try:
-                return await call()
-            except kube_api.KubeAPIError as e:
-                if not (e.status in (0, 429) or e.status >= 500) or attempt == self._max_attempts:
-                    raise
-                delay = self._backoff(attempt)
-                log.warning("reading the Knative Serving version: %s; retry %d in %.2fs", e, attempt, delay)
-                await self._sleep(delay)
-        raise AssertionError("unreachable: the last attempt returns or raises")
+        raise kube_api.Conflict(409, f"{kind} {namespace}/{name} changed on every one of {CONFLICT_REREADS} tries")
 
     @staticmethod
     def _patch_for(obj: dict[str, Any], floor: int, user_min: int | None) -> dict[str, Any] | None:

@@ -28,6 +28,11 @@ class KubeAPIError(RuntimeError):
         self.status = status
         self.message = message
 
+    @property
+    def transient(self) -> bool:
+        """Whether trying again may succeed: no answer, throttled (429) or a server error (5xx)."""
+        return self.status in (0, 429) or self.status >= 500
+
 
 class NotFound(KubeAPIError):
     """404: the object is gone."""
@@ -69,17 +74,24 @@ def _translate(error: ApiException) -> KubeAPIError:
     return kind(status, message)
 
 
+FIELD_MANAGER = "kube-prewarm"  # who owns our writes in managedFields (not the client's `OpenAPI-Generator`)
+
+
 class KubeAPI:
     """Async facade over CoreV1Api, AppsV1Api and CustomObjectsApi for Services, Revisions,
     PodAutoscalers, the labels that say which Knative Serving is installed, and the Nodes whose
-    labels say which model weights they hold (the weights follower's)."""
+    labels say which model weights they hold (the weights follower's).
 
-    def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 8, timeout: float = 10.0) -> None:
+    `max_workers` bounds the calls in flight: give the actuator's reconciler no more workers than
+    this, so a stalled call holds one thread and never a thread another target waits for."""
+
+    def __init__(self, api_client: k8s.ApiClient, *, max_workers: int = 32, timeout: float = 10.0) -> None:
         self._core = k8s.CoreV1Api(api_client)
         self._apps = k8s.AppsV1Api(api_client)
         self._custom = k8s.CustomObjectsApi(api_client)
         self._pool = concurrent.futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="kube")
         self._timeout = timeout
+        self._max_workers = max_workers
 
     async def _call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
         call = functools.partial(fn, *args, _request_timeout=self._timeout, **kwargs)
@@ -136,6 +148,7 @@ class KubeAPI:
             plural,
             name,
             patch,
+            field_manager=FIELD_MANAGER,
             _content_type=keys.MERGE_PATCH,
         )
 
@@ -220,7 +233,13 @@ class KubeAPI:
 
     async def patch_node_labels(self, name: str, labels: dict[str, str | None]) -> None:
         """Set (or, with None, remove) a node's labels by JSON merge patch; the rest is not ours."""
-        await self._call(self._core.patch_node, name, {"metadata": {"labels": labels}}, _content_type=keys.MERGE_PATCH)
+        await self._call(
+            self._core.patch_node,
+            name,
+            {"metadata": {"labels": labels}},
+            _content_type=keys.MERGE_PATCH,
+            field_manager=FIELD_MANAGER,
+        )
 
     async def get_lease(self, namespace: str, name: str) -> dict[str, Any]:
         return await self._object(
@@ -230,13 +249,26 @@ class KubeAPI:
     async def create_lease(self, namespace: str, body: dict[str, Any]) -> dict[str, Any]:
         """Create a Lease; Conflict (409 AlreadyExists) when another replica created it first."""
         return await self._object(
-            self._custom.create_namespaced_custom_object, "coordination.k8s.io", "v1", namespace, "leases", body
+            self._custom.create_namespaced_custom_object,
+            "coordination.k8s.io",
+            "v1",
+            namespace,
+            "leases",
+            body,
+            field_manager=FIELD_MANAGER,
         )
 
     async def replace_lease(self, namespace: str, name: str, body: dict[str, Any]) -> dict[str, Any]:
         """Replace a Lease; Conflict when its resourceVersion moved since it was read."""
         return await self._object(
-            self._custom.replace_namespaced_custom_object, "coordination.k8s.io", "v1", namespace, "leases", name, body
+            self._custom.replace_namespaced_custom_object,
+            "coordination.k8s.io",
+            "v1",
+            namespace,
+            "leases",
+            name,
+            body,
+            field_manager=FIELD_MANAGER,
         )
 
     @staticmethod
@@ -246,6 +278,11 @@ class KubeAPI:
         if kind == "podautoscaler":
             return keys.AUTOSCALING_GROUP, keys.AUTOSCALING_VERSION, "podautoscalers"
         raise ValueError(f"unknown floor object kind {kind!r}")
+
+    @property
+    def max_workers(self) -> int:
+        """How many calls may be in flight at once."""
+        return self._max_workers
 
     def close(self) -> None:
         self._pool.shutdown(wait=False, cancel_futures=True)

@@ -66,6 +66,14 @@ class LeaseElector:
         self._renewed: datetime | None = None  # when this replica last renewed successfully
         self.is_leader = False
 
+    def leading(self) -> bool:
+        """Whether this replica holds the Lease now."""
+        return self.is_leader
+
+    def follow(self, on_change: Callable[[bool], None]) -> None:
+        """Call `on_change(leading)` whenever this replica starts or stops leading (replaces the last)."""
+        self._on_change = on_change
+
     async def run(self) -> None:
         """Campaign forever (cancel to stop; the Lease then simply expires)."""
         never = asyncio.Event()

@@ -16,7 +16,6 @@ from knative import annotations as keys
 from knative import floors, kube_api
 
 Labels = dict[str, str]
-Retry = Callable[[Callable[[], Awaitable[Labels]]], Awaitable[Labels]]
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -33,11 +32,12 @@ def forced(floor_object: str) -> ServingVersion:
     return ServingVersion(floor_object=floor_object, version=None, source="--knative-floor-object")
 
 
-async def detect_serving_version(api: kube_api.KubeAPI, *, system_namespace: str, retry: Retry) -> ServingVersion:
+async def detect_serving_version(api: kube_api.KubeAPI, *, system_namespace: str) -> ServingVersion:
     """Read the version from the system namespace, then its controller Deployment.
 
-    `retry` runs each read, retrying what is transient; the errors it raises in the end, and
-    absent or unreadable labels, make the result unknown, with every reason in `source`.
+    Absent or unreadable labels and errors that will not pass (403, 404, ...) make the result
+    unknown, with every reason in `source`; an error that may pass (no answer, 429, 5xx) is
+    raised, so the caller tries again rather than refusing for a moment's outage.
     """
     sources: tuple[tuple[str, Callable[[], Awaitable[Labels]]], ...] = (
         (f"namespace {system_namespace}", lambda: api.namespace_labels(system_namespace)),
@@ -49,7 +49,7 @@ async def detect_serving_version(api: kube_api.KubeAPI, *, system_namespace: str
     problems = []
     for where, read in sources:
         try:
-            labels = await retry(read)
+            labels = await read()
         except kube_api.Forbidden as e:
             problems.append(f"{where}: forbidden by RBAC ({e.message})")
             continue
@@ -57,6 +57,8 @@ async def detect_serving_version(api: kube_api.KubeAPI, *, system_namespace: str
             problems.append(f"{where}: not found")
             continue
         except kube_api.KubeAPIError as e:
+            if e.transient:
+                raise
             problems.append(f"{where}: {e}")
             continue
         found = floors.version_from_labels(labels)

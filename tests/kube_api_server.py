@@ -106,6 +106,10 @@ class KubeAPIServer:
         self.nodes: dict[str, dict[str, Any]] = {}  # cluster-scoped core objects, by name
         self.requests: list[tuple[str, str, str | None, Any]] = []
         self.faults: list[tuple[str, int]] = []  # (method, status) answered before anything else
+        self.field_managers: list[tuple[str, str, str | None]] = []  # (method, path, fieldManager) of each write
+        self.stalling: str | None = None  # requests whose path contains this are held until `release()`
+        self.held = 0  # requests held now
+        self._released = asyncio.Event()
         self.rbac: RBAC | None = None  # None: every request is allowed
         self.denied: list[tuple[str, str, str | None, str | None]] = []  # (verb, resource, namespace, name) -> 403
         self._version = 100
@@ -169,11 +173,37 @@ class KubeAPIServer:
         self._version += 1
         return str(self._version)
 
+    def stall(self, path_part: str) -> None:
+        """Hold every request whose path contains `path_part` (an overloaded or restarting API server
+        that accepts the connection and does not answer) until `release()`."""
+        self.stalling = path_part
+        self._released.clear()
+
+    def release(self) -> None:
+        """Answer the held requests, and every later one at once."""
+        self.stalling = None
+        self._released.set()
+
+    async def _hold(self, request: web.Request) -> None:
+        if self.stalling is not None and self.stalling in request.path:
+            self.held += 1
+            try:
+                await self._released.wait()
+            finally:
+                self.held -= 1
+
     def _fault(self, method: str) -> web.Response | None:
         for index, (fault_method, code) in enumerate(self.faults):
             if fault_method == method:
                 del self.faults[index]
-                reason = {409: "Conflict", 422: "Invalid", 500: "InternalError", 503: "ServiceUnavailable"}
+                reason = {
+                    409: "Conflict",
+                    422: "Invalid",
+                    429: "TooManyRequests",
+                    500: "InternalError",
+                    503: "ServiceUnavailable",
+                }
+                # no Retry-After: the client library would wait it out on its own (urllib3 honours it)
                 return status(code, reason.get(code, "Unknown"), f"injected {code}")
         return None
 
@@ -189,6 +219,7 @@ class KubeAPIServer:
 
     async def _get_namespace(self, request: web.Request) -> web.Response:
         self.requests.append(("GET", request.path, None, None))
+        await self._hold(request)
         denied = self._denied(
             verb="get", group="", resource="namespaces", namespace=None, name=request.match_info["name"]
         )
@@ -261,6 +292,9 @@ class KubeAPIServer:
         key = (f"{info['group']}/{info['version']}", info["ns"], info["plural"], info["name"])
         body = await request.json() if request.method in ("PATCH", "PUT") and request.can_read_body else None
         self.requests.append((request.method, request.path, request.headers.get("Content-Type"), body))
+        if request.method in ("PATCH", "PUT"):
+            self.field_managers.append((request.method, request.path, request.query.get("fieldManager")))
+        await self._hold(request)
         verb = {"GET": "get", "PATCH": "patch", "PUT": "update", "DELETE": "delete"}.get(request.method, "unknown")
         denied = self._denied(
             verb=verb, group=info["group"], resource=info["plural"], namespace=info["ns"], name=info["name"]
@@ -305,6 +339,8 @@ class KubeAPIServer:
         info = request.match_info
         body = await request.json()
         self.requests.append(("POST", request.path, request.headers.get("Content-Type"), body))
+        self.field_managers.append(("POST", request.path, request.query.get("fieldManager")))
+        await self._hold(request)
         denied = self._denied(
             verb="create", group=info["group"], resource=info["plural"], namespace=info["ns"], name=None
         )

@@ -801,7 +801,8 @@ def parse_config_document(text: str, *, source: str) -> ParsedTargets:
     """Parse a YAML config document (`targets:` list, optional `fleet:`/`fleets:` budgets); raise
     ConfigError listing every problem."""
     try:
-        document = yaml.safe_load(text)
+        # libyaml's C loader when installed: the same safe subset, ~10x faster (50,000 targets in seconds)
+        document = yaml.load(text, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))
     except yaml.YAMLError as e:
         raise ConfigError(source, [Problem("(document)", source, f"is not valid YAML: {e}")]) from e
     if not isinstance(document, Mapping) or not isinstance(document.get("targets"), list):

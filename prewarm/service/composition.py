@@ -1,5 +1,6 @@
-"""The composition root of `prewarm serve`: builds the store, clock, telemetry, actuators, decider,
-forecaster, listener and the embedded scaler from `ServeOptions`, and passes each what it needs.
+"""The composition root of `prewarm serve`: builds the target registry, store, telemetry, actuators
+and their reconcilers, forecaster, tuner, leases, decider, listener and the embedded scaler from
+`ServeOptions`, in the order they depend on each other, and passes each what it needs.
 Nothing below it builds a client of its own; nothing here decides or translates.
 """
 
@@ -8,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import dataclasses
+import functools
 import logging
 from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
@@ -33,6 +35,8 @@ from prewarm.service import (
     leadership,
     listener,
     observability,
+    reconciler,
+    target_registry,
     telemetry,
 )
 from prewarm.service import tuner as tuning
@@ -71,6 +75,8 @@ class RunningService:
     """A started `prewarm serve`: what tests and the CLI need to reach it."""
 
     decider: decider.Decider
+    registry: target_registry.TargetRegistry
+    reconcilers: reconciler.Reconcilers
     forecaster: forecast_loop.ForecastLoop
     store: Store
     listener: listener.IntentListener
@@ -93,10 +99,12 @@ async def run_service(
 
     Raises ConfigError before starting anything when the configuration is invalid.
     """
+    # Built in the order they depend on each other: nothing is referred to before it exists.
     parsed = config_file.load_config_file(options.config) if options.config is not None else targets.ParsedTargets(())
     for warning in parsed.warnings:
         log.warning("%s", warning)
     history.require_prometheus(parsed.targets, options.prometheus, source=str(options.config))
+    registry = target_registry.TargetRegistry(parsed.targets)
     store = build_store(
         options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
     )
@@ -104,50 +112,44 @@ async def run_service(
     instruments = telemetry.Telemetry(
         meter_provider=providers.meter_provider,
         tracer_provider=providers.tracer_provider,
-        targets=[str(spec.ref) for spec in parsed.targets],
+        targets=list(registry.names()),
+    )
+    kube = (
+        None
+        if "knative" not in options.actuators
+        else knative_api.KubeAPI(knative_targets.load_kube_client(options.kubeconfig))
     )
     store.add_dropped_listener(instruments.record_sessions_dropped)
-    actuators: list[actuation.Actuator] = []
-    kube: knative_api.KubeAPI | None = None
-    knative: knative_actuator.KnativeActuator | None = None
-    if "log" in options.actuators:
-        actuators.append(actuation.LogActuator(out))
     elector: knative_leader.LeaseElector | None = None
-    if "knative" in options.actuators:
-        kube = knative_api.KubeAPI(knative_targets.load_kube_client(options.kubeconfig))
-        if options.leader_lease is not None:
-            lease_namespace, _, lease_name = options.leader_lease.partition("/")
-            elector = knative_leader.LeaseElector(
-                kube,
-                namespace=lease_namespace,
-                name=lease_name,
-                identity=options.identity,
-                clock=clock,
-                on_change=lambda leading: knative_targets.on_leadership_change(leading, loop, knative, leases),
-            )
+    if kube is not None and options.leader_lease is not None:
+        lease_namespace, _, lease_name = options.leader_lease.partition("/")
+        elector = knative_leader.LeaseElector(
+            kube, namespace=lease_namespace, name=lease_name, identity=options.identity, clock=clock
+        )
+    leading = (lambda: True) if elector is None else elector.leading
+    waker = knative_targets.Waker()
+    reconcilers: list[reconciler.Reconciler] = []
+    if "log" in options.actuators:
+        reconcilers.append(reconciler.Reconciler(actuation.LogActuator(out), clock=clock, telemetry=instruments))
+    knative: knative_actuator.KnativeActuator | None = None
+    knative_reconciler: reconciler.Reconciler | None = None
+    if kube is not None:
         knative = knative_actuator.KnativeActuator(
             kube,
             floor_object=options.knative_floor_object,
             system_namespace=options.knative_system_namespace,
             on_refused=instruments.record_knative_refusal,
-            wake=knative_targets.send_wake,
-            is_leader=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
+            wake=waker.send_wake,
+            is_leader=leading,
             # configured or discovered Knative targets only: KEDA targets are served by the scaler
-            applies_to=lambda target: (
-                (spec := loop.specs.get(target)) is not None and spec.kind is targets.TargetKind.KNATIVE
-            ),
+            applies_to=functools.partial(_is_knative, registry),
         )
-        actuators.append(knative)
-    tuner = tuning.Tuner(
-        history=lambda target, since, until: forecaster.arrivals(target, since, until),
-        clock=clock,
-        specs=lambda: loop.specs,
-        fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
-        on_change=lambda target: loop.mark_changed(target),
-        options=options.tuning,
-        starts=instruments.starts,
-        telemetry=instruments,
-    )
+        # a few of the API client's threads stay free for the Lease and discovery
+        knative_reconciler = reconciler.Reconciler(
+            knative, clock=clock, telemetry=instruments, workers=max(1, kube.max_workers - 4)
+        )
+        reconcilers.append(knative_reconciler)
+    actuators = reconciler.Reconcilers(reconcilers)
     prometheus = None if options.prometheus is None else history.open_session(options.prometheus)
     reader = (
         None
@@ -159,25 +161,35 @@ async def run_service(
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
-        specs=tuner.effective_specs,
-        on_change=lambda target: loop.mark_changed(target),
+        specs=lambda: registry.specs,
+        on_change=registry.changed,
         telemetry=instruments,
         history_reader=reader,
     )
+    tuner = tuning.Tuner(
+        history=forecaster.arrivals,
+        clock=clock,
+        specs=lambda: registry.specs,
+        fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
+        on_change=registry.changed,
+        options=options.tuning,
+        starts=instruments.starts,
+        telemetry=instruments,
+    )
+    forecaster.use_specs(tuner.effective_specs)  # the forecaster predicts the tuned specs
     leases: leadership.TargetLeases | None = None
     if store.leases is not None:  # replicas share the store: one decides each target
         leases = leadership.TargetLeases(
             store.leases,
             holder=options.identity,
-            targets=lambda: loop.specs,
+            targets=registry.names,
             ttl=options.decider_lease,
-            # with a Kubernetes Lease, only its holder decides (and so patches Knative objects)
-            may_lead=(lambda: True) if elector is None else (lambda: elector is not None and elector.is_leader),
+            may_lead=leading,  # with a Kubernetes Lease, only its holder decides (and so patches Knative objects)
         )
     loop = decider.Decider(
-        target_specs=parsed.targets,
+        registry=registry,
         store=store,
-        actuators=actuators,
+        reconcilers=actuators,
         clock=clock,
         telemetry=instruments,
         forecast=forecaster.current_forecast,
@@ -187,17 +199,23 @@ async def run_service(
         forecast_degraded=forecaster.degraded,
         forecast_view=forecaster.describe,
     )
+    if elector is not None:
+        elector.follow(
+            functools.partial(
+                knative_targets.on_leadership_change, loop=loop, knative=knative_reconciler, leases=leases
+            )
+        )
 
     def current_floor(target: str) -> int | None:
         decision = loop.decisions.get(target)
         return None if decision is None else decision.floor
 
     intents = listener.IntentListener(
-        specs=loop.specs,
+        specs=registry.specs,
         store=store,
         clock=clock,
         settings=options.listener,
-        targets_view=knative_targets.describe_targets(loop, knative),
+        targets_view=knative_targets.describe_targets(loop, actuators, knative),
         telemetry=instruments,
         current_floor=current_floor,
         note_trace=loop.note_trace,
@@ -211,11 +229,14 @@ async def run_service(
             stack.push_async_callback(prometheus.close)
         if kube is not None:
             stack.callback(kube.close)
+        stack.push_async_callback(waker.close)
+        tasks = await stack.enter_async_context(_owned_tasks())
+        tasks.append(asyncio.create_task(actuators.run(), name="reconcilers"))
         grpc_port = None
         if options.grpc is not None:
             embedded = await stack.enter_async_context(
                 scaler_main.run_scaler(
-                    feed=store, specs=loop.specs, options=options.grpc, register=loop.add_target, prime=None
+                    feed=store, specs=registry.specs, options=options.grpc, register=registry.add, prime=None
                 )
             )
             grpc_port = embedded.port
@@ -238,25 +259,23 @@ async def run_service(
             ",".join(options.actuators),
         )
         if elector is not None:
-            campaigning = asyncio.create_task(elector.run(), name="leader-election")
-            stack.callback(campaigning.cancel)
-        if kube is not None and knative is not None:
+            tasks.append(asyncio.create_task(elector.run(), name="leader-election"))
+        if kube is not None and knative_reconciler is not None:
             finder = knative_discovery.ServiceDiscovery(
                 kube,
-                knative_targets.knative_listeners(loop, knative, stack),
+                knative_targets.knative_listeners(loop, registry, knative_reconciler),
                 namespaces=frozenset(options.knative_namespaces),
             )
-            discovering = asyncio.create_task(finder.run(), name="knative-discovery")
-            stack.callback(discovering.cancel)
+            tasks.append(asyncio.create_task(finder.run(), name="knative-discovery"))
         await forecaster.prepare()  # history loaded and fitted before the first decision reads a forecast
-        forecasting = asyncio.create_task(forecaster.run(), name="forecaster")
-        stack.callback(forecasting.cancel)
-        tuning_task = asyncio.create_task(tuner.run(), name="tuner")
-        stack.callback(tuning_task.cancel)
+        tasks.append(asyncio.create_task(forecaster.run(), name="forecaster"))
+        tasks.append(asyncio.create_task(tuner.run(), name="tuner"))
         running = asyncio.create_task(loop.run(), name="decider")
         try:
             yield RunningService(
                 decider=loop,
+                registry=registry,
+                reconcilers=actuators,
                 forecaster=forecaster,
                 store=store,
                 listener=intents,
@@ -271,6 +290,24 @@ async def run_service(
             running.cancel()
             with contextlib.suppress(asyncio.CancelledError):
                 await running
+
+
+def _is_knative(registry: target_registry.TargetRegistry, target: str) -> bool:
+    spec = registry.specs.get(target)
+    return spec is not None and spec.kind is targets.TargetKind.KNATIVE
+
+
+@contextlib.asynccontextmanager
+async def _owned_tasks() -> AsyncIterator[list[asyncio.Task[None]]]:
+    """Tasks appended to the yielded list are cancelled and awaited on exit (bounded: 2 s)."""
+    tasks: list[asyncio.Task[None]] = []
+    try:
+        yield tasks
+    finally:
+        for task in tasks:
+            task.cancel()
+        if tasks:
+            await asyncio.wait(tasks, timeout=2.0)
 
 
 async def _stop_leases(leases: leadership.TargetLeases, campaigning: asyncio.Task[None]) -> None:

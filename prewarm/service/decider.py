@@ -2,7 +2,8 @@
 
 It re-decides a target when its signals change (the store announces it) or when the target's last
 decision said something would change by itself (a window opens, a hold ends, a session expires),
-and sleeps in between: no busy tick. Floors that changed go to every actuator.
+and sleeps in between: no busy tick. A floor that changed is submitted to the reconcilers
+(prewarm/service/reconciler.py), which queue it for the actuators: deciding never waits for acting.
 
 Like an informer, it re-reads everything after any gap in what the store announces (each
 (re)subscription, each recovery of the store), and a decision that failed is tried again with
@@ -22,8 +23,8 @@ from typing import Any, Protocol
 
 from opentelemetry import trace
 
-from prewarm.core import policy, targets
-from prewarm.service import actuation, clock, telemetry
+from prewarm.core import ledger, policy, targets
+from prewarm.service import clock, reconciler, target_registry, telemetry
 from prewarm.service.store import LeaseLost, StateUnavailable, Store
 
 log = logging.getLogger(__name__)
@@ -35,6 +36,8 @@ ForecastStatus = Callable[[str], str | None]  # why a target's forecast is degra
 ForecastView = Callable[[str], Mapping[str, Any] | None]  # a target's forecast for /targets
 RETRY_FIRST = timedelta(milliseconds=100)  # after a failed decision; doubled per failure
 RETRY_CAP = timedelta(seconds=2)
+BATCH = 256  # targets decided per store round trip
+IN_FLIGHT = 4  # batches decided at once
 
 
 class Ownership(Protocol):
@@ -66,9 +69,9 @@ class Decider:
     def __init__(
         self,
         *,
-        target_specs: Sequence[targets.TargetSpec],
+        registry: target_registry.TargetRegistry,
         store: Store,
-        actuators: Sequence[actuation.Actuator],
+        reconcilers: reconciler.Reconcilers | None = None,
         clock: clock.Clock,
         forecast: ForecastSource | None = None,
         forecast_degraded: ForecastStatus | None = None,
@@ -78,9 +81,9 @@ class Decider:
         tuned: TunedSpec | None = None,
         explain_tuning: Callable[[str], dict[str, Any] | None] | None = None,
     ) -> None:
-        self._specs: dict[str, targets.TargetSpec] = {str(spec.ref): spec for spec in target_specs}
+        self._specs = registry.specs  # read-only here: targets come and go through the registry
         self._store = store
-        self._actuators = tuple(actuators)
+        self._reconcilers = reconcilers
         self._clock = clock
         self._forecast = forecast
         self._forecast_degraded = forecast_degraded
@@ -91,12 +94,14 @@ class Decider:
         self._explain_tuning = explain_tuning
         self._traces: dict[str, str] = {}  # target -> traceparent of the event that changed it
         self._decisions: dict[str, policy.FloorDecision] = {}
-        self._dirty: set[str] = set(self._specs)  # to decide (when this replica decides them)
+        self._dirty: set[str] = set(self._specs)  # to decide first (when this replica decides them)
+        self._relist: set[str] = set()  # to decide behind them: a resync's slow lane
         self._stale: set[str] = set(self._specs)  # to re-read from the store (when another replica decides them)
         self._fresh: set[str] = set()  # just taken over: the previous decision comes from the store
         self._retry: dict[str, tuple[int, datetime]] = {}  # target -> (failures in a row, when to try again)
-        self._actuated: set[str] = set()  # targets whose floor this process has applied at least once
+        self._actuated: set[str] = set()  # targets whose floor this process has submitted at least once
         self._wake = asyncio.Event()
+        registry.follow(added=self._added, removed=self._removed, changed=self.mark_changed)
         store.add_change_listener(self.mark_changed)
         store.add_resync_listener(self.resync)
         if ownership is not None:
@@ -114,15 +119,12 @@ class Decider:
 
     @property
     def specs(self) -> Mapping[str, targets.TargetSpec]:
-        """The targets this decider owns, by `namespace/name`."""
+        """The targets it decides among (the registry's view), by `namespace/name`."""
         return self._specs
 
-    def add_target(self, spec: targets.TargetSpec) -> None:
-        """Own `spec` from now on (or replace the target's spec) and decide it at once."""
+    def _added(self, spec: targets.TargetSpec) -> None:
+        """A target appeared (or its spec changed): decide it at once."""
         target = str(spec.ref)
-        if self._specs.get(target) == spec:
-            return
-        self._specs[target] = spec
         if self._telemetry is not None:
             self._telemetry.add_target(target)
         self._stale.add(target)
@@ -130,14 +132,15 @@ class Decider:
         if self._ownership is not None:
             self._ownership.targets_changed()
 
-    def remove_target(self, target: str) -> None:
-        """Stop deciding `target` (its stored decision stays for a later return)."""
-        self._specs.pop(target, None)
+    def _removed(self, target: str) -> None:
+        """A target went away: stop deciding it (its stored decision stays for a later return)."""
         self._decisions.pop(target, None)
-        for pending in (self._dirty, self._stale, self._fresh, self._actuated):
+        for pending in (self._dirty, self._relist, self._stale, self._fresh, self._actuated):
             pending.discard(target)
         self._retry.pop(target, None)
         self._traces.pop(target, None)
+        if self._reconcilers is not None:
+            self._reconcilers.drop(target)
         if self._ownership is not None:
             self._ownership.targets_changed()
 
@@ -153,9 +156,9 @@ class Decider:
             self._wake.set()
 
     def resync(self) -> None:
-        """Re-decide every target and re-read the others' decisions: announcements may have been
-        missed (a pub/sub gap, a store outage)."""
-        self._dirty.update(self._specs)
+        """Re-decide every target (in the slow lane) and re-read the others' decisions:
+        announcements may have been missed (a pub/sub gap, a store outage)."""
+        self._relist.update(target for target in self._specs if target not in self._dirty)
         self._stale.update(self._specs)
         self._wake.set()
 
@@ -169,6 +172,8 @@ class Decider:
         """Another replica decides `target` now: follow its decisions."""
         self._actuated.discard(target)
         self._retry.pop(target, None)
+        if self._reconcilers is not None:
+            self._reconcilers.drop(target)  # its decider applies its floors now
         self._stale.add(target)
         self._wake.set()
 
@@ -183,7 +188,12 @@ class Decider:
 
     async def run(self) -> None:
         """Decide forever: at start, on every announced change, at each decision's next change, and
-        again after a failure (with backoff) until the decision is stored."""
+        again after a failure (with backoff) until the decision is stored.
+
+        Two lanes (Knative's two-lane queue): targets that just changed, came due or failed go
+        first; a relist of every target (a resync) is worked a slice at a time behind them, so a
+        user's session never waits behind a resync. Both are decided in batches, one store round
+        trip to read a batch and one to write it, several batches in flight."""
         while True:
             self._wake.clear()
             now = self._clock.now()
@@ -195,113 +205,155 @@ class Decider:
             }
             stale = self._stale
             self._dirty, self._stale = set(), set()
-            for target in sorted(due | stale):
-                if self.decides(target):
-                    if target in due or target not in self._decisions:
-                        await self._attempt(target, now)
-                elif target in stale and target in self._specs:
-                    await self._follow(target)
+            self._relist -= due
+            fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
+            await self._decide_all(fast, now)
+            followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
+            await self._follow_all(followed)
+            if self._relist:  # the slow lane: one slice, then look at the fast lane again
+                chunk = [self._relist.pop() for _ in range(min(len(self._relist), BATCH * IN_FLIGHT))]
+                await self._decide_all(sorted(t for t in chunk if self.decides(t)), self._clock.now())
+                if self._relist:
+                    continue
             await self._clock.wait_until(self._next_wake(), self._wake)
 
-    async def _attempt(self, target: str, now: datetime) -> None:
-        try:
-            await self.decide(target, now)
-        except LeaseLost as e:
-            log.info("%s", e)
-            if self._ownership is not None:
-                self._ownership.refused(target)
-        except Exception as e:
-            failures = self._retry.get(target, (0, now))[0] + 1
-            delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_CAP)
-            self._retry[target] = (failures, now + delay)
-            if isinstance(e, StateUnavailable):
-                log.warning("cannot decide %s (attempt %d, again in %s): %s", target, failures, delay, e)
-            else:
-                log.exception("deciding %s failed (attempt %d, again in %s)", target, failures, delay)
-        else:
-            self._retry.pop(target, None)
+    async def _decide_all(self, due: Sequence[str], now: datetime) -> None:
+        """Decide `due` in batches of BATCH targets, IN_FLIGHT batches at a time."""
+        for start in range(0, len(due), BATCH * IN_FLIGHT):
+            group = due[start : start + BATCH * IN_FLIGHT]
+            await asyncio.gather(*(self._attempt(group[i : i + BATCH], now) for i in range(0, len(group), BATCH)))
 
-    async def _follow(self, target: str) -> None:
-        """Re-read the decision another replica stored for `target` (after a gap or a handover)."""
+    async def _attempt(self, batch: Sequence[str], now: datetime) -> None:
         try:
-            stored = await self._store.load_decision(target)
-        except StateUnavailable as e:
-            log.debug("cannot re-read the decision of %s: %s", target, e)  # the store's recovery resyncs
-            return
-        if stored is not None and not self.decides(target):
-            self._heard(stored)
+            await self.decide_many(batch, now)
+        except Exception as e:
+            failures = 0
+            for target in batch:
+                failures = self._retry.get(target, (0, now))[0] + 1
+                delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_CAP)
+                self._retry[target] = (failures, now + delay)
+            delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_CAP)
+            what = batch[0] if len(batch) == 1 else f"{len(batch)} targets ({batch[0]} ...)"
+            if isinstance(e, StateUnavailable):
+                log.warning("cannot decide %s (attempt %d, again in %s): %s", what, failures, delay, e)
+            else:
+                log.exception("deciding %s failed (attempt %d, again in %s)", what, failures, delay)
+        else:
+            for target in batch:
+                self._retry.pop(target, None)
+
+    async def _follow_all(self, targets: Sequence[str]) -> None:
+        """Re-read the decisions other replicas stored for `targets` (after a gap or a handover)."""
+        for start in range(0, len(targets), BATCH):
+            batch = targets[start : start + BATCH]
+            try:
+                stored = await self._store.load_decisions(batch)
+            except StateUnavailable as e:
+                log.debug("cannot re-read %d decisions: %s", len(batch), e)  # the store's recovery resyncs
+                return
+            for decision in stored:
+                if decision is not None and not self.decides(decision.target):
+                    self._heard(decision)
 
     async def decide(self, target: str, now: datetime) -> policy.FloorDecision:
-        """Decide one target at `now`, save the decision, and actuate if its floor changed."""
-        if self._telemetry is None:
-            return await self._decide(target, now, None)
-        span = self._telemetry.decision_span(target, self._traces.pop(target, None))
-        with trace.use_span(span, end_on_exit=True):  # actuation spans nest under it
-            return await self._decide(target, now, span)
-
-    async def _decide(self, target: str, now: datetime, span: trace.Span | None) -> policy.FloorDecision:
-        began = time.perf_counter()
-        spec, note = self._specs[target], ""
-        if self._tuned is not None:
-            spec, note = self._tuned(spec)
-        fence = "" if self._ownership is None else self._ownership.fence(target)
-        if fence is None:
+        """Decide one target at `now`, save the decision, and queue it for the actuators if its floor
+        changed. Raises LeaseLost when this replica does not decide it (any more)."""
+        decided = await self.decide_many([target], now)
+        if target not in decided:
             raise LeaseLost(f"{target}: this replica no longer decides it")
-        previous = None if target in self._fresh else self._decisions.get(target)
-        if previous is None:
-            previous = await self._store.load_decision(target)  # carry holds and budget across restarts
-        sessions = await self._store.count_sessions(target, now)
-        forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
-        degraded = self._forecast_degraded(target) if self._forecast_degraded is not None else None
-        signals = policy.Signals(
-            sessions=sessions.active - sessions.batch,
-            next_session_expiry=sessions.next_expiry,
-            forecast=forecast,
-            forecast_note=note,
-            batch_sessions=sessions.batch,
-            forecast_degraded=degraded,
-        )
-        decision = policy.decide_floor(spec, signals, now, previous)
-        await self._store.save_decision(decision, fence=fence)  # refused once another replica took over
-        self._decisions[target] = decision
-        self._fresh.discard(target)
+        return decided[target]
+
+    async def decide_many(self, batch: Sequence[str], now: datetime) -> dict[str, policy.FloorDecision]:
+        """Decide `batch` at `now` with one store read and one store write; save the decisions and
+        queue those whose floor changed for the actuators. A target whose lease was lost is left
+        out (and handed back to the ownership); StateUnavailable leaves every one undecided."""
+        began = time.perf_counter()
+        fences: dict[str, str] = {}
+        for target in batch:
+            fence = "" if self._ownership is None else self._ownership.fence(target)
+            if fence is None:
+                log.info("%s: this replica no longer decides it", target)
+                if self._ownership is not None:
+                    self._ownership.refused(target)
+            elif target in self._specs:
+                fences[target] = fence
+        owned = list(fences)
+        if not owned:
+            return {}
+        inputs = await self._store.decision_inputs(owned, now)
+        made: list[tuple[policy.FloorDecision, policy.FloorDecision | None, int]] = []
+        for target, (sessions, stored) in zip(owned, inputs, strict=True):
+            spec, note = self._specs[target], ""
+            if self._tuned is not None:
+                spec, note = self._tuned(spec)
+            previous = None if target in self._fresh else self._decisions.get(target)
+            if previous is None:
+                previous = stored  # carry holds and budget across restarts
+            forecast = self._forecast(spec, now) if self._forecast is not None and spec.forecast.enabled else None
+            degraded = self._forecast_degraded(target) if self._forecast_degraded is not None else None
+            signals = policy.Signals(
+                sessions=sessions.active - sessions.batch,
+                next_session_expiry=sessions.next_expiry,
+                forecast=forecast,
+                forecast_note=note,
+                batch_sessions=sessions.batch,
+                forecast_degraded=degraded,
+            )
+            made.append((policy.decide_floor(spec, signals, now, previous), previous, sessions.active))
+        stored_ok = await self._store.save_decisions([(d, fences[d.target]) for d, _, _ in made])
+        seconds = (time.perf_counter() - began) / len(made)
+        decided: dict[str, policy.FloorDecision] = {}
+        for (decision, previous, active), ok in zip(made, stored_ok, strict=True):
+            target = decision.target
+            if not ok:  # refused: another replica took the lease over
+                log.info("%s: lease token %r is no longer the holder's", target, fences[target])
+                if self._ownership is not None:
+                    self._ownership.refused(target)
+                continue
+            self._decisions[target] = decision
+            self._fresh.discard(target)
+            decided[target] = decision
+            self._decided(decision, previous, active, seconds)
+        return decided
+
+    def _decided(
+        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, active: int, seconds: float
+    ) -> None:
+        """Record a stored decision and queue it for the actuators if its floor changed; when an
+        event with a trace changed the target, in a span that continues that trace (a relist of
+        50,000 targets makes no 50,000 spans)."""
+        target = decision.target
         if self._telemetry is not None:
-            self._telemetry.record_decision(decision, previous, sessions.active, time.perf_counter() - began)
-        if span is not None:
-            span.set_attributes({"prewarm.floor": decision.floor, "prewarm.source": decision.source.value})
+            self._telemetry.record_decision(decision, previous, active, seconds)
+        traceparent = self._traces.pop(target, None)
+        if self._telemetry is None or traceparent is None:  # a span only where an event's trace goes on
+            self._submit(decision, previous)
+            return
+        span = self._telemetry.decision_span(target, traceparent)
+        span.set_attributes({"prewarm.floor": decision.floor, "prewarm.source": decision.source.value})
+        with trace.use_span(span, end_on_exit=True):  # actuation spans are its children
+            self._submit(decision, previous)
+
+    def _submit(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+        target = decision.target
         if target not in self._actuated or previous is None or previous.floor != decision.floor:
             self._actuated.add(target)
-            for actuator in self._actuators:
-                await self._actuate(actuator, decision, previous)
-        return decision
-
-    async def _actuate(
-        self, actuator: actuation.Actuator, decision: policy.FloorDecision, previous: policy.FloorDecision | None
-    ) -> None:
-        began = time.perf_counter()
-        outcome = "ok"
-        try:
-            if self._telemetry is None:
-                await actuator.apply(decision, previous)
-            else:
-                with self._telemetry.tracer.start_as_current_span(
-                    "actuate", attributes={"prewarm.actuator": actuator.name}
-                ):
-                    await actuator.apply(decision, previous)
-        except Exception:
-            # One failing actuator must not stop the others or the loop; it retries its own way.
-            outcome = "error"
-            log.exception("actuator %s failed for %s", actuator.name, decision.target)
-        if self._telemetry is not None:
-            self._telemetry.record_actuation(actuator.name, outcome, time.perf_counter() - began)
+            if self._reconcilers is not None:
+                self._reconcilers.submit(decision)  # queued: deciding never waits for an actuator
 
     async def describe(self) -> list[dict[str, Any]]:
         """What the decision core sees per target, for operators: floor, source, reason, sessions."""
         now = self._clock.now()
         view: list[dict[str, Any]] = []
-        for target, spec in sorted(self._specs.items()):
+        names = sorted(self._specs)
+        counts: list[ledger.SessionCount] = []
+        for start in range(0, len(names), BATCH):  # a batch of targets per store round trip
+            counts += [sessions for sessions, _ in await self._store.decision_inputs(names[start : start + BATCH], now)]
+        for target, sessions in zip(names, counts, strict=True):
+            spec = self._specs.get(target)
+            if spec is None:  # removed while the sessions were read
+                continue
             decision = self._decisions.get(target)
-            sessions = await self._store.count_sessions(target, now)
             view.append(
                 {
                     "target": target,

@@ -116,6 +116,11 @@ class ForecastLoop:
         self._step: _Step | None = None
         self._updated_minute: int | None = None
 
+    def use_specs(self, specs: Callable[[], Mapping[str, targets.TargetSpec]]) -> None:
+        """Predict targets as `specs()` gives them from now on (the tuner's effective specs, which
+        themselves replay this loop's arrivals: the composition root joins the two this way)."""
+        self._specs = specs
+
     # --- what the decider and operators read ---
 
     def current_forecast(self, spec: targets.TargetSpec, now: datetime) -> float | None:

@@ -17,11 +17,12 @@ import time
 from collections.abc import Callable, Iterable, Mapping, Sequence
 
 from prewarm.service import clock
-from prewarm.service.store import LeaseStore, StateUnavailable
+from prewarm.service.store import Lease, LeaseStore, StateUnavailable
 
 log = logging.getLogger(__name__)
 
 TargetCallback = Callable[[str], None]
+CLAIM_CHUNK = 1024  # targets per claim: each chunk's leases count from when its own claim was sent
 
 
 class TargetLeases:
@@ -106,15 +107,28 @@ class TargetLeases:
         letting_go = {t: token for t, (token, _) in self._held.items() if not lead or t not in known}
         if letting_go:
             await self._give_up(letting_go)
-        sent = self._monotonic()
+        began = self._monotonic()
+        next_claim = self._renew_every
         try:
-            leases = await self._store.claim_leases(
-                wanted,
-                holder=self.holder,
-                held={t: token for t, (token, _) in self._held.items()},
-                ttl=self.ttl,
-                acquire=lead,
-            )
+            # what is held is renewed in bulk, all at once (the reply names only what was lost)
+            renewing = {t: self._held[t][0] for t in wanted if t in self._held}
+            sent = self._monotonic()
+            lost = set(await self._store.renew_leases(renewing, ttl=self.ttl)) if renewing else set()
+            for target in renewing.keys() - lost:
+                self._held[target] = (renewing[target], sent + self.ttl)
+            # the rest is claimed a chunk at a time, each chunk's leases counted from its own claim
+            claiming = [t for t in wanted if t not in renewing or t in lost]
+            for start in range(0, len(claiming), CLAIM_CHUNK):
+                chunk = claiming[start : start + CLAIM_CHUNK]
+                sent = self._monotonic()
+                leases = await self._store.claim_leases(
+                    chunk,
+                    holder=self.holder,
+                    held={t: renewing[t] for t in chunk if t in renewing},
+                    ttl=self.ttl,
+                    acquire=lead,
+                )
+                next_claim = min(next_claim, self._settle(leases, until=sent + self.ttl, lead=lead))
         except StateUnavailable as e:
             self._failures += 1
             if self._failures == 1:
@@ -127,7 +141,11 @@ class TargetLeases:
         if self._failures:
             log.info("decider leases renewed again after %d failed attempts", self._failures)
         self._failures = 0
-        until = sent + self.ttl
+        self._expire(self._monotonic())
+        return max(0.0, next_claim - (self._monotonic() - began))
+
+    def _settle(self, leases: Sequence[Lease], *, until: float, lead: bool) -> float:
+        """Take in one claim's answers; return the seconds until a foreign lease expires (or the renewal)."""
         next_claim = self._renew_every
         for lease in leases:
             before = self._held.get(lease.target)
@@ -145,8 +163,7 @@ class TargetLeases:
                 self._notify(self._lost, lease.target)
             if lead and lease.holder and lease.remaining >= 0:
                 next_claim = min(next_claim, lease.remaining + 0.005)  # be there when it expires
-        self._expire(self._monotonic())
-        return max(0.0, next_claim - (self._monotonic() - sent))
+        return next_claim
 
     async def release_all(self) -> None:
         """Give every held lease back (at shutdown), so a standby takes over at once."""
@@ -163,11 +180,14 @@ class TargetLeases:
             log.warning("could not release %d decider leases (they expire on their own): %s", len(leases), e)
 
     def _expire(self, now: float) -> None:
-        for target, (_, until) in list(self._held.items()):
-            if now >= until:
-                del self._held[target]
-                log.warning("%s: lease not renewed in time; %s stops deciding it", target, self.holder)
-                self._notify(self._lost, target)
+        expired = [target for target, (_, until) in self._held.items() if now >= until]
+        if not expired:
+            return
+        shown = ", ".join(expired[:3]) + (f" and {len(expired) - 3} more" if len(expired) > 3 else "")
+        log.warning("%s: lease not renewed in time; %s stops deciding it", shown, self.holder)  # one line for all
+        for target in expired:
+            del self._held[target]
+            self._notify(self._lost, target)
 
     @staticmethod
     def _notify(callbacks: Sequence[TargetCallback], target: str) -> None:

@@ -119,6 +119,73 @@ redis.call('PUBLISH', ARGV[3], ARGV[2])
 return 1
 """
 
+# Batches for one server (not a Cluster: their keys span slots). Deciding reads and writes a batch
+# of targets per round trip with them.
+#
+# KEYS: per target its live interactive sessions, live batch sessions and decision keys.
+# ARGV: alive_ms (sessions expiring after it are alive).
+# Returns per target {interactive count, earliest interactive expiry ms or '', batch count,
+# earliest batch expiry ms or '', stored decision or nil}.
+DECISION_INPUTS = r"""
+local alive = tonumber(ARGV[1])
+if not alive or #KEYS % 3 ~= 0 then
+  return redis.error_reply('ERR prewarm decision inputs: malformed arguments')
+end
+local bound = '(' .. ARGV[1]
+local out = {}
+for i = 1, #KEYS, 3 do
+  for j = 0, 1 do
+    local k = KEYS[i + j]
+    out[#out + 1] = redis.call('ZCOUNT', k, bound, '+inf')
+    local first = redis.call('ZRANGEBYSCORE', k, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    out[#out + 1] = first[2] or ''
+  end
+  out[#out + 1] = redis.call('GET', KEYS[i + 2])
+end
+return out
+"""
+
+# KEYS: per target its decision key then its leader key.
+# ARGV: the decisions channel, then per target its fence ('' for none) and its encoded decision.
+# Returns per target 1 (stored and published) or 0 (the fence no longer holds: nothing written).
+SAVE_DECISIONS = r"""
+if #KEYS % 2 ~= 0 or #ARGV ~= #KEYS + 1 then
+  return redis.error_reply('ERR prewarm save decisions: malformed arguments')
+end
+local out = {}
+for i = 1, #KEYS / 2 do
+  local fence, text = ARGV[2 * i], ARGV[2 * i + 1]
+  if fence ~= '' and redis.call('GET', KEYS[2 * i]) ~= fence then
+    out[i] = 0
+  else
+    redis.call('SET', KEYS[2 * i - 1], text)
+    redis.call('PUBLISH', ARGV[1], text)
+    out[i] = 1
+  end
+end
+return out
+"""
+
+# KEYS: per target, its lease key.
+# ARGV: lease ms, then per target the token this holder holds.
+# Renews each lease that still holds its token; returns the (1-based) positions of those that did
+# not (taken or expired): a renewal of thousands of leases answers with only what changed.
+RENEW_LEASES = r"""
+local ttl = tonumber(ARGV[1])
+if not ttl or ttl < 1 or #KEYS ~= #ARGV - 1 then
+  return redis.error_reply('ERR prewarm renew leases: malformed arguments')
+end
+local lost = {}
+for i = 1, #KEYS do
+  if redis.call('GET', KEYS[i]) == ARGV[i + 1] then
+    redis.call('PEXPIRE', KEYS[i], ttl)
+  else
+    lost[#lost + 1] = i
+  end
+end
+return lost
+"""
+
 # KEYS: per target, its lease key then its epoch key.
 # ARGV: holder id, lease ms, acquire free leases (0|1), epoch ttl s, then per target the token
 #       this holder believes it holds ('' for none).

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import collections
 import dataclasses
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from datetime import datetime
 
 from opentelemetry import trace
@@ -63,10 +63,22 @@ class Telemetry:
         meter = meter_provider.get_meter("kube-prewarm")
         self.tracer = tracer_provider.get_tracer("kube-prewarm")
         self._targets = set(targets)
-        self._floor = meter.create_gauge("prewarm.floor", unit="{replica}", description="Decided replica floor")
-        self._sessions = meter.create_gauge("prewarm.sessions.active", unit="{session}", description="Live sessions")
-        self._budget = meter.create_gauge(
-            "prewarm.budget.used", unit="h", description="Pre-warm replica-hours spent today (UTC)"
+        # Set per decision (a relist decides every target): plain dicts here, read by OpenTelemetry
+        # only when it collects, instead of three instrument calls per decision.
+        self._floors: dict[str, dict[str, int]] = {}  # target -> source -> floor (0 for superseded sources)
+        self._session_counts: dict[str, int] = {}
+        self._budgets: dict[str, float] = {}
+        meter.create_observable_gauge(
+            "prewarm.floor", callbacks=[self._observe_floors], unit="{replica}", description="Decided replica floor"
+        )
+        meter.create_observable_gauge(
+            "prewarm.sessions.active", callbacks=[self._observe_sessions], unit="{session}", description="Live sessions"
+        )
+        meter.create_observable_gauge(
+            "prewarm.budget.used",
+            callbacks=[self._observe_budgets],
+            unit="h",
+            description="Pre-warm replica-hours spent today (UTC)",
         )
         # Counted per event on the ingest hot path: plain integers here, read by OpenTelemetry only
         # when it collects (a scrape or an export), instead of an instrument call per event.
@@ -93,7 +105,27 @@ class Telemetry:
             description="Time to apply one floor",
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
-        self._actuations = meter.create_counter("prewarm.actuations", unit="{actuation}", description="Floors applied")
+        self._actuations = meter.create_counter(
+            "prewarm.actuations",
+            unit="{actuation}",
+            description="Attempts to apply a floor, by outcome: applied, skipped, refused or error",
+        )
+        self._actuation_retries = meter.create_counter(
+            "prewarm.actuation.retries", unit="{actuation}", description="Failed attempts queued again with backoff"
+        )
+        self._queues: dict[str, tuple[Callable[[], int], Callable[[], float]]] = {}
+        meter.create_observable_gauge(
+            "prewarm.actuation.queue.depth",
+            callbacks=[self._observe_queue_depth],
+            unit="{target}",
+            description="Targets waiting for an actuator's worker or for their backoff",
+        )
+        meter.create_observable_gauge(
+            "prewarm.actuation.unapplied.age",
+            callbacks=[self._observe_unapplied_age],
+            unit="s",
+            description="How long the oldest decided floor has not been applied",
+        )
         self._knative_refusals = meter.create_counter(
             "prewarm.knative.refusals",
             unit="{actuation}",
@@ -165,7 +197,6 @@ class Telemetry:
         self._objective_quantile = meter.create_gauge(
             "prewarm.objective.quantile", unit="1", description="The tuned forecast quantile (0: forecast off)"
         )
-        self._floor_source: dict[str, str] = {}
         self._starts: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # target -> [warm, cold]
         self._raises: dict[str, _Raise] = {}
         self._raise_outcomes: dict[str, list[int]] = collections.defaultdict(lambda: [0, 0])  # [used, total]
@@ -241,18 +272,30 @@ class Telemetry:
 
     # --- decisions and actuation ---
 
+    def _observe_floors(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, floors in sorted(self._floors.items()):
+            for source, floor in sorted(floors.items()):
+                yield Observation(floor, {"target": target, "source": source})
+
+    def _observe_sessions(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, count in sorted(self._session_counts.items()):
+            yield Observation(count, {"target": target})
+
+    def _observe_budgets(self, options: CallbackOptions) -> Iterable[Observation]:
+        for target, hours in sorted(self._budgets.items()):
+            yield Observation(hours, {"target": target})
+
     def record_decision(
         self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, sessions: int, seconds: float
     ) -> None:
         label = {"target": self._target(decision.target)}
         # One non-zero series per target: the current source's. Summed over sources, it is the floor.
-        superseded = self._floor_source.get(label["target"])
-        if superseded is not None and superseded != decision.source.value:
-            self._floor.set(0, {**label, "source": superseded})
-        self._floor_source[label["target"]] = decision.source.value
-        self._floor.set(decision.floor, {**label, "source": decision.source.value})
-        self._sessions.set(sessions, label)
-        self._budget.set(decision.budget_used, label)
+        floors = self._floors.setdefault(label["target"], {})
+        for source in floors:
+            floors[source] = 0
+        floors[decision.source.value] = decision.floor
+        self._session_counts[label["target"]] = sessions
+        self._budgets[label["target"]] = decision.budget_used
         self._decision_duration.record(seconds, label)
         before = 0 if previous is None else previous.floor
         if decision.floor > before and decision.source is policy.Source.INTENT:
@@ -285,8 +328,27 @@ class Telemetry:
         self._history_queries.add(1, {"preset": preset, "outcome": outcome})
 
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
+        """One attempt to apply a floor: `outcome` applied, skipped, refused or error."""
         self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
         self._actuation_duration.record(seconds, {"actuator": actuator})
+
+    def record_actuation_retry(self, actuator: str) -> None:
+        """A failed attempt was queued again with backoff."""
+        self._actuation_retries.add(1, {"actuator": actuator})
+
+    def watch_actuation(
+        self, actuator: str, *, depth: Callable[[], int], oldest_unapplied: Callable[[], float]
+    ) -> None:
+        """Report an actuator's queue depth and the age of its oldest unapplied floor at each collection."""
+        self._queues[actuator] = (depth, oldest_unapplied)
+
+    def _observe_queue_depth(self, options: CallbackOptions) -> Iterable[Observation]:
+        for actuator, (depth, _) in sorted(self._queues.items()):
+            yield Observation(depth(), {"actuator": actuator})
+
+    def _observe_unapplied_age(self, options: CallbackOptions) -> Iterable[Observation]:
+        for actuator, (_, oldest) in sorted(self._queues.items()):
+            yield Observation(oldest(), {"actuator": actuator})
 
     def record_knative_refusal(self, target: str) -> None:
         """A Knative target's floor was not written: which object carries min-scale is unknown."""

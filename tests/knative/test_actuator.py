@@ -17,7 +17,7 @@ from support import wait_for
 
 from knative import floors, kube_api, leader
 from knative.actuator import KnativeActuator
-from prewarm.core import policy, targets
+from prewarm.core import actuation, policy, targets
 from prewarm.service import clock
 
 SERVING, AUTOSCALING = "serving.knative.dev/v1", "autoscaling.internal.knative.dev/v1alpha1"
@@ -66,10 +66,8 @@ def revision(name: str, **annotations: str) -> dict[str, Any]:
 
 
 class Cluster:
-    def __init__(
-        self, server: KubeAPIServer, api: kube_api.KubeAPI, actuator: KnativeActuator, delays: list[float]
-    ) -> None:
-        self.server, self.api, self.actuator, self.delays = server, api, actuator, delays
+    def __init__(self, server: KubeAPIServer, api: kube_api.KubeAPI, actuator: KnativeActuator) -> None:
+        self.server, self.api, self.actuator = server, api, actuator
 
     def annotations(self, name: str, plural: str = "revisions") -> dict[str, str]:
         group = SERVING if plural == "revisions" else AUTOSCALING
@@ -126,13 +124,8 @@ async def make_cluster(
         fake.add(AUTOSCALING, "podautoscalers", pa)
     async with TestServer(fake.app) as server:
         api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))), timeout=5)
-        delays: list[float] = []
-
-        async def record(seconds: float) -> None:
-            delays.append(seconds)
-
         try:
-            yield Cluster(fake, api, KnativeActuator(api, sleep=record), delays)
+            yield Cluster(fake, api, KnativeActuator(api))
         finally:
             api.close()
 
@@ -207,16 +200,18 @@ async def test_knative_before_1_21_patches_the_podautoscaler() -> None:
 
 async def test_conflict_rereads_and_retries(current: Cluster) -> None:
     current.server.faults.append(("PATCH", 409))
-    await current.actuator.apply(decision(2), None)
+    assert await current.actuator.apply(decision(2), None) == actuation.APPLIED  # read again, retried at once
     assert current.annotations("chat-00002")[MIN] == "2"
-    assert current.delays == []  # a conflict is retried at once, after reading again
 
 
-async def test_server_errors_back_off_then_succeed(current: Cluster) -> None:
-    current.server.faults += [("PATCH", 500), ("PATCH", 503)]
-    await current.actuator.apply(decision(2), None)
+async def test_server_errors_are_raised_for_the_reconciler_to_retry(current: Cluster) -> None:
+    current.server.faults += [("PATCH", 500), ("PATCH", 429)]
+    for status in (500, 429):  # one attempt per call: backoff is the reconciler's (prewarm/service/reconciler.py)
+        with pytest.raises(kube_api.KubeAPIError) as raised:
+            await current.actuator.apply(decision(2), None)
+        assert raised.value.status == status and raised.value.transient
+    assert await current.actuator.apply(decision(2), None) == actuation.APPLIED
     assert current.annotations("chat-00002")[MIN] == "2"
-    assert len(current.delays) == 2 and current.delays[1] > current.delays[0] * 0.6
 
 
 async def test_invalid_is_logged_once_and_not_retried(current: Cluster, caplog: pytest.LogCaptureFixture) -> None:
@@ -229,7 +224,6 @@ async def test_invalid_is_logged_once_and_not_retried(current: Cluster, caplog: 
     refused = [r for r in caplog.records if "refused min-scale" in r.getMessage()]
     assert len(refused) == 1 and "activation-scale=1 must be > 1" in refused[0].getMessage()
     assert current.actuator.counts["invalid"] == 2
-    assert current.delays == []
 
 
 async def test_missing_service_or_revision_is_forgotten(current: Cluster) -> None:
@@ -364,12 +358,14 @@ async def test_rbac_grants_exactly_what_the_actuator_calls() -> None:
 async def test_wake_request_is_sent_once_when_the_floor_leaves_zero(current: Cluster) -> None:
     from aiohttp import web
 
-    from prewarm.service.knative_targets import send_wake
+    from prewarm.service.knative_targets import Waker
 
     hits: list[str] = []
+    peers: set[object] = set()
 
     async def healthz(request: web.Request) -> web.Response:
         hits.append(request.method + " " + request.path)
+        peers.add(request.transport.get_extra_info("peername") if request.transport else None)
         return web.Response(text="ok")
 
     app = web.Application()
@@ -378,7 +374,8 @@ async def test_wake_request_is_sent_once_when_the_floor_leaves_zero(current: Clu
         chat = current.server.get(SERVING, "llm", "services", "chat")
         chat["metadata"]["annotations"]["prewarm.dev/wake"] = "GET /healthz"
         chat["status"]["url"] = str(model.make_url("")).rstrip("/")
-        actuator = KnativeActuator(current.api, wake=send_wake)
+        waker = Waker()
+        actuator = KnativeActuator(current.api, wake=waker.send_wake)
         first = decision(2)
         await actuator.apply(first, None)
         assert hits == ["GET /healthz"]
@@ -390,7 +387,9 @@ async def test_wake_request_is_sent_once_when_the_floor_leaves_zero(current: Clu
         chat["metadata"]["annotations"]["prewarm.dev/wake"] = "ping please"
         await actuator.apply(decision(1), decision(0))
         assert len(hits) == 2
+        await waker.close()
     assert actuator.counts["woken"] == 2
+    assert len(peers) == 1  # both wakes went over one kept-alive connection of one session
 
 
 # --- which Knative Serving: read, never guessed ---
@@ -613,9 +612,11 @@ async def test_an_unknown_version_is_read_again_and_a_known_one_once() -> None:
 
 async def test_a_transient_error_reading_the_version_is_retried() -> None:
     async for cluster in make_cluster("1.23.0"):
-        cluster.server.faults += [("GET", 503), ("GET", 500)]  # the first reads are the namespace's
-        await cluster.actuator.apply(decision(2), None)
-        assert len(cluster.delays) == 2
+        cluster.server.faults += [("GET", 503)]  # the first read is the namespace's
+        with pytest.raises(kube_api.KubeAPIError):  # not refused for a moment's outage: raised, to be retried
+            await cluster.actuator.apply(decision(2), None)
+        assert cluster.actuator.counts["refused"] == 0 and cluster.actuator.describe("llm/chat")["refused"] is None
+        assert await cluster.actuator.apply(decision(2), None) == actuation.APPLIED
         assert cluster.annotations("chat-00002")[MIN] == "2"
         assert cluster.actuator.describe("llm/chat")["version_from"] == f"label {V}=1.23.0 of namespace knative-serving"
 

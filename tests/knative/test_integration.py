@@ -3,11 +3,14 @@ installed (no controllers needed). Skipped otherwise.
 
 Creates a Service and a Revision in a fresh namespace, sets the Service's status.traffic through
 the status subresource as Knative's controller would, runs the actuator, and asserts with the API
-that the Revision's min-scale changed, no Revision appeared, and nothing else on it changed.
+that the Revision's min-scale changed, no Revision appeared, nothing else on it changed, and the
+write is ours in managedFields; then floors changed while queued land, the newest one, through
+the reconciler.
 """
 
 from __future__ import annotations
 
+import asyncio
 import os
 import secrets
 from collections.abc import AsyncIterator
@@ -17,10 +20,12 @@ from typing import Any
 import pytest
 from kubernetes import client as k8s
 from kubernetes import config as k8s_config
+from support import wait_for
 
 from knative import kube_api
 from knative.actuator import KnativeActuator
-from prewarm.core import policy, targets
+from prewarm.core import actuation, policy, targets
+from prewarm.service import clock, reconciler
 
 KUBECONFIG = os.environ.get("PREWARM_TEST_KUBECONFIG")
 pytestmark = pytest.mark.skipif(not KUBECONFIG, reason="PREWARM_TEST_KUBECONFIG is not set")
@@ -89,7 +94,7 @@ async def test_actuator_patches_only_the_routed_revisions_min_scale(cluster: tup
             ref=targets.TargetRef(namespace, "chat"), kind=targets.TargetKind.KNATIVE, max=8, sessions_per_replica=1
         )
         decision = policy.decide_floor(spec, policy.Signals(sessions=2), datetime.now(UTC), None)
-        await KnativeActuator(api, floor_object="revision").apply(decision, None)
+        assert await KnativeActuator(api, floor_object="revision").apply(decision, None) == actuation.APPLIED
     finally:
         api.close()
 
@@ -99,3 +104,74 @@ async def test_actuator_patches_only_the_routed_revisions_min_scale(cluster: tup
     assert after["spec"] == before["spec"]
     revisions = custom.list_namespaced_custom_object(GROUP, VERSION, namespace, "revisions")["items"]
     assert [r["metadata"]["name"] for r in revisions] == ["chat-00001"]
+    # our write is ours in managedFields, not the client library's default (OpenAPI-Generator)
+    managers = {entry["manager"]: entry for entry in after["metadata"].get("managedFields") or []}
+    assert MIN[len("autoscaling.knative.dev/") :] in str(managers[kube_api.FIELD_MANAGER]["fieldsV1"])
+
+
+async def test_a_reconciler_lands_every_floor_through_the_real_api(cluster: tuple[k8s.ApiClient, str]) -> None:
+    """Several Services, floors changed twice while queued: each routed Revision ends at the
+    newest floor, through the reconciler as `prewarm serve` runs it."""
+    api_client, namespace = cluster
+    custom = k8s.CustomObjectsApi(api_client)
+    container = {"image": "registry.example.com/model-server:1", "name": "server"}
+    names = [f"svc{i}" for i in range(5)]
+    for name in names:
+        create(
+            custom,
+            namespace,
+            "services",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Service",
+                "metadata": {"name": name},
+                "spec": {"template": {"spec": {"containers": [container]}}},
+            },
+        )
+        custom.patch_namespaced_custom_object_status(
+            GROUP,
+            VERSION,
+            namespace,
+            "services",
+            name,
+            {"status": {"traffic": [{"revisionName": f"{name}-00001", "percent": 100}]}},
+            _content_type="application/merge-patch+json",
+        )
+        create(
+            custom,
+            namespace,
+            "revisions",
+            {
+                "apiVersion": f"{GROUP}/{VERSION}",
+                "kind": "Revision",
+                "metadata": {"name": f"{name}-00001", "labels": {"serving.knative.dev/service": name}},
+                "spec": {"containers": [container]},
+            },
+        )
+    api = kube_api.KubeAPI(api_client)
+    knative = reconciler.Reconciler(KnativeActuator(api, floor_object="revision"), clock=clock.SystemClock())
+    running = asyncio.create_task(knative.run())
+    try:
+        for floor in (1, 3, 2):
+            for name in names:
+                spec = targets.TargetSpec(
+                    ref=targets.TargetRef(namespace, name),
+                    kind=targets.TargetKind.KNATIVE,
+                    max=8,
+                    sessions_per_replica=1,
+                )
+                knative.submit(policy.decide_floor(spec, policy.Signals(sessions=floor), datetime.now(UTC), None))
+
+        def min_scale(name: str) -> str | None:
+            revision = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "revisions", f"{name}-00001")
+            return (revision["metadata"].get("annotations") or {}).get(MIN)
+
+        await wait_for(
+            lambda: all((knative.describe(f"{namespace}/{n}") or {}).get("state") == "applied" for n in names),
+            within=30,
+        )
+        assert [min_scale(name) for name in names] == ["2"] * len(names)
+    finally:
+        running.cancel()
+        await asyncio.gather(running, return_exceptions=True)
+        api.close()

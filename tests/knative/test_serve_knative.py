@@ -316,3 +316,89 @@ async def test_with_redis_only_the_lease_holder_decides_and_patches(tmp_path: Pa
         "llm/chat - -> 0 [min] min 0",
         "llm/chat 0 -> 1 [intent] intent 1 (1 interactive sessions / 1 per replica)",
     ]
+
+
+async def test_a_stalled_api_holds_up_no_other_target_and_the_floor_lands_once_it_answers(tmp_path: Path) -> None:
+    """The API server stops answering for the Knative target's objects: sessions on the KEDA targets
+    are decided and shown within 1 s each all the same, and the Knative floor lands within 2 s of
+    the API answering again; /targets says meanwhile that it is desired and not applied."""
+    fake = knative_api_server()
+    fake.add(
+        SERVING,
+        "services",
+        {
+            "metadata": {"name": "chat", "namespace": "llm"},
+            "spec": {"template": {"metadata": {}}},
+            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
+        },
+    )
+    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    keda = ["vision/sdxl", "vision/flux", "audio/whisper"]
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets:\n"
+        "  - {name: llm/chat, kind: knative, max: 4, sessionsPerReplica: 1, hold: 0s}\n"
+        + "".join(f"  - {{name: {name}, kind: keda, max: 2, sessionsPerReplica: 1, hold: 0s}}\n" for name in keda)
+    )
+    async with TestServer(fake.app) as api:
+        options = composition.ServeOptions(
+            config=config,
+            http_host="127.0.0.1",
+            http_port=0,
+            actuators=("log", "knative"),
+            kubeconfig=write_kubeconfig(tmp_path, api),
+        )
+        out = io.StringIO()
+        async with (
+            composition.run_service(options, clock=clock.SystemClock(), out=out) as service,
+            aiohttp.ClientSession() as http,
+        ):
+
+            async def rows() -> dict[str, Any]:
+                async with http.get(f"http://127.0.0.1:{service.http_port}/targets") as response:
+                    return {row["target"]: row for row in (await response.json())["targets"]}
+
+            await wait_for(lambda: out.getvalue().count("\n") == 4, within=10)  # every target's first floor
+
+            async def knative_applied(floor: int) -> bool:
+                return bool((await rows())["llm/chat"]["actuation"]["knative"]["applied"] == floor)
+
+            await wait_for_async(lambda: knative_applied(0), within=10)
+            fake.stall("/namespaces/llm/")
+            try:
+                await open_session(service.http_port, "llm/chat", "a")
+                await wait_for(lambda: fake.held >= 1, within=5)
+                for name in keda:
+                    await open_session(service.http_port, name, f"{name}-a")  # event ids are unique per source
+                    await wait_for(lambda name=name: service.decider.decisions[name].floor == 1, within=1)
+                    assert (await rows())[name]["floor"] == 1
+                stalled = (await rows())["llm/chat"]
+                assert stalled["floor"] == 1
+                assert {k: stalled["actuation"]["knative"][k] for k in ("desired", "applied", "state")} == {
+                    "desired": 1,
+                    "applied": 0,
+                    "state": "pending",
+                }
+                assert stalled["actuation"]["log"]["applied"] == 1  # the log actuator was not held up either
+            finally:
+                fake.release()
+            revision = lambda: fake.get(SERVING, "llm", "revisions", "chat-00001")  # noqa: E731
+            await wait_for(lambda: (revision()["metadata"].get("annotations") or {}).get(MIN) == "1", within=2)
+            await wait_for_async(lambda: knative_applied(1), within=2)
+            async with http.get(f"http://127.0.0.1:{service.http_port}/metrics") as response:
+                metrics = {
+                    (
+                        sample.name,
+                        tuple(sorted((k, v) for k, v in sample.labels.items() if "otel" not in k)),
+                    ): sample.value
+                    for family in text_string_to_metric_families(await response.text())
+                    for sample in family.samples
+                }
+    assert {manager for _, _, manager in fake.field_managers} == {"kube-prewarm"}  # our writes are ours
+    knative = (("actuator", "knative"),)
+    assert metrics[("prewarm_actuation_queue_depth", knative)] == 0
+    assert metrics[("prewarm_actuation_unapplied_age_seconds", knative)] == 0
+    assert metrics[("prewarm_actuations_total", (("actuator", "knative"), ("outcome", "applied")))] >= 2
+    assert (
+        metrics[("prewarm_actuations_total", (("actuator", "knative"), ("outcome", "skipped")))] == 6
+    )  # 3 KEDA targets x 2 floors

@@ -16,7 +16,7 @@ import redis.asyncio as aioredis
 from support import RedisServer, wait_for
 
 from prewarm.core import ledger, targets
-from prewarm.service import clock, composition, decider
+from prewarm.service import clock, composition, decider, target_registry
 from prewarm.service.store import Intent, RedisStore
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -42,7 +42,7 @@ async def test_a_decision_that_failed_is_retried_with_backoff_until_it_succeeds(
     pub/sub): only the retry can bring the floor to the stored sessions."""
     manual = clock.ManualClock(T0)
     store = RedisStore.from_url(redis_server.url, timeout=0.2)
-    loop = decider.Decider(target_specs=[SPEC], store=store, actuators=[], clock=manual)
+    loop = decider.Decider(registry=target_registry.TargetRegistry([SPEC]), store=store, clock=manual)
     running = asyncio.create_task(loop.run())
     caplog.set_level(logging.WARNING, logger="prewarm.service.decider")
     try:
@@ -74,7 +74,7 @@ async def test_every_target_is_re_decided_after_the_subscription_comes_back(redi
     gap) are decided once the subscription is back: a relist, on the injected clock."""
     manual = clock.ManualClock(T0)
     store = RedisStore.from_url(redis_server.url)
-    loop = decider.Decider(target_specs=[SPEC], store=store, actuators=[], clock=manual)
+    loop = decider.Decider(registry=target_registry.TargetRegistry([SPEC]), store=store, clock=manual)
     await store.start()
     running = asyncio.create_task(loop.run())
     try:

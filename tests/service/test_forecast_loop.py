@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import io
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from support import PrometheusServer, recurring_openmetrics
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import actuation, clock, decider, forecast_loop, history, telemetry
+from prewarm.service import clock, decider, forecast_loop, history, target_registry, telemetry
 from prewarm.service.store import Intent, MemoryStore
 
 NOW = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
@@ -73,9 +72,8 @@ async def test_forecast_follows_each_targets_history_and_feeds_the_decider() -> 
     assert len(changed) == 3
 
     deciding = decider.Decider(
-        target_specs=list(specs.values()),
+        registry=target_registry.TargetRegistry(specs.values()),
         store=store,
-        actuators=[actuation.LogActuator(io.StringIO())],
         clock=clock.ManualClock(NOW),
         forecast=loop.current_forecast,
     )

@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from support import RedisServer, wait_for
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import clock, decider, listener
+from prewarm.service import clock, decider, listener, target_registry
 from prewarm.service.store import Intent, MemoryStore, RedisStore, Store, decode_decision, encode_decision
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
@@ -85,7 +85,7 @@ class Harness:
     def __init__(self, store: Store, settings: listener.ListenerSettings, now: list[float]) -> None:
         self.store = store
         self.clock = clock.ManualClock(T0)
-        self.decider = decider.Decider(target_specs=[SPEC], store=store, actuators=[], clock=self.clock)
+        self.decider = decider.Decider(registry=target_registry.TargetRegistry([SPEC]), store=store, clock=self.clock)
         self.listener = listener.IntentListener(
             specs=self.decider.specs,
             store=store,

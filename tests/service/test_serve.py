@@ -5,15 +5,17 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import io
+from collections.abc import AsyncIterator
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
 import pytest
 from support import RedisServer, wait_for
 
+from prewarm.core import actuation as actuation_outcome
 from prewarm.core import ledger, policy, targets
-from prewarm.service import actuation, clock, composition, decider
-from prewarm.service.store import Intent, MemoryStore
+from prewarm.service import actuation, clock, composition, decider, reconciler, target_registry
+from prewarm.service.store import Intent, MemoryStore, Store
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 
@@ -68,15 +70,42 @@ class RecordingActuator:
     def __init__(self) -> None:
         self.applied: list[tuple[int | None, int]] = []
 
-    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+    async def apply(
+        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None
+    ) -> actuation_outcome.Result:
         self.applied.append((None if previous is None else previous.floor, decision.floor))
+        return actuation_outcome.APPLIED
+
+    async def release(self, target: str) -> actuation_outcome.Result:
+        return actuation_outcome.APPLIED
 
 
 class FailingActuator:
     name = "failing"
 
-    async def apply(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> None:
+    async def apply(
+        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None
+    ) -> actuation_outcome.Result:
         raise RuntimeError("cluster unreachable")
+
+    async def release(self, target: str) -> actuation_outcome.Result:
+        raise RuntimeError("cluster unreachable")
+
+
+@contextlib.asynccontextmanager
+async def deciding(
+    *, specs: list[targets.TargetSpec], store: Store, actuators: list[actuation.Actuator], at: clock.Clock
+) -> AsyncIterator[decider.Decider]:
+    """A decider and a reconciler per actuator, running until the block ends."""
+    queues = reconciler.Reconcilers([reconciler.Reconciler(a, clock=at) for a in actuators])
+    loop = decider.Decider(registry=target_registry.TargetRegistry(specs), store=store, reconcilers=queues, clock=at)
+    tasks = [asyncio.create_task(loop.run()), asyncio.create_task(queues.run())]
+    try:
+        yield loop
+    finally:
+        for task in tasks:
+            task.cancel()
+        await asyncio.wait(tasks)
 
 
 def chat_spec() -> targets.TargetSpec:
@@ -93,11 +122,7 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
     manual = clock.ManualClock(T0)
     store = MemoryStore()
     recorder = RecordingActuator()
-    loop = decider.Decider(
-        target_specs=[chat_spec()], store=store, actuators=[FailingActuator(), recorder], clock=manual
-    )
-    task = asyncio.create_task(loop.run())
-    try:
+    async with deciding(specs=[chat_spec()], store=store, actuators=[FailingActuator(), recorder], at=manual) as loop:
         await wait_for(lambda: recorder.applied == [(None, 0)])
         await store.record_intents([Intent("ml/chat", "test", f"e{i}", opened(f"s{i}", T0)) for i in range(5)])
         await wait_for(lambda: recorder.applied[-1] == (0, 2))
@@ -112,8 +137,6 @@ async def test_decider_reacts_to_store_changes_then_follows_expiry_and_hold() ->
         assert recorder.applied == [(None, 0), (0, 2), (2, 0)]
         saved = await store.load_decision("ml/chat")
         assert saved is not None and saved.floor == 0
-    finally:
-        task.cancel()
 
 
 async def test_decider_resumes_from_stored_decision_and_actuates_once() -> None:
@@ -123,14 +146,11 @@ async def test_decider_resumes_from_stored_decision_and_actuates_once() -> None:
     await store.save_decision(earlier)
     recorder = RecordingActuator()
     manual = clock.ManualClock(T0 + timedelta(seconds=5))
-    loop = decider.Decider(target_specs=[spec], store=store, actuators=[recorder], clock=manual)
-    task = asyncio.create_task(loop.run())
-    try:
-        # no sessions now, but the stored decision's floor is held: re-applied once, not lowered
-        await wait_for(lambda: recorder.applied == [(1, 1)])
+    async with deciding(specs=[spec], store=store, actuators=[recorder], at=manual) as loop:
+        # no sessions now, but the stored decision's floor is held: applied once (this process had
+        # applied nothing yet), not lowered
+        await wait_for(lambda: recorder.applied == [(None, 1)])
         assert loop.decisions["ml/chat"].reason.startswith("holding 1 (intent)")
-    finally:
-        task.cancel()
 
 
 def test_log_actuator_line_format() -> None:
@@ -176,8 +196,8 @@ async def test_sessions_survive_a_restart_with_the_redis_store(tmp_path: Path, r
             view = await response.json()
     assert view["targets"][0]["sessions"] == 2
     assert view["targets"][0]["floor"] == 2
-    # the restarted process applies the stored floor once: its log starts from the stored value
-    assert out.getvalue().startswith("2026-05-01T12:00:30Z ml/chat 2 -> 2 [intent]")
+    # the restarted process applies the stored floor once; it had applied nothing before
+    assert out.getvalue().startswith("2026-05-01T12:00:30Z ml/chat - -> 2 [intent]")
 
 
 @pytest.mark.parametrize("kind", ["system", "manual"])

@@ -19,7 +19,7 @@ from support import wait_for, wait_for_async
 
 from prewarm.core import ledger, policy, targets
 from prewarm.replay import tuned_runs, tuning
-from prewarm.service import actuation, clock, composition, decider, telemetry
+from prewarm.service import clock, composition, decider, target_registry, telemetry
 from prewarm.service import tuner as tuner_module
 from prewarm.service.store import Intent, MemoryStore, StateUnavailable
 
@@ -91,9 +91,8 @@ async def test_an_objective_target_is_tuned_and_the_decision_says_how() -> None:
     assert tuner.describe("ml/other") is None
 
     deciding = decider.Decider(
-        target_specs=list(specs.values()),
+        registry=target_registry.TargetRegistry(specs.values()),
         store=store,
-        actuators=[actuation.LogActuator(io.StringIO())],
         clock=clock.ManualClock(NOW),
         forecast=lambda s, now: 1.0,
         tuned=tuner.effective,

@@ -37,6 +37,11 @@ class LeaseStore(Protocol):
         """
         ...
 
+    async def renew_leases(self, held: Mapping[str, str], *, ttl: float) -> list[str]:
+        """Renew the leases `held` (target -> token) that still hold those tokens; return the
+        targets whose lease did not (another holder took it, or it expired)."""
+        ...
+
     async def release_leases(self, held: Mapping[str, str]) -> None:
         """Give up the leases `held` (target -> token) that still hold those tokens."""
         ...

@@ -107,6 +107,19 @@ class MemoryStore:
         for listener in self._decision_listeners:
             listener(decision)
 
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        return [(await self.count_sessions(target, now), self._decisions.get(target)) for target in targets]
+
+    async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:
+        return [self._decisions.get(target) for target in targets]
+
+    async def save_decisions(self, decisions: Sequence[tuple[policy.FloorDecision, str]]) -> list[bool]:
+        for decision, fence in decisions:
+            await self.save_decision(decision, fence=fence)
+        return [True] * len(decisions)
+
     async def ping(self) -> None:
         return None
 

@@ -92,6 +92,22 @@ class Store(Protocol):
         """
         ...
 
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        """For each of `targets`, in order: its sessions alive at `now` and its last saved decision,
+        read in one round trip where the store can (what deciding a batch of targets needs)."""
+        ...
+
+    async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:
+        """The last decision saved for each of `targets`, in order, in one round trip where it can."""
+        ...
+
+    async def save_decisions(self, decisions: Sequence[tuple[policy.FloorDecision, str]]) -> list[bool]:
+        """`save_decision` for each (decision, fence) in one round trip where the store can; False
+        where the fence no longer held (that one was not written), True where it was stored."""
+        ...
+
     async def ping(self) -> None:
         """Return when the store answers; raise StateUnavailable otherwise."""
         ...

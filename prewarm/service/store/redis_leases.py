@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 from collections.abc import Callable, Mapping, Sequence
 from contextlib import AbstractAsyncContextManager
 from datetime import timedelta
@@ -14,6 +15,7 @@ from prewarm.service.store.leases import Lease
 from prewarm.service.store.redis_keys import key, slot
 
 MAX_LEASES_PER_CALL = 256
+MAX_RENEWALS_PER_CALL = 2048  # a renewal is one GET and one PEXPIRE: a short script even at this size
 EPOCH_TTL = timedelta(days=30)  # a target's lease epoch outlives any token that could still be in use
 
 
@@ -30,6 +32,7 @@ class RedisLeases:
         self._calling = calling
         self._claim = client.register_script(redis_scripts.CLAIM_LEASES)
         self._release = client.register_script(redis_scripts.RELEASE_LEASES)
+        self._renew = client.register_script(redis_scripts.RENEW_LEASES)
 
     async def claim_leases(
         self, targets: Sequence[str], *, holder: str, held: Mapping[str, str], ttl: float, acquire: bool = True
@@ -59,16 +62,32 @@ class RedisLeases:
                 )
         return results
 
+    async def renew_leases(self, held: Mapping[str, str], *, ttl: float) -> list[str]:
+        """Renew what `held` still holds, every chunk's call sent at once (a renewal of all a replica
+        holds takes one round trip, not one per chunk); the replies name only the leases lost."""
+        ttl_ms = max(1, round(ttl * 1000))
+
+        async def renew(chunk: list[str]) -> list[str]:
+            async with self._calling():
+                reply = await self._renew(
+                    keys=[key(t, "leader") for t in chunk], args=[ttl_ms, *(held[t] for t in chunk)]
+                )
+            return [chunk[int(position) - 1] for position in reply]
+
+        chunks = self._slot_chunks(list(held), per_call=MAX_RENEWALS_PER_CALL)
+        return [target for lost in await asyncio.gather(*(renew(chunk) for chunk in chunks)) for target in lost]
+
     async def release_leases(self, held: Mapping[str, str]) -> None:
         """Give up the leases `held` (target -> token) that still hold those tokens."""
         for chunk in self._slot_chunks(list(held)):
             async with self._calling():
                 await self._release(keys=[key(t, "leader") for t in chunk], args=[held[t] for t in chunk])
 
-    def _slot_chunks(self, targets: Sequence[str]) -> list[list[str]]:
+    def _slot_chunks(self, targets: Sequence[str], *, per_call: int = 0) -> list[list[str]]:
         """Targets in groups one script call may name: a single server takes any, a Cluster one slot."""
         if not self._cluster:
-            return [list(targets[i : i + MAX_LEASES_PER_CALL]) for i in range(0, len(targets), MAX_LEASES_PER_CALL)]
+            size = per_call or MAX_LEASES_PER_CALL
+            return [list(targets[i : i + size]) for i in range(0, len(targets), size)]
         by_slot: dict[int, list[str]] = {}
         for target in targets:
             by_slot.setdefault(slot(target), []).append(target)

@@ -80,6 +80,8 @@ class RedisStore:
         self._wait_timeout_ms = max(1, round(wait_timeout * 1000))
         self._ingest = client.register_script(redis_scripts.INGEST)
         self._save = client.register_script(redis_scripts.SAVE_DECISION)
+        self._inputs = client.register_script(redis_scripts.DECISION_INPUTS)
+        self._save_many = client.register_script(redis_scripts.SAVE_DECISIONS)
         self._change_listeners: list[ChangeListener] = []
         self._decision_listeners: list[DecisionListener] = []
         self._resync_listeners: list[ResyncListener] = []
@@ -336,6 +338,77 @@ class RedisStore:
             stored = await self._save(keys=keys, args=[fence, text, DECISIONS_CHANNEL])
         if not int(stored):
             raise LeaseLost(f"{decision.target}: lease token {fence!r} is no longer the holder's")
+
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        """Sessions and the stored decision of every target in one round trip: one script call on
+        one server, a pipeline on a Cluster (the targets' keys live in different slots)."""
+        if not targets:
+            return []
+        alive = ms(now)
+        if self._cluster:
+            async with self._calling(), self._client.pipeline(transaction=False) as pipe:
+                for target in targets:
+                    for k in (key(target, "sessions"), key(target, "batch")):
+                        pipe.zcount(k, f"({alive}", "+inf")
+                        pipe.zrangebyscore(k, f"({alive}", "+inf", start=0, num=1, withscores=True)
+                    pipe.get(key(target, "decision"))
+                piped = await pipe.execute()
+            replies: list[Any] = []
+            for index in range(len(targets)):
+                interactive, first, batch, first_batch, raw = piped[5 * index : 5 * index + 5]
+                replies += [interactive, first[0][1] if first else "", batch, first_batch[0][1] if first_batch else ""]
+                replies.append(raw)
+        else:
+            keys = [key(t, part) for t in targets for part in ("sessions", "batch", "decision")]
+            async with self._calling():
+                replies = await self._inputs(keys=keys, args=[alive])
+        inputs = []
+        for index, target in enumerate(targets):
+            interactive, first, batch, first_batch, raw = replies[5 * index : 5 * index + 5]
+            expiries = [float(at) for at in (first, first_batch) if at not in ("", b"")]
+            next_expiry = datetime.fromtimestamp(min(expiries) / 1000, UTC) if expiries else None
+            sessions = ledger.SessionCount(
+                active=int(interactive) + int(batch), next_expiry=next_expiry, batch=int(batch)
+            )
+            inputs.append((sessions, self._decoded(target, raw)))
+        return inputs
+
+    async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:
+        async with self._calling(), self._client.pipeline(transaction=False) as pipe:
+            for target in targets:
+                pipe.get(key(target, "decision"))
+            replies = await pipe.execute()
+        return [self._decoded(target, raw) for target, raw in zip(targets, replies, strict=True)]
+
+    @staticmethod
+    def _decoded(target: str, raw: bytes | str | None) -> policy.FloorDecision | None:
+        if raw is None:
+            return None
+        try:
+            return decode_decision(raw)
+        except ValueError as e:
+            log.warning("%s: ignoring the stored decision: %s", target, e)
+            return None
+
+    async def save_decisions(self, decisions: Sequence[tuple[policy.FloorDecision, str]]) -> list[bool]:
+        """Every fenced save in one script call (a Cluster: one call per decision, concurrently)."""
+        if self._cluster:
+            results = await asyncio.gather(
+                *(self.save_decision(decision, fence=fence) for decision, fence in decisions), return_exceptions=True
+            )
+            for result in results:
+                if isinstance(result, BaseException) and not isinstance(result, LeaseLost):
+                    raise result
+            return [not isinstance(result, BaseException) for result in results]
+        if not decisions:
+            return []
+        keys = [key(d.target, part) for d, _ in decisions for part in ("decision", "leader")]
+        args = [DECISIONS_CHANNEL] + [value for d, fence in decisions for value in (fence, encode_decision(d))]
+        async with self._calling():
+            stored = await self._save_many(keys=keys, args=args)
+        return [bool(int(one)) for one in stored]
 
     # --- health ---
 

@@ -350,6 +350,45 @@ async def test_the_cluster_store_group_commits_per_slot(redis_cluster: RedisClus
         with pytest.raises(LeaseLost):
             await store.save_decision(decision, fence="0|replica-b")
         assert await store.load_decision("ml/model-3") == decision
+        await check_batched_decisions(store, CLUSTER_TARGETS, fence="1|replica-a")  # pipelined across slots
+    finally:
+        await store.close()
+
+
+async def check_batched_decisions(store: RedisStore, names: list[str], *, fence: str) -> None:
+    """Batched reads agree with the one-target reads; a batched save refuses a stale fence alone."""
+    inputs = await store.decision_inputs(names, T0)
+    for name, (sessions, stored) in zip(names, inputs, strict=True):
+        assert sessions == await store.count_sessions(name, T0)
+        assert stored == await store.load_decision(name)
+    assert await store.load_decisions(names) == [stored for _, stored in inputs]
+    made = []
+    for index, name in enumerate(names):
+        namespace, _, short = name.partition("/")
+        spec = targets.TargetSpec(ref=targets.TargetRef(namespace, short), kind=targets.TargetKind.KEDA, max=9)
+        made.append(policy.decide_floor(spec, policy.Signals(sessions=index + 1), T0, None))
+    fences = [fence] * len(names)
+    fences[-1] = "0|someone-else"
+    assert await store.save_decisions(list(zip(made, fences, strict=True))) == [True] * (len(names) - 1) + [False]
+    assert await store.load_decisions(names) == made[:-1] + [stored for _, stored in inputs][-1:]
+    assert await store.decision_inputs([], T0) == [] and await store.save_decisions([]) == []
+
+
+async def test_decisions_are_read_and_written_a_batch_per_round_trip(redis_server: RedisServer) -> None:
+    store = build_store(redis_server.url)
+    assert isinstance(store, RedisStore)
+    names = [f"ml/model-{i}" for i in range(5)]
+    heard: list[policy.FloorDecision] = []
+    store.add_decision_listener(heard.append)
+    try:
+        await store.start()
+        await store.record_intents([intent(f"e{i}", target=name) for i, name in enumerate(names[:3])])
+        leases = await store.leases.claim_leases(names, holder="replica-a", held={}, ttl=5)
+        assert {lease.token for lease in leases} == {"1|replica-a"}
+        await check_batched_decisions(store, names, fence="1|replica-a")
+        await wait_for(lambda: len(heard) == len(names) - 1)  # each stored decision is published
+        sessions = [s.active for s, _ in await store.decision_inputs(names, T0)]
+        assert sessions == [1, 1, 1, 0, 0]
     finally:
         await store.close()
 
