@@ -20,7 +20,7 @@ import redis.asyncio as aioredis
 from support import SentinelGroup, wait_for, wait_for_async
 
 from prewarm.core import ledger
-from prewarm.service import clock, composition, sentinel_master
+from prewarm.service import clock, composition, redis_connection, sentinel_master
 from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable
 
 RATE = 10  # events per second
@@ -210,3 +210,38 @@ async def test_a_connection_to_a_node_that_is_no_longer_a_master_is_refused(redi
         assert b"routed" in redis_sentinel.master.command(b"ZRANGE prewarm:{ml/chat}:sessions 0 -1")
     finally:
         await store.close()
+
+
+async def test_a_promotion_is_watched_for_its_bound_even_when_the_replica_never_answers() -> None:
+    """A replica announced as being promoted that accepts connections and never answers (a hung
+    node, an aborted failover): the watch gives up after its promotion wait, not after the
+    client's retries of one ROLE, and follows nothing."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connected = redis_connection.connect(
+        redis_connection.parse_redis_url("redis+sentinel://127.0.0.1:1/prewarm"), timeout=1.0
+    )
+    pool = connected.client.connection_pool
+    assert isinstance(pool, sentinel_master.FollowedMasterPool)
+    watch = sentinel_master.SentinelWatch([], service="prewarm", pool=pool, promotion_wait=0.3)
+    try:
+        watch._watch_promotion(f"slave 127.0.0.1:{port} 127.0.0.1 {port} @ prewarm 127.0.0.1 1".split(" "))
+        (promotion,) = watch._promotions.values()
+        started = time.monotonic()
+        await wait_for(promotion.done, within=3.0)  # one ROLE tried 11 times took 11 s or more
+        assert promotion.exception() is None
+        assert time.monotonic() - started < 3.0
+        assert silent, "the watch never asked the replica"
+        assert pool.followed is None and pool.switches == 0
+    finally:
+        await asyncio.gather(*watch.cancel(), return_exceptions=True)
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await connected.client.aclose()
