@@ -170,6 +170,7 @@ class SentinelWatch:
 
     async def _follow(self, sentinel: aioredis.Redis) -> None:
         backoff = 0.05
+        failing = False  # warned once for the failures since the last subscription that worked
         while True:
             pubsub = sentinel.pubsub()
             try:
@@ -182,14 +183,25 @@ class SentinelWatch:
                     if message["type"] == "subscribe" and message["data"] == 1:  # a switch may have gone unheard
                         await self._ask(sentinel)
                         backoff = 0.05
+                        if failing:
+                            log.info("Sentinel %s: followed again", _name(sentinel))
+                            failing = False
                     elif message["type"] == "message":
                         words = _text(message["data"]).split(" ")
                         if _text(message["channel"]) == SWITCH_CHANNEL and words[0] == self._service:
                             await self._ask(sentinel)
                         elif _text(message["channel"]) == PROMOTING_CHANNEL:
                             self._watch_promotion(words)
-            except Exception as e:
-                log.warning("Sentinel %s: %s; subscribing again in %.2fs", _name(sentinel), _short(e), backoff)
+            except Exception as e:  # a Sentinel down for hours is told once, not at every attempt
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "Sentinel %s: %s; subscribing again in %.2fs (then every %.2fs until it answers)",
+                    _name(sentinel),
+                    _short(e),
+                    backoff,
+                    _BACKOFF_CAP,
+                )
+                failing = True
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()

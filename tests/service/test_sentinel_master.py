@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support import SentinelGroup, wait_for, wait_for_async
+from support import SentinelGroup, free_port, wait_for, wait_for_async
 
 from prewarm.core import ledger
 from prewarm.service import clock, composition, redis_connection, sentinel_master
@@ -245,3 +246,24 @@ async def test_a_promotion_is_watched_for_its_bound_even_when_the_replica_never_
         server.close()
         await server.wait_closed()
         await connected.client.aclose()
+
+
+async def test_a_sentinel_that_stays_down_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    """One Sentinel of the URL down (a supported deployment): the watch keeps trying it, and says
+    so once at warning level, not twice a second for as long as it is down."""
+    down = free_port()
+    connected = redis_connection.connect(
+        redis_connection.parse_redis_url(f"redis+sentinel://127.0.0.1:{down}/prewarm"), timeout=1.0
+    )
+    assert connected.watch is not None and connected.sentinel is not None
+    about_it = f"Sentinel 127.0.0.1:{down}:"
+    with caplog.at_level(logging.DEBUG, logger=sentinel_master.__name__):
+        connected.watch.start()
+        try:
+            await wait_for(lambda: sum(about_it in r.getMessage() for r in caplog.records) >= 4, within=10)
+        finally:
+            await asyncio.gather(*connected.watch.cancel(), return_exceptions=True)
+            await connected.client.aclose()
+            await connected.sentinel.aclose()
+    warnings = [r for r in caplog.records if about_it in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
