@@ -22,7 +22,7 @@ from support import SentinelGroup, free_port, wait_for, wait_for_async
 
 from prewarm.core import ledger
 from prewarm.service import clock, composition, redis_connection, sentinel_master
-from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable
+from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable, redis_keys
 
 RATE = 10  # events per second
 DURATION = 15  # seconds of load
@@ -267,3 +267,39 @@ async def test_a_sentinel_that_stays_down_is_warned_about_once(caplog: pytest.Lo
             await connected.sentinel.aclose()
     warnings = [r for r in caplog.records if about_it in r.getMessage() and r.levelno >= logging.WARNING]
     assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+async def test_the_subscription_moves_to_the_new_master_and_the_listeners_re_read(
+    redis_sentinel: SentinelGroup,
+) -> None:
+    """A planned failover: the store's pub/sub subscription leaves the old master with its other
+    connections, while the old master still says it is a master, so the changes the new master
+    announces are heard at once; the listeners re-read what they follow (the switch is a gap)."""
+    old_master = redis_sentinel.master_port()
+    store = RedisStore.from_url(redis_sentinel.url)
+    changed: list[str] = []
+    resyncs: list[int] = []
+    store.add_change_listener(changed.append)
+    store.add_resync_listener(lambda: resyncs.append(1))
+
+    def subscribers(server: Any) -> int:
+        return int(server.command(b"PUBSUB NUMSUB " + redis_keys.CHANGES_CHANNEL.encode()).split(b"\r\n")[-2][1:])
+
+    try:
+        await store.start()
+        old = next(r for r in redis_sentinel.servers if r.port == old_master)
+        await wait_for(lambda: subscribers(old) == 1 and bool(resyncs), within=10)
+        await wait_for(lambda: all(redis_sentinel.switch_subscribers(i) >= 1 for i in range(3)), within=10)
+        resynced = len(resyncs)
+        redis_sentinel.failover(0)
+        await wait_for(lambda: redis_sentinel.master_port() not in (None, old_master), within=10)
+        new = next(r for r in redis_sentinel.servers if r.port == redis_sentinel.master_port())
+        await wait_for(lambda: subscribers(new) == 1 and subscribers(old) == 0, within=3)
+        assert len(resyncs) > resynced
+        changed.clear()
+        assert await store.record_intents([intent("after")]) == IngestResult(new=(True,))
+        await wait_for(lambda: changed == ["ml/chat"], within=3)
+        assert b"after" in new.command(b"ZRANGE prewarm:{ml/chat}:sessions 0 -1")
+        assert old.command(b"ROLE").split(b"\r\n")[2] == b"master"  # not yet told to step down
+    finally:
+        await store.close()
