@@ -25,7 +25,9 @@ from typing import Any
 
 import redis.asyncio as aioredis
 import redis.asyncio.sentinel as aioredis_sentinel
+import redis.backoff
 import redis.exceptions
+from redis.asyncio.retry import Retry
 
 from prewarm.service import clock
 
@@ -135,10 +137,18 @@ class SentinelWatch:
     so one down costs nothing) and keeps `pool` on the master with the newest config epoch any of
     them gives, or on a replica the leader promoted as soon as it says it is a master."""
 
-    def __init__(self, sentinels: Sequence[aioredis.Redis], *, service: str, pool: FollowedMasterPool) -> None:
+    def __init__(
+        self,
+        sentinels: Sequence[aioredis.Redis],
+        *,
+        service: str,
+        pool: FollowedMasterPool,
+        promotion_wait: float = _PROMOTION_WAIT,
+    ) -> None:
         self._sentinels = list(sentinels)
         self._service = service
         self._pool = pool
+        self._promotion_wait = promotion_wait
         self._tasks: list[asyncio.Task[None]] = []
         self._promotions: dict[Address, asyncio.Task[None]] = {}
 
@@ -160,6 +170,7 @@ class SentinelWatch:
 
     async def _follow(self, sentinel: aioredis.Redis) -> None:
         backoff = 0.05
+        failing = False  # warned once for the failures since the last subscription that worked
         while True:
             pubsub = sentinel.pubsub()
             try:
@@ -172,14 +183,25 @@ class SentinelWatch:
                     if message["type"] == "subscribe" and message["data"] == 1:  # a switch may have gone unheard
                         await self._ask(sentinel)
                         backoff = 0.05
+                        if failing:
+                            log.info("Sentinel %s: followed again", _name(sentinel))
+                            failing = False
                     elif message["type"] == "message":
                         words = _text(message["data"]).split(" ")
                         if _text(message["channel"]) == SWITCH_CHANNEL and words[0] == self._service:
                             await self._ask(sentinel)
                         elif _text(message["channel"]) == PROMOTING_CHANNEL:
                             self._watch_promotion(words)
-            except Exception as e:
-                log.warning("Sentinel %s: %s; subscribing again in %.2fs", _name(sentinel), _short(e), backoff)
+            except Exception as e:  # a Sentinel down for hours is told once, not at every attempt
+                log.log(
+                    logging.DEBUG if failing else logging.WARNING,
+                    "Sentinel %s: %s; subscribing again in %.2fs (then every %.2fs until it answers)",
+                    _name(sentinel),
+                    _short(e),
+                    backoff,
+                    _BACKOFF_CAP,
+                )
+                failing = True
             finally:
                 with contextlib.suppress(Exception):
                     await pubsub.aclose()
@@ -213,7 +235,8 @@ class SentinelWatch:
             self._promotions[address] = asyncio.create_task(self._await_promotion(address), name="sentinel-promotion")
 
     async def _await_promotion(self, address: Address) -> None:
-        """Ask the replica its ROLE until it says master, then follow it (bounded)."""
+        """Ask the replica its ROLE until it says master, then follow it; gives up after the
+        promotion wait, however slowly the replica answers (each ask is one try: the poll retries)."""
         kwargs = self._pool.connection_kwargs
         node = aioredis.Redis(
             host=address[0],
@@ -222,26 +245,35 @@ class SentinelWatch:
             password=kwargs.get("password"),
             socket_timeout=kwargs.get("socket_timeout"),
             socket_connect_timeout=kwargs.get("socket_connect_timeout"),
+            retry=Retry(redis.backoff.NoBackoff(), retries=0),
         )
-        loop = asyncio.get_running_loop()
-        deadline = loop.time() + _PROMOTION_WAIT
         try:
-            while loop.time() < deadline:
-                with contextlib.suppress(redis.exceptions.RedisError, OSError):
-                    role = await node.role()
-                    if _text(role[0]) == "master":
-                        if await self._pool.adopt_promoted(address):
-                            log.warning(
-                                "Sentinel promoted %s:%d to master of %s: every connection to the old one dropped",
-                                *address,
-                                self._service,
-                            )
-                        return
-                clock.refuse_if_cancelling()
-                await asyncio.sleep(_PROMOTION_POLL)
+            async with asyncio.timeout(self._promotion_wait):
+                while not await self._says_master(node):
+                    clock.refuse_if_cancelling()
+                    await asyncio.sleep(_PROMOTION_POLL)
+        except TimeoutError:
+            return  # not promoted in time (the failover was aborted?): the Sentinels will tell
         finally:
             with contextlib.suppress(Exception):
                 await node.aclose()
+        try:
+            if await self._pool.adopt_promoted(address):
+                log.warning(
+                    "Sentinel promoted %s:%d to master of %s: every connection to the old one dropped",
+                    *address,
+                    self._service,
+                )
+        except (redis.exceptions.RedisError, OSError) as e:  # followed all the same; a connection is left
+            log.warning("dropping the connections to the old master of %s: %s", self._service, _short(e))
+
+    @staticmethod
+    async def _says_master(node: aioredis.Redis) -> bool:
+        try:
+            role = await node.role()
+        except (redis.exceptions.RedisError, OSError):
+            return False  # not reachable yet, or a timeout: ask again
+        return isinstance(role, list | tuple) and bool(role) and _text(role[0]) == "master"
 
 
 def _name(sentinel: aioredis.Redis) -> str:

@@ -8,6 +8,7 @@ from __future__ import annotations
 import asyncio
 import dataclasses
 import io
+import logging
 import time
 from collections.abc import Callable
 from datetime import UTC, datetime, timedelta
@@ -17,11 +18,11 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support import SentinelGroup, wait_for, wait_for_async
+from support import SentinelGroup, free_port, wait_for, wait_for_async
 
 from prewarm.core import ledger
-from prewarm.service import clock, composition, sentinel_master
-from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable
+from prewarm.service import clock, composition, redis_connection, sentinel_master
+from prewarm.service.store import IngestResult, Intent, RedisStore, StateUnavailable, redis_keys
 
 RATE = 10  # events per second
 DURATION = 15  # seconds of load
@@ -208,5 +209,97 @@ async def test_a_connection_to_a_node_that_is_no_longer_a_master_is_refused(redi
         assert await store.record_intents([intent("routed")]) == IngestResult(new=(True,))
         assert pool.master_address == ("127.0.0.1", redis_sentinel.master.port)
         assert b"routed" in redis_sentinel.master.command(b"ZRANGE prewarm:{ml/chat}:sessions 0 -1")
+    finally:
+        await store.close()
+
+
+async def test_a_promotion_is_watched_for_its_bound_even_when_the_replica_never_answers() -> None:
+    """A replica announced as being promoted that accepts connections and never answers (a hung
+    node, an aborted failover): the watch gives up after its promotion wait, not after the
+    client's retries of one ROLE, and follows nothing."""
+    silent: list[asyncio.StreamWriter] = []
+
+    async def hold(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        silent.append(writer)  # read nothing, answer nothing
+
+    server = await asyncio.start_server(hold, "127.0.0.1", 0)
+    port = server.sockets[0].getsockname()[1]
+    connected = redis_connection.connect(
+        redis_connection.parse_redis_url("redis+sentinel://127.0.0.1:1/prewarm"), timeout=1.0
+    )
+    pool = connected.client.connection_pool
+    assert isinstance(pool, sentinel_master.FollowedMasterPool)
+    watch = sentinel_master.SentinelWatch([], service="prewarm", pool=pool, promotion_wait=0.3)
+    try:
+        watch._watch_promotion(f"slave 127.0.0.1:{port} 127.0.0.1 {port} @ prewarm 127.0.0.1 1".split(" "))
+        (promotion,) = watch._promotions.values()
+        started = time.monotonic()
+        await wait_for(promotion.done, within=3.0)  # one ROLE tried 11 times took 11 s or more
+        assert promotion.exception() is None
+        assert time.monotonic() - started < 3.0
+        assert silent, "the watch never asked the replica"
+        assert pool.followed is None and pool.switches == 0
+    finally:
+        await asyncio.gather(*watch.cancel(), return_exceptions=True)
+        for writer in silent:
+            writer.close()
+        server.close()
+        await server.wait_closed()
+        await connected.client.aclose()
+
+
+async def test_a_sentinel_that_stays_down_is_warned_about_once(caplog: pytest.LogCaptureFixture) -> None:
+    """One Sentinel of the URL down (a supported deployment): the watch keeps trying it, and says
+    so once at warning level, not twice a second for as long as it is down."""
+    down = free_port()
+    connected = redis_connection.connect(
+        redis_connection.parse_redis_url(f"redis+sentinel://127.0.0.1:{down}/prewarm"), timeout=1.0
+    )
+    assert connected.watch is not None and connected.sentinel is not None
+    about_it = f"Sentinel 127.0.0.1:{down}:"
+    with caplog.at_level(logging.DEBUG, logger=sentinel_master.__name__):
+        connected.watch.start()
+        try:
+            await wait_for(lambda: sum(about_it in r.getMessage() for r in caplog.records) >= 4, within=10)
+        finally:
+            await asyncio.gather(*connected.watch.cancel(), return_exceptions=True)
+            await connected.client.aclose()
+            await connected.sentinel.aclose()
+    warnings = [r for r in caplog.records if about_it in r.getMessage() and r.levelno >= logging.WARNING]
+    assert len(warnings) == 1, [r.getMessage() for r in warnings]
+
+
+async def test_the_subscription_moves_to_the_new_master_and_the_listeners_re_read(
+    redis_sentinel: SentinelGroup,
+) -> None:
+    """A planned failover: the store's pub/sub subscription leaves the old master with its other
+    connections, while the old master still says it is a master, so the changes the new master
+    announces are heard at once; the listeners re-read what they follow (the switch is a gap)."""
+    old_master = redis_sentinel.master_port()
+    store = RedisStore.from_url(redis_sentinel.url)
+    changed: list[str] = []
+    resyncs: list[int] = []
+    store.add_change_listener(changed.append)
+    store.add_resync_listener(lambda: resyncs.append(1))
+
+    def subscribers(server: Any) -> int:
+        return int(server.command(b"PUBSUB NUMSUB " + redis_keys.CHANGES_CHANNEL.encode()).split(b"\r\n")[-2][1:])
+
+    try:
+        await store.start()
+        old = next(r for r in redis_sentinel.servers if r.port == old_master)
+        await wait_for(lambda: subscribers(old) == 1 and bool(resyncs), within=10)
+        await wait_for(lambda: all(redis_sentinel.switch_subscribers(i) >= 1 for i in range(3)), within=10)
+        resynced = len(resyncs)
+        redis_sentinel.failover(0)
+        await wait_for(lambda: redis_sentinel.master_port() not in (None, old_master), within=10)
+        new = next(r for r in redis_sentinel.servers if r.port == redis_sentinel.master_port())
+        await wait_for(lambda: subscribers(new) == 1 and subscribers(old) == 0, within=3)
+        assert len(resyncs) > resynced
+        changed.clear()
+        assert await store.record_intents([intent("after")]) == IngestResult(new=(True,))
+        await wait_for(lambda: changed == ["ml/chat"], within=3)
+        assert b"after" in new.command(b"ZRANGE prewarm:{ml/chat}:sessions 0 -1")
+        assert old.command(b"ROLE").split(b"\r\n")[2] == b"master"  # not yet told to step down
     finally:
         await store.close()

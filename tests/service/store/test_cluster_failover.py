@@ -18,6 +18,7 @@ from prewarm.service import clock, composition
 RATE = 10  # events per second
 DURATION = 10  # seconds of load
 KILL_AT = 2.0  # seconds into the load
+PATIENCE = 5.0  # seconds the client waits past the service's bound, to measure a late answer
 TARGETS = [f"ml/model-{i}" for i in range(12)]  # spread over the three masters' slots
 
 
@@ -44,7 +45,7 @@ async def test_a_cluster_master_killed_under_load_answers_every_request(
         statuses[event_id] = 0
         began = time.monotonic()
         try:
-            async with asyncio.timeout(bound):
+            async with asyncio.timeout(bound + PATIENCE):  # longer than the bound, so a late answer is seen
                 response = await http.post(
                     f"http://127.0.0.1:{port}/events",
                     json=body,
@@ -70,7 +71,7 @@ async def test_a_cluster_master_killed_under_load_answers_every_request(
                 victim.kill()
                 killed = True
             await asyncio.sleep(max(0.0, start + (i + 1) / RATE - time.monotonic()))  # the load's pace
-        async with asyncio.timeout(bound + 1):
+        async with asyncio.timeout(bound + PATIENCE + 1):
             await asyncio.gather(*sent)
     survivors = [node for node in cluster.nodes if node is not victim]
     client = aioredis_cluster.RedisCluster(host="127.0.0.1", port=survivors[0].port)
@@ -89,8 +90,8 @@ async def test_a_cluster_master_killed_under_load_answers_every_request(
         f"cluster master kill: {len(lost)} acknowledged events lost, {unavailable / RATE:.1f} s answered 503, "
         f"slowest answer {max(answered_in):.2f} s"
     )
-    assert set(statuses.values()) <= {202, 503}  # every request answered within its bound
-    assert max(answered_in) <= bound
+    assert set(statuses.values()) <= {202, 503}  # every request answered
+    assert max(answered_in) <= bound  # and within its bound
     assert len(lost) <= RATE  # asynchronous replication: at most what the replica had not received
     # the replica takes over: events for the victim's slots are taken again before the load ends
     assert all(statuses[f"e{i:03d}"] == 202 for i in range(RATE * (DURATION - 2), RATE * DURATION))
