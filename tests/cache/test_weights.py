@@ -375,3 +375,19 @@ def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, w
     finally:
         if folder != tmp_path:
             shutil.rmtree(folder)
+
+
+def test_a_model_server_of_another_user_can_read_the_snapshot_and_the_ref(tmp_path: Path) -> None:
+    """The follower runs as its own user; the model server may run as any other, so every folder
+    and file a hub reader opens is readable (and folders searchable) by all."""
+    source = tmp_path / "m"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "sub" / "tokenizer.json").write_text("{}")
+    result = staging.stage_weights(tmp_path / "v", model="org/m", revision="v2", source=source)
+    repo = staging.repo_entry(tmp_path / "v", "org/m")
+    for path in (result.snapshot, result.snapshot / "sub", repo / "refs" / "v2"):
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o444 == 0o444, f"{path}: mode {mode:o}"
+        if path.is_dir():
+            assert mode & 0o111 == 0o111, f"{path}: mode {mode:o}"
