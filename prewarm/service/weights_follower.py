@@ -170,10 +170,12 @@ class WeightsFollower:
         spec = self._specs[target]
         decision = self._decisions.get(target)
         if decision is None:
-            decision = await self._feed.load_decision(target)
+            loaded = await self._feed.load_decision(target)
+            decision = self._decisions.get(target)  # one heard while the read was in flight is newer
+            if loaded is not None and (decision is None or loaded.decided_at > decision.decided_at):
+                decision = self._decisions[target] = loaded
             if decision is None:
                 return
-            self._decisions[target] = decision
         now = self._now()
         lead = self._settings.lead
         if not weights.weights_needed(floor=decision.floor, next_change=decision.next_change, now=now, lead=lead):

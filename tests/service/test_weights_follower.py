@@ -198,3 +198,35 @@ async def test_the_byte_budget_evicts_the_least_recently_needed_model_not_in_use
         assert cluster.label(node, "acme/chat") is not None
     finally:
         await feed.close()
+
+
+class _DecidedDuringRead(store.MemoryStore):
+    """A store whose decider writes a newer decision while the follower's re-read is in flight
+    (the reply the follower gets was read before that write)."""
+
+    def __init__(self, newer: policy.FloorDecision) -> None:
+        super().__init__()
+        self._newer: policy.FloorDecision | None = newer
+
+    async def load_decision(self, target: str) -> policy.FloorDecision | None:
+        read = await super().load_decision(target)
+        if self._newer is not None:
+            newer, self._newer = self._newer, None
+            await self.save_decision(newer)
+        return read
+
+
+async def test_a_re_read_does_not_replace_a_newer_decision_heard_meanwhile(
+    cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
+    newer = decision(TARGET, 0, T0 + timedelta(seconds=5))
+    feed = _DecidedDuringRead(newer)
+    await feed.save_decision(decision(TARGET, 0, T0))
+    settings = weights_follower.FollowerSettings(node="gpu-a", root=tmp_path, budget_bytes=10**12)
+    follower = weights_follower.WeightsFollower(
+        feed=feed, nodes=cluster.api, specs=specs, settings=settings, now=lambda: T0
+    )
+    follower.resync()  # a gap in the feed: the follower forgets what it had and reads again
+    await follower.reconcile(TARGET)
+    assert follower.decision(TARGET) == newer
