@@ -202,10 +202,17 @@ def collect_garbage(root: Path, *, max_bytes: int, now: float, ttl: float = LEAS
 
 
 def collect_weights(
-    root: Path, *, max_bytes: int, now: float, keep: Sequence[Path] = (), ttl: float = LEASE_TTL
+    root: Path,
+    *,
+    max_bytes: int,
+    now: float,
+    keep: Sequence[Path] = (),
+    needed: Sequence[Path] = (),
+    ttl: float = LEASE_TTL,
 ) -> list[str]:
-    """Evict the weights tier's least recently used models without a live lease (never those in
-    `keep`) until the tier holds <= max_bytes: a node's budget for weights. Returns their folders."""
+    """Evict the weights tier's models without a live lease (never those in `keep`) until the tier
+    holds <= max_bytes: a node's budget for weights. Models no longer needed go first, least recently
+    used first; those in `needed` only after them. Returns their folders."""
     weights = hub_layout.weights_root(root)
     return _evict(
         [(entry, manifest) for entry, manifest in list_entries(root) if entry.parent == weights],
@@ -213,6 +220,7 @@ def collect_weights(
         now=now,
         ttl=ttl,
         keep=keep,
+        last=needed,
     )
 
 
@@ -223,11 +231,12 @@ def _evict(
     now: float,
     ttl: float,
     keep: Sequence[Path] = (),
+    last: Sequence[Path] = (),
 ) -> list[str]:
     entries = [(entry, manifest, entry_bytes(entry)) for entry, manifest in candidates]
     total = sum(size for _, _, size in entries)
     evicted = []
-    for entry, _, size in sorted(entries, key=lambda item: float(item[1].get("last_used", 0))):
+    for entry, _, size in sorted(entries, key=lambda item: (item[0] in last, float(item[1].get("last_used", 0)))):
         if total <= max_bytes:
             break
         if entry in keep:

@@ -197,9 +197,14 @@ class WeightsFollower:
         self.staged.append(result)
         folder = result.snapshot.parent.parent
         labels: dict[str, str | None] = {hub_layout.node_label(folder.name): result.revision_id}
+        needed = tuple(held.snapshot.parent.parent for held in self._held.values())
         evicted = await self._run_blocking(
             lambda: entries.collect_weights(
-                self._settings.root, max_bytes=self._settings.budget_bytes, now=time.time(), keep=(folder,)
+                self._settings.root,
+                max_bytes=self._settings.budget_bytes,
+                now=time.time(),
+                keep=(folder,),
+                needed=needed,
             )
         )
         for name in evicted:

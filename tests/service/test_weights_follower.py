@@ -70,6 +70,7 @@ def model_store(tmp_path_factory: pytest.TempPathFactory) -> Path:
     store = tmp_path_factory.mktemp("models")
     write_model(store / "acme" / "chat", shards=2, shard_bytes=8 * 1024**2, seed=1)
     write_model(store / "acme" / "other", shards=1, shard_bytes=8 * 1024**2, seed=2)
+    write_model(store / "acme" / "third", shards=1, shard_bytes=8 * 1024**2, seed=3)
     return store
 
 
@@ -200,6 +201,10 @@ async def test_the_byte_budget_evicts_the_least_recently_needed_model_not_in_use
         await feed.close()
 
 
+def _folder_bytes(folder: Path) -> int:
+    return sum(path.stat().st_size for path in folder.iterdir())
+
+
 class _DecidedDuringRead(store.MemoryStore):
     """A store whose decider writes a newer decision while the follower's re-read is in flight
     (the reply the follower gets was read before that write)."""
@@ -230,3 +235,29 @@ async def test_a_re_read_does_not_replace_a_newer_decision_heard_meanwhile(
     follower.resync()  # a gap in the feed: the follower forgets what it had and reads again
     await follower.reconcile(TARGET)
     assert follower.decision(TARGET) == newer
+
+
+async def test_the_byte_budget_evicts_a_model_no_longer_needed_before_one_still_needed(
+    cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    """acme/other is staged first and still needed; acme/third was staged later but its floor went
+    back to zero: over budget, acme/third goes, though acme/other was staged longer ago."""
+    specs = {
+        f"llm/{name}": weights.WeightsSettings(model=f"acme/{name}", source=str(model_store / "acme" / name))
+        for name in ("other", "third", "chat")
+    }
+    node = "solo"
+    cluster.fake.add_node(node, labels={"pool": "solo"})
+    feed = store.MemoryStore()
+    root = tmp_path / node
+    sizes = {target: _folder_bytes(Path(spec.source)) for target, spec in specs.items()}
+    budget = sizes["llm/other"] + sizes["llm/chat"] + 1024**2  # not all three
+    settings = weights_follower.FollowerSettings(node=node, root=root, budget_bytes=budget, node_selector="pool=solo")
+    follower = weights_follower.WeightsFollower(feed=feed, nodes=cluster.api, specs=specs, settings=settings)
+    for target, floor, seconds in (("llm/other", 1, 0), ("llm/third", 1, 1), ("llm/third", 0, 2), ("llm/chat", 1, 3)):
+        await feed.save_decision(decision(target, floor, T0 + timedelta(seconds=seconds)))
+        await follower.reconcile(target)
+    assert follower.holds("llm/other") and follower.holds("llm/chat")
+    assert staging.repo_entry(root, "acme/other").is_dir()
+    assert not staging.repo_entry(root, "acme/third").exists()
+    assert cluster.label(node, "acme/other") is not None and cluster.label(node, "acme/third") is None
