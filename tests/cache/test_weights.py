@@ -391,3 +391,45 @@ def test_a_model_server_of_another_user_can_read_the_snapshot_and_the_ref(tmp_pa
         assert mode & 0o444 == 0o444, f"{path}: mode {mode:o}"
         if path.is_dir():
             assert mode & 0o111 == 0o111, f"{path}: mode {mode:o}"
+
+
+def _waits_for_lock(lock: Path) -> bool:
+    """Whether some process is blocked on the flock of `lock` (a `->` line in /proc/locks)."""
+    inode = lock.stat().st_ino
+    return any("->" in line and f":{inode} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_a_starting_model_server_leases_its_weights_under_the_entry_lock(root: Path, tmp_path: Path) -> None:
+    """gc checks leases and moves an entry away under its lock: a server starting meanwhile waits,
+    then finds its weights gone and starts without them, instead of leasing an entry being evicted."""
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "config.json").write_text("{}")
+    staging.stage_weights(root, model=MODEL, revision="main", source=small)
+    repo = staging.repo_entry(root, MODEL)
+    moved = repo.with_name(".evicting-test")
+    command = [sys.executable, "-m", "prewarm.cli", "cache", "exec", "--root", str(root), "--model", MODEL]
+    with entries.locked(repo):
+        server = subprocess.Popen(
+            [*command, "--", sys.executable, "-c", "pass"],
+            env={**os.environ, "PREWARM_WEIGHTS_MODEL": MODEL},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(
+                lambda: _waits_for_lock(repo / entries.LOCK) or any((repo / "leases").glob("*.json")),
+                within=30,
+                what="the server reached the weights' lease",
+            )
+            assert not entries.live_leases(repo, now=time.time()), "leased while gc held the entry's lock"
+            os.replace(repo, moved)  # what gc does, under the lock, when no lease is live
+        except BaseException:
+            server.kill()
+            server.wait()
+            raise
+    _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 0, stderr
+    assert f"weights of {MODEL} are not staged on this node" in stderr
+    assert not any((moved / "leases").glob("*.json"))
