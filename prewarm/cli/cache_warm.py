@@ -43,6 +43,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stage this long before a scheduled rise from zero: the cold-start time (default 60)",
     )
     parser.add_argument(
+        "--relist",
+        type=arguments.positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="work every target again this often, for nodes that joined, left or were cordoned (default 300)",
+    )
+    parser.add_argument(
         "--node-selector", default="", help="label selector of the nodes the targets' pods run on (the DaemonSet's)"
     )
     parser.add_argument("--kubeconfig", type=Path, help="default: in-cluster credentials")
@@ -71,6 +78,7 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event) -> None:
         budget_bytes=args.budget,
         lead=timedelta(seconds=args.lead),
         node_selector=args.node_selector,
+        relist=timedelta(seconds=args.relist),
     )
     feed = store.RedisStore.from_url(args.store)
     api = kube_api.KubeAPI(knative_targets.load_kube_client(args.kubeconfig))

@@ -5,7 +5,8 @@ budget (least recently needed out first, never a model in use) and labels the no
 
 Deciding and acting are apart: decisions only mark a target dirty; one worker stages (the node's
 disk is the bottleneck, so one model at a time) from the newest decision, retrying a failure with
-per-target backoff. After any gap in the decision feed every target is read again.
+per-target backoff. After any gap in the decision feed every target is read again, and every
+`relist` (five minutes) too, since nodes join, leave and are cordoned without a new decision.
 """
 
 from __future__ import annotations
@@ -60,6 +61,7 @@ class FollowerSettings:
     node_selector: str = ""  # the nodes the targets' pods may run on (the DaemonSet's selector)
     spare_nodes: int = weights.SPARE_NODES
     read_ahead: bool = True
+    relist: timedelta = timedelta(minutes=5)  # every target is worked again this often: nodes come and go unannounced
 
 
 @dataclasses.dataclass(slots=True)
@@ -132,11 +134,18 @@ class WeightsFollower:
     # --- the worker ---
 
     async def run(self) -> None:
-        """Work dirty targets one at a time until cancelled."""
-        self.resync()
+        """Work dirty targets one at a time until cancelled; every `relist` all of them again, since
+        the nodes they may run on change without a new decision."""
+        loop = asyncio.get_running_loop()
+        period = max(self._settings.relist.total_seconds(), 0.001)
+        next_relist = loop.time()
         while True:
             clock.refuse_if_cancelling()  # a client library may have swallowed our cancellation
-            await self._wake.wait()
+            if loop.time() >= next_relist:
+                self.resync()
+                next_relist = loop.time() + period
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=next_relist - loop.time())
             self._wake.clear()
             while self._dirty:
                 clock.refuse_if_cancelling()

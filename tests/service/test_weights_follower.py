@@ -261,3 +261,27 @@ async def test_the_byte_budget_evicts_a_model_no_longer_needed_before_one_still_
     assert staging.repo_entry(root, "acme/other").is_dir()
     assert not staging.repo_entry(root, "acme/third").exists()
     assert cluster.label(node, "acme/other") is not None and cluster.label(node, "acme/third") is None
+
+
+async def test_a_node_leaving_moves_its_weights_to_the_next_node_without_a_new_decision(
+    cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    """The floor stays at 1 while one of the two chosen nodes is cordoned: the follower of the node
+    ranked next relists on its own and stages, though no decision changed."""
+    specs = {TARGET: weights.WeightsSettings(model="acme/chat", source=str(model_store / "acme" / "chat"))}
+    chosen = weights.place_weights(TARGET, NODES, weights.nodes_wanted(1))
+    left_out = next(node for node in NODES if node not in chosen)
+    feed = store.MemoryStore()
+    await feed.save_decision(decision(TARGET, 1, T0))
+    settings = weights_follower.FollowerSettings(
+        node=left_out, root=tmp_path, budget_bytes=10**12, node_selector="pool=gpu", relist=timedelta(seconds=0.05)
+    )
+    follower = weights_follower.WeightsFollower(
+        feed=feed, nodes=cluster.api, specs=specs, settings=settings, now=lambda: T0
+    )
+    async with weights_follower.following(follower):
+        await wait_for(lambda: any(r[0] == "LIST" and r[1] == "/api/v1/nodes" for r in cluster.fake.requests))
+        assert not follower.staged  # the nodes listed: this one is not among the chosen
+        cluster.fake.nodes[chosen[0]]["spec"]["unschedulable"] = True
+        await wait_for(lambda: follower.holds(TARGET), within=10)
+    assert cluster.label(left_out, "acme/chat") == follower.staged[-1].revision_id
