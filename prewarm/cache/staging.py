@@ -101,6 +101,8 @@ def stage_weights(
         listing = s3_source.list_s3_source(s3, source, expected=expected)
     else:
         listing = model_source.list_source(Path(source), expected=expected)
+    if hub_layout.is_commit(revision) and listing.commit is not None and listing.commit != revision:
+        raise StageError(f"revision {revision!r}: the source {source} is a checkout of {listing.commit}")
     entry = repo_entry(root, model)
     with entries.locked(entry):
         manifest = entries.read_manifest(entry) or _new_manifest(entry, model, now=clock())

@@ -433,3 +433,19 @@ def test_a_starting_model_server_leases_its_weights_under_the_entry_lock(root: P
     assert server.returncode == 0, stderr
     assert f"weights of {MODEL} are not staged on this node" in stderr
     assert not any((moved / "leases").glob("*.json"))
+
+
+def test_a_commit_revision_the_checkout_is_not_at_is_refused(tmp_path: Path) -> None:
+    """--revision names commit A, the source is a checkout of commit B: staging B's files under a
+    ref named A would leave `refs/<A>` that no hub reader follows (a commit id is its own snapshot)."""
+    source = tmp_path / "clone"
+    (source / ".git").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    at = "0123456789abcdef0123456789abcdef01234567"
+    asked = "fedcba9876543210fedcba9876543210fedcba98"
+    (source / ".git" / "HEAD").write_text(f"{at}\n")
+    with pytest.raises(staging.StageError, match=f"revision {asked!r}: the source {source} is a checkout of {at}"):
+        staging.stage_weights(tmp_path / "volume", model="org/m", revision=asked, source=source)
+    assert not (staging.repo_entry(tmp_path / "volume", "org/m") / "refs" / asked).exists()
+    staged = staging.stage_weights(tmp_path / "volume", model="org/m", revision=at, source=source)
+    assert staged.snapshot.name == at
