@@ -229,6 +229,16 @@ def test_cli_gc_and_stats(tmp_path: Path) -> None:
     assert len(json.loads(out)["evicted"]) == 1
 
 
+@pytest.mark.parametrize("verb", ["gc", "stats"])
+def test_cli_gc_and_stats_refuse_a_root_that_is_not_a_folder(tmp_path: Path, verb: str) -> None:
+    """A mistyped --root is an error, not an empty cache with nothing to evict."""
+    missing = tmp_path / "no-such-volume"
+    process = prewarm("cache", verb, "--root", str(missing), *(["--max-bytes", "1M"] if verb == "gc" else []))
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 2 and out == ""
+    assert err == f"prewarm cache {verb}: --root {missing}: not a folder\n"
+
+
 def test_inductor_precompiled_headers_are_linked_into_the_entry(tmp_path: Path) -> None:
     env = {"TMPDIR": str(tmp_path / "tmp")}
     entry, _ = entries.open_entry(tmp_path / "root", BASE, now=1.0)
