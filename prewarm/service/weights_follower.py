@@ -29,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.5  # seconds before the first retry of a failed stage; doubles up to RETRY_CAP
 RETRY_CAP = 300.0
+NODES_FRESH = 30.0  # seconds a node list serves every target worked meanwhile (at most `relist`)
 
 
 class DecisionFeed(Protocol):
@@ -97,6 +98,7 @@ class WeightsFollower:
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._nodes_listed: tuple[float, list[str]] | None = None  # (loop time, schedulable nodes)
         self.staged: list[staging.StageResult] = []  # what this follower staged or found, newest last
         feed.add_decision_listener(self._heard)
         feed.add_resync_listener(self.resync)
@@ -192,11 +194,7 @@ class WeightsFollower:
             if decision.next_change is not None:
                 self._schedule(target, max(0.0, (decision.next_change - lead - now).total_seconds()))
             return
-        names = [
-            node["name"]
-            for node in await self._nodes.list_nodes(self._settings.node_selector)
-            if node["ready"] and not node["unschedulable"]
-        ]
+        names = await self._schedulable_nodes()
         count = weights.nodes_wanted(decision.floor, spare=self._settings.spare_nodes)
         if self._settings.node not in weights.place_weights(target, names, count):
             return
@@ -232,6 +230,20 @@ class WeightsFollower:
             self._settings.node,
             ", ".join(f"evicted {e}" for e in evicted) or "within budget",
         )
+
+    async def _schedulable_nodes(self) -> list[str]:
+        """The ready, uncordoned nodes the targets' pods may run on; one list serves every target
+        worked within NODES_FRESH seconds (or `relist`, if shorter), so a pass lists once."""
+        now = asyncio.get_running_loop().time()
+        fresh = min(NODES_FRESH, self._settings.relist.total_seconds())
+        if self._nodes_listed is None or now - self._nodes_listed[0] >= fresh:
+            names = [
+                node["name"]
+                for node in await self._nodes.list_nodes(self._settings.node_selector)
+                if node["ready"] and not node["unschedulable"]
+            ]
+            self._nodes_listed = (now, names)
+        return self._nodes_listed[1]
 
     def _stage(self, spec: weights.WeightsSettings) -> staging.StageResult:
         """Stage and read ahead (blocking: runs in a thread)."""

@@ -285,3 +285,26 @@ async def test_a_node_leaving_moves_its_weights_to_the_next_node_without_a_new_d
         cluster.fake.nodes[chosen[0]]["spec"]["unschedulable"] = True
         await wait_for(lambda: follower.holds(TARGET), within=10)
     assert cluster.label(left_out, "acme/chat") == follower.staged[-1].revision_id
+
+
+async def test_one_pass_over_many_targets_lists_the_nodes_once(
+    cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    """Every follower works every target each relist: the node list is read once for all of them,
+    not once per target per node (a fleet's followers would flood the API server)."""
+    specs = {
+        f"llm/{name}": weights.WeightsSettings(model=f"acme/{name}", source=str(model_store / "acme" / name))
+        for name in ("other", "third", "chat")
+    }
+    feed = store.MemoryStore()
+    for target in specs:
+        await feed.save_decision(decision(target, 1, T0))
+    settings = weights_follower.FollowerSettings(
+        node="gpu-a", root=tmp_path, budget_bytes=10**12, node_selector="pool=gpu", read_ahead=False
+    )
+    follower = weights_follower.WeightsFollower(
+        feed=feed, nodes=cluster.api, specs=specs, settings=settings, now=lambda: T0
+    )
+    for target in specs:
+        await follower.reconcile(target)
+    assert [r[1] for r in cluster.fake.requests if r[0] == "LIST"] == ["/api/v1/nodes"]
