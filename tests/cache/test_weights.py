@@ -359,7 +359,7 @@ def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, w
         content = os.urandom(3 * 1024**2 + 17)  # ranges of 1 MiB and a short last one
         source.write_bytes(content)
         destination = tmp_path / "copy"
-        fd = os.open(destination, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(destination, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             digest = ranged_copy.copy_and_hash(source, fd, size=len(content), threads=3, chunk=1024**2)
         finally:
@@ -367,7 +367,7 @@ def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, w
         assert digest == hashlib.sha256(content).hexdigest()
         assert destination.read_bytes() == content
         with pytest.raises(OSError, match="short read"):
-            fd = os.open(tmp_path / "longer", os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(tmp_path / "longer", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 ranged_copy.copy_and_hash(source, fd, size=len(content) + 1024**2, chunk=1024**2)
             finally:
@@ -449,3 +449,15 @@ def test_a_commit_revision_the_checkout_is_not_at_is_refused(tmp_path: Path) -> 
     assert not (staging.repo_entry(tmp_path / "volume", "org/m") / "refs" / asked).exists()
     staged = staging.stage_weights(tmp_path / "volume", model="org/m", revision=at, source=source)
     assert staged.snapshot.name == at
+
+
+def test_the_hash_is_of_the_bytes_written_not_of_a_second_read_of_the_source(tmp_path: Path) -> None:
+    """A source whose content changes between reads (here /dev/urandom; in a model store, a file
+    rewritten while it is staged): the sha256 returned, which names the blob, is the copy's."""
+    destination = tmp_path / "copy"
+    fd = os.open(destination, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        digest = ranged_copy.copy_and_hash(Path("/dev/urandom"), fd, size=3 * 1024**2, threads=2, chunk=1024**2)
+    finally:
+        os.close(fd)
+    assert digest == _sha256(destination)
