@@ -143,8 +143,12 @@ def release(entry: Path, *, host: str, pid: int, now: float) -> None:
     """Drop (host, pid)'s lease and record what the entry holds now."""
     with contextlib.suppress(FileNotFoundError):
         lease_path(entry, host, pid).unlink()
+    if read_manifest(entry) is None:
+        return  # evicted (our lease had run out): `locked` would bring back an empty folder
     with locked(entry):
-        manifest = read_manifest(entry) or {}
+        manifest = read_manifest(entry)
+        if manifest is None:
+            return  # evicted while we waited for the lock
         manifest["bytes"] = entry_bytes(entry)
         manifest["last_used"] = now
         write_manifest(entry, manifest)
