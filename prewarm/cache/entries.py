@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,20 @@ LEASE_TTL = 120.0  # a lease not refreshed for this long belongs to a dead proce
 
 
 @contextlib.contextmanager
-def locked(entry: Path) -> Iterator[None]:
+def locked(entry: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the entry's exclusive fcntl lock (works across processes, and on shared volumes that
-    support POSIX locks). Locks the entry at `entry` after any wait, not one gc moved away meanwhile."""
+    support POSIX locks). Locks the entry at `entry` after any wait, not one gc moved away meanwhile.
+    `on_wait` is called once before waiting, when another process holds it (a stager, for minutes)."""
     while True:
         entry.mkdir(parents=True, exist_ok=True)
         with open(entry / LOCK, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 current = os.stat(entry / LOCK)
             except FileNotFoundError:

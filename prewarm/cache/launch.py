@@ -98,7 +98,13 @@ def _lease_weights(root: Path, env: Mapping[str, str], *, host: str, pid: int) -
         return ()
     repo = hub_layout.weights_root(root) / hub_layout.repo_folder(model)
     if entries.read_manifest(repo) is not None:
-        with entries.locked(repo):  # gc checks leases and evicts under this lock: lease before or after
+
+        def waiting() -> None:
+            print(f"prewarm cache: waiting while the weights of {model} are staged or collected", file=sys.stderr)
+
+        # gc checks leases and evicts under this lock, so the lease lands before or after, never
+        # between; a stager holds it while it copies a new revision (then the server reads that one).
+        with entries.locked(repo, on_wait=waiting):
             if entries.read_manifest(repo) is not None:  # not evicted while we waited
                 entries.write_lease(repo, host=host, pid=pid, now=time.time())
                 return (repo,)

@@ -431,6 +431,7 @@ def test_a_starting_model_server_leases_its_weights_under_the_entry_lock(root: P
             raise
     _, stderr = server.communicate(timeout=60)
     assert server.returncode == 0, stderr
+    assert f"waiting while the weights of {MODEL} are staged or collected" in stderr
     assert f"weights of {MODEL} are not staged on this node" in stderr
     assert not any((moved / "leases").glob("*.json"))
 
