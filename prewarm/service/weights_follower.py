@@ -198,27 +198,25 @@ class WeightsFollower:
         count = weights.nodes_wanted(decision.floor, spare=self._settings.spare_nodes)
         if self._settings.node not in weights.place_weights(target, names, count):
             return
-        if target in self._held and self._held[target].snapshot.is_dir():
+        held = self._held.get(target)
+        needed = tuple(h.snapshot.parent.parent for other, h in self._held.items() if other != target)
+        evicted: list[str] = []
+        try:
+            result = await self._run_blocking(lambda: self._stage(spec, held, needed=needed, evicted=evicted))
+        except Exception:
+            if evicted:  # room was made, then staging failed: the node no longer holds those
+                self._forget(evicted)
+                await self._nodes.patch_node_labels(
+                    self._settings.node, dict.fromkeys(map(hub_layout.node_label, evicted))
+                )
+            raise
+        if result is None:
             return
-        result = await self._run_blocking(lambda: self._stage(spec))
+        self._forget(evicted)
         self.staged.append(result)
         folder = result.snapshot.parent.parent
-        labels: dict[str, str | None] = {hub_layout.node_label(folder.name): result.revision_id}
-        needed = tuple(held.snapshot.parent.parent for held in self._held.values())
-        evicted = await self._run_blocking(
-            lambda: entries.collect_weights(
-                self._settings.root,
-                max_bytes=self._settings.budget_bytes,
-                now=time.time(),
-                keep=(folder,),
-                needed=needed,
-            )
-        )
-        for name in evicted:
-            labels[hub_layout.node_label(name)] = None
-            for other, held in list(self._held.items()):
-                if held.snapshot.parent.parent.name == name:
-                    del self._held[other]
+        labels: dict[str, str | None] = {hub_layout.node_label(name): None for name in evicted}
+        labels[hub_layout.node_label(folder.name)] = result.revision_id
         await self._nodes.patch_node_labels(self._settings.node, labels)
         self._held[target] = _Held(revision_id=result.revision_id, snapshot=result.snapshot)
         log.info(
@@ -230,6 +228,12 @@ class WeightsFollower:
             self._settings.node,
             ", ".join(f"evicted {e}" for e in evicted) or "within budget",
         )
+
+    def _forget(self, evicted: list[str]) -> None:
+        """Targets whose model folder was evicted are no longer held."""
+        for other, held in list(self._held.items()):
+            if held.snapshot.parent.parent.name in evicted:
+                del self._held[other]
 
     async def _schedulable_nodes(self) -> list[str]:
         """The ready, uncordoned nodes the targets' pods may run on; one list serves every target
@@ -245,12 +249,25 @@ class WeightsFollower:
             self._nodes_listed = (now, names)
         return self._nodes_listed[1]
 
-    def _stage(self, spec: weights.WeightsSettings) -> staging.StageResult:
-        """Stage and read ahead (blocking: runs in a thread)."""
+    def _stage(
+        self, spec: weights.WeightsSettings, held: _Held | None, *, needed: tuple[Path, ...], evicted: list[str]
+    ) -> staging.StageResult | None:
+        """Make room, stage and read ahead (blocking: runs in a thread); None when the weights are
+        held and still there. Room is made before copying (models no longer needed first, those in
+        `needed` last), so the tier never holds more than the budget on the way; the folders
+        evicted are added to `evicted` as they go."""
+        if held is not None and held.snapshot.is_dir():
+            return None
+        root, budget = self._settings.root, self._settings.budget_bytes
+        folder = staging.repo_entry(root, spec.model)
         source: Path | str = spec.source if s3_source.is_s3(spec.source) else Path(spec.source)
-        result = staging.stage_weights(
-            self._settings.root, model=spec.model, revision=spec.revision, source=source, s3=self._s3
+        listing = staging.list_model(source, s3=self._s3)
+        missing = max(0, listing.total_bytes() - (entries.entry_bytes(folder) if folder.is_dir() else 0))
+        evicted += entries.collect_weights(
+            root, max_bytes=max(0, budget - missing), now=time.time(), keep=(folder,), needed=needed
         )
+        result = staging.stage_weights(root, model=spec.model, revision=spec.revision, source=source, s3=self._s3)
+        evicted += entries.collect_weights(root, max_bytes=budget, now=time.time(), keep=(folder,), needed=needed)
         if self._settings.read_ahead:
             page_cache.read_ahead(page_cache.snapshot_files(result.snapshot))
         return result

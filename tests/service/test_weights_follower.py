@@ -4,10 +4,16 @@ the node says so with a label."""
 
 from __future__ import annotations
 
+import asyncio
+import contextlib
+import os
+import stat
+import threading
 import time
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
+from typing import Any
 
 import pytest
 from aiohttp.test_utils import TestServer
@@ -308,3 +314,62 @@ async def test_one_pass_over_many_targets_lists_the_nodes_once(
     for target in specs:
         await follower.reconcile(target)
     assert [r[1] for r in cluster.fake.requests if r[0] == "LIST"] == ["/api/v1/nodes"]
+
+
+def _tier_bytes(root: Path) -> int:
+    """Bytes of the regular files under the weights tier now (what the node's disk holds)."""
+    total = 0
+    for folder, _, names in os.walk(hub_layout.weights_root(root)):
+        for name in names:
+            with contextlib.suppress(FileNotFoundError):
+                info = os.lstat(os.path.join(folder, name))
+                total += info.st_size if stat.S_ISREG(info.st_mode) else 0
+    return total
+
+
+async def test_room_is_made_before_copying_so_the_tier_never_passes_its_budget(
+    cluster: Cluster, model_store: Path, tmp_path: Path
+) -> None:
+    """acme/other is staged and then no longer needed; acme/chat does not fit beside it. The
+    follower evicts acme/other before it copies acme/chat: the disk never holds both."""
+    specs = {
+        f"llm/{name}": weights.WeightsSettings(model=f"acme/{name}", source=str(model_store / "acme" / name))
+        for name in ("other", "chat")
+    }
+    node = "solo"
+    cluster.fake.add_node(node, labels={"pool": "solo"})
+    root = tmp_path / node
+    budget = _folder_bytes(model_store / "acme" / "chat") + 1024**2  # chat fits; chat and other do not
+    peak = 0
+
+    async def run_blocking(fn: Callable[[], Any]) -> Any:
+        """Run in a thread, sampling the tier's bytes while it runs and after."""
+        nonlocal peak
+        done = threading.Event()
+
+        def sample() -> None:
+            nonlocal peak
+            while not done.is_set():
+                peak = max(peak, _tier_bytes(root))
+                done.wait(0.002)
+
+        sampler = threading.Thread(target=sample)
+        sampler.start()
+        try:
+            return await asyncio.get_running_loop().run_in_executor(None, fn)
+        finally:
+            done.set()
+            await asyncio.get_running_loop().run_in_executor(None, sampler.join)
+            peak = max(peak, _tier_bytes(root))
+
+    feed = store.MemoryStore()
+    settings = weights_follower.FollowerSettings(node=node, root=root, budget_bytes=budget, node_selector="pool=solo")
+    follower = weights_follower.WeightsFollower(
+        feed=feed, nodes=cluster.api, specs=specs, settings=settings, run_blocking=run_blocking
+    )
+    for target, floor, seconds in (("llm/other", 1, 0), ("llm/other", 0, 1), ("llm/chat", 1, 2)):
+        await feed.save_decision(decision(target, floor, T0 + timedelta(seconds=seconds)))
+        await follower.reconcile(target)
+    assert follower.holds("llm/chat") and not staging.repo_entry(root, "acme/other").exists()
+    assert cluster.label(node, "acme/other") is None and cluster.label(node, "acme/chat") is not None
+    assert peak <= budget, f"the tier held {peak} bytes, over its budget of {budget}"
