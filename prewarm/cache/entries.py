@@ -14,7 +14,7 @@ import os
 import shutil
 import tempfile
 import time
-from collections.abc import Iterator, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -29,13 +29,20 @@ LEASE_TTL = 120.0  # a lease not refreshed for this long belongs to a dead proce
 
 
 @contextlib.contextmanager
-def locked(entry: Path) -> Iterator[None]:
+def locked(entry: Path, *, on_wait: Callable[[], None] | None = None) -> Iterator[None]:
     """Hold the entry's exclusive fcntl lock (works across processes, and on shared volumes that
-    support POSIX locks). Locks the entry at `entry` after any wait, not one gc moved away meanwhile."""
+    support POSIX locks). Locks the entry at `entry` after any wait, not one gc moved away meanwhile.
+    `on_wait` is called once before waiting, when another process holds it (a stager, for minutes)."""
     while True:
         entry.mkdir(parents=True, exist_ok=True)
         with open(entry / LOCK, "a+") as handle:
-            fcntl.flock(handle, fcntl.LOCK_EX)
+            try:
+                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                if on_wait is not None:
+                    on_wait()
+                    on_wait = None
+                fcntl.flock(handle, fcntl.LOCK_EX)
             try:
                 current = os.stat(entry / LOCK)
             except FileNotFoundError:
@@ -143,8 +150,12 @@ def release(entry: Path, *, host: str, pid: int, now: float) -> None:
     """Drop (host, pid)'s lease and record what the entry holds now."""
     with contextlib.suppress(FileNotFoundError):
         lease_path(entry, host, pid).unlink()
+    if read_manifest(entry) is None:
+        return  # evicted (our lease had run out): `locked` would bring back an empty folder
     with locked(entry):
-        manifest = read_manifest(entry) or {}
+        manifest = read_manifest(entry)
+        if manifest is None:
+            return  # evicted while we waited for the lock
         manifest["bytes"] = entry_bytes(entry)
         manifest["last_used"] = now
         write_manifest(entry, manifest)
@@ -202,10 +213,17 @@ def collect_garbage(root: Path, *, max_bytes: int, now: float, ttl: float = LEAS
 
 
 def collect_weights(
-    root: Path, *, max_bytes: int, now: float, keep: Sequence[Path] = (), ttl: float = LEASE_TTL
+    root: Path,
+    *,
+    max_bytes: int,
+    now: float,
+    keep: Sequence[Path] = (),
+    needed: Sequence[Path] = (),
+    ttl: float = LEASE_TTL,
 ) -> list[str]:
-    """Evict the weights tier's least recently used models without a live lease (never those in
-    `keep`) until the tier holds <= max_bytes: a node's budget for weights. Returns their folders."""
+    """Evict the weights tier's models without a live lease (never those in `keep`) until the tier
+    holds <= max_bytes: a node's budget for weights. Models no longer needed go first, least recently
+    used first; those in `needed` only after them. Returns their folders."""
     weights = hub_layout.weights_root(root)
     return _evict(
         [(entry, manifest) for entry, manifest in list_entries(root) if entry.parent == weights],
@@ -213,6 +231,7 @@ def collect_weights(
         now=now,
         ttl=ttl,
         keep=keep,
+        last=needed,
     )
 
 
@@ -223,11 +242,12 @@ def _evict(
     now: float,
     ttl: float,
     keep: Sequence[Path] = (),
+    last: Sequence[Path] = (),
 ) -> list[str]:
     entries = [(entry, manifest, entry_bytes(entry)) for entry, manifest in candidates]
     total = sum(size for _, _, size in entries)
     evicted = []
-    for entry, _, size in sorted(entries, key=lambda item: float(item[1].get("last_used", 0))):
+    for entry, _, size in sorted(entries, key=lambda item: (item[0] in last, float(item[1].get("last_used", 0)))):
         if total <= max_bytes:
             break
         if entry in keep:

@@ -115,6 +115,7 @@ def publish_snapshot(repo: Path, revision_id: str, files: Mapping[str, str]) -> 
         _link_files(final, repo, files)
         return final
     incoming = Path(tempfile.mkdtemp(prefix=INCOMING, dir=snapshots))
+    os.chmod(incoming, 0o755)  # mkdtemp's 0700 would shut out a model server running as another user
     _link_files(incoming, repo, files)
     os.rename(incoming, final)
     return final
@@ -139,6 +140,7 @@ def _write_atomically(path: Path, data: bytes) -> None:
             handle.write(data)
             handle.flush()
             os.fsync(handle.fileno())
+        os.chmod(temp, 0o644)  # mkstemp's 0600 would hide the ref from a model server of another user
         os.replace(temp, path)
     except BaseException:
         with contextlib.suppress(FileNotFoundError):

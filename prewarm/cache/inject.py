@@ -116,9 +116,9 @@ def inject_cache(
     mounts.append(CommentedMap([("name", VOLUME_NAME), ("mountPath", MOUNT_PATH)]))
     env = target.setdefault("env", CommentedSeq())
     env.append(CommentedMap([("name", "PREWARM_MODEL"), ("value", model or workload.name)]))
-    weights_model = weights if weights is not None else _annotated_weights(document.data)
+    weights_model, weights_key = (weights, "--weights") if weights is not None else _annotated_weights(document.data)
     if weights_model is not None:
-        _add_weights(spec, env, weights_model, where=f"{workload}: --weights", notes=notes)
+        _add_weights(spec, env, weights_model, where=f"{workload}: {weights_key}", notes=notes)
     if "command" in target:
         target["command"] = wrapped
     else:  # before `args`, where a reader looks for it
@@ -136,13 +136,15 @@ def inject_cache(
     return Injected(text="".join(pieces), notes=tuple(notes))
 
 
-def _annotated_weights(data: Any) -> str | None:
-    """The workload's `prewarm.dev/weights-model` annotation (its own, else its pod template's)."""
-    for metadata in (data.get("metadata"), ((data.get("spec") or {}).get("template") or {}).get("metadata")):
+def _annotated_weights(data: Any) -> tuple[str | None, str]:
+    """The workload's `prewarm.dev/weights-model` annotation (its own, else its pod template's),
+    and where it was found, for errors."""
+    template = ((data.get("spec") or {}).get("template") or {}).get("metadata")
+    for metadata, where in ((data.get("metadata"), "metadata"), (template, "spec.template.metadata")):
         value = ((metadata or {}).get("annotations") or {}).get(WEIGHTS_ANNOTATION)
         if value:
-            return str(value)
-    return None
+            return str(value), f"{where}.annotations[{WEIGHTS_ANNOTATION}]"
+    return None, ""
 
 
 def _add_weights(spec: CommentedMap, env: CommentedSeq, model: str, *, where: str, notes: list[str]) -> None:
@@ -151,7 +153,13 @@ def _add_weights(spec: CommentedMap, env: CommentedSeq, model: str, *, where: st
     if problem is not None:
         raise InjectError(f"{where}: {model!r} {problem}")
     cache = f"{MOUNT_PATH}/{hub_layout.WEIGHTS}"
-    env.append(CommentedMap([("name", "HF_HUB_CACHE"), ("value", cache)]))
+    present = next((e for e in env if isinstance(e, CommentedMap) and e.get("name") == "HF_HUB_CACHE"), None)
+    if present is None:
+        env.append(CommentedMap([("name", "HF_HUB_CACHE"), ("value", cache)]))
+    else:  # one entry per name: a second would be rejected by server-side apply, or silently win
+        notes.append(f"{where}: HF_HUB_CACHE was {present.get('value', present.get('valueFrom'))}; now {cache}")
+        present.pop("valueFrom", None)
+        present["value"] = cache
     env.append(CommentedMap([("name", "PREWARM_WEIGHTS_MODEL"), ("value", model)]))
     label = hub_layout.node_label(hub_layout.repo_folder(model))
     expression = CommentedMap([("key", label), ("operator", "Exists")])

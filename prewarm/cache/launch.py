@@ -97,8 +97,16 @@ def _lease_weights(root: Path, env: Mapping[str, str], *, host: str, pid: int) -
     if not model or hub_layout.check_model(model) is not None:
         return ()
     repo = hub_layout.weights_root(root) / hub_layout.repo_folder(model)
-    if entries.read_manifest(repo) is None:
-        print(f"prewarm cache: weights of {model} are not staged on this node", file=sys.stderr)
-        return ()
-    entries.write_lease(repo, host=host, pid=pid, now=time.time())
-    return (repo,)
+    if entries.read_manifest(repo) is not None:
+
+        def waiting() -> None:
+            print(f"prewarm cache: waiting while the weights of {model} are staged or collected", file=sys.stderr)
+
+        # gc checks leases and evicts under this lock, so the lease lands before or after, never
+        # between; a stager holds it while it copies a new revision (then the server reads that one).
+        with entries.locked(repo, on_wait=waiting):
+            if entries.read_manifest(repo) is not None:  # not evicted while we waited
+                entries.write_lease(repo, host=host, pid=pid, now=time.time())
+                return (repo,)
+    print(f"prewarm cache: weights of {model} are not staged on this node", file=sys.stderr)
+    return ()

@@ -3,7 +3,9 @@
 Worker threads copy 8 MiB ranges with `os.copy_file_range` (the kernel copies, as `cp` does; no
 trip through Python's memory), falling back to `os.preadv`/`os.pwrite` into a reused buffer where
 the two files' filesystems do not support it. The hasher reads each copied range back from the
-page cache, where the copy has just put it, into one reused buffer: a fresh object per range
+destination (in the page cache, where the copy has just put it), so the sha256 is of the bytes
+staged, not of a second read of a source that may have changed since, into one reused buffer: a
+fresh object per range
 costs page faults that halved the throughput on a 2-vCPU machine (bench/weights.py).
 """
 
@@ -24,8 +26,9 @@ _NO_COPY_FILE_RANGE = {errno.EXDEV, errno.ENOSYS, errno.EINVAL, errno.EOPNOTSUPP
 
 
 def copy_and_hash(source: Path, destination: int, *, size: int, threads: int = THREADS, chunk: int = CHUNK) -> str:
-    """Copy `size` bytes of `source` into the open file `destination` at the same offsets and
-    return the sha256 (hex) of what was read. The destination is fsynced before this returns.
+    """Copy `size` bytes of `source` into the file `destination` (open for reading and writing)
+    at the same offsets and return the sha256 (hex) of what was written, read back from it. The
+    destination is fsynced before this returns.
 
     Raises OSError on a read or write failure, and when the source is shorter than `size`.
     """
@@ -45,7 +48,7 @@ def copy_and_hash(source: Path, destination: int, *, size: int, threads: int = T
             def hash_oldest() -> None:
                 offset, length, copied = pending.popleft()
                 copied.result()
-                digest.update(view[: _read_exactly(src, view[:length], offset)])
+                digest.update(view[: _read_exactly(destination, view[:length], offset)])
 
             for offset in range(0, size, chunk):
                 length = min(chunk, size - offset)

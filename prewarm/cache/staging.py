@@ -95,12 +95,9 @@ def stage_weights(
         if problem is not None:
             raise StageError(f"{what} {value!r}: {problem}")
     started = timer()
-    if isinstance(source, str) and s3_source.is_s3(source):
-        if s3 is None:
-            raise StageError(f"{source}: an S3 source needs an S3 client")
-        listing = s3_source.list_s3_source(s3, source, expected=expected)
-    else:
-        listing = model_source.list_source(Path(source), expected=expected)
+    listing = list_model(source, s3=s3, expected=expected)
+    if hub_layout.is_commit(revision) and listing.commit is not None and listing.commit != revision:
+        raise StageError(f"revision {revision!r}: the source {source} is a checkout of {listing.commit}")
     entry = repo_entry(root, model)
     with entries.locked(entry):
         manifest = entries.read_manifest(entry) or _new_manifest(entry, model, now=clock())
@@ -154,6 +151,17 @@ def stage_weights(
         seconds=timer() - started,
         refetched=tuple(refetched),
     )
+
+
+def list_model(
+    source: Path | str, *, s3: Any = None, expected: Mapping[str, str] | None = None
+) -> model_source.SourceListing:
+    """The model's files at `source` (a folder, or an `s3://` URL read with the boto3 client `s3`)."""
+    if isinstance(source, str) and s3_source.is_s3(source):
+        if s3 is None:
+            raise StageError(f"{source}: an S3 source needs an S3 client")
+        return s3_source.list_s3_source(s3, source, expected=expected)
+    return model_source.list_source(Path(source), expected=expected)
 
 
 def _new_manifest(entry: Path, model: str, *, now: float) -> dict[str, Any]:

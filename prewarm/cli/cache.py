@@ -81,6 +81,9 @@ def run(args: argparse.Namespace) -> int:
         launch.exec_with_cache(command, root=args.root, model=model, salt=args.salt, env=os.environ)
     if args.verb == "stage":
         return run_stage(args)
+    if args.verb in ("gc", "stats") and not args.root.is_dir():
+        print(f"prewarm cache {args.verb}: --root {args.root}: not a folder", file=sys.stderr)
+        return 2
     if args.verb == "gc":
         evicted = entries.collect_garbage(args.root, max_bytes=args.max_bytes, now=time.time())
         print(json.dumps({"evicted": evicted}))

@@ -13,6 +13,7 @@ import asyncio
 import contextlib
 import logging
 import os
+import sys
 from datetime import timedelta
 from pathlib import Path
 
@@ -43,6 +44,13 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="stage this long before a scheduled rise from zero: the cold-start time (default 60)",
     )
     parser.add_argument(
+        "--relist",
+        type=arguments.positive_seconds,
+        default=300.0,
+        metavar="SECONDS",
+        help="work every target again this often, for nodes that joined, left or were cordoned (default 300)",
+    )
+    parser.add_argument(
         "--node-selector", default="", help="label selector of the nodes the targets' pods run on (the DaemonSet's)"
     )
     parser.add_argument("--kubeconfig", type=Path, help="default: in-cluster credentials")
@@ -51,12 +59,16 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    """Follow (or make one pass); 2 with the reason when the flags or the targets file are invalid."""
-    return process.run_until_signalled(lambda stop: warm(args, stop))
+    """Follow (or make one pass); 2 with the reason when the flags or the targets file are invalid,
+    1 when a pass could not bring every target in line (each named on stderr)."""
+    failed: list[str] = []
+    code = process.run_until_signalled(lambda stop: warm(args, stop, failed=failed))
+    return code or (1 if failed else 0)
 
 
-async def warm(args: argparse.Namespace, stop: asyncio.Event) -> None:
-    """Build the follower from the flags and run it until `stop` is set (or make one pass)."""
+async def warm(args: argparse.Namespace, stop: asyncio.Event, *, failed: list[str] | None = None) -> None:
+    """Build the follower from the flags and run it until `stop` is set (or make one pass, adding
+    the targets it could not bring in line to `failed`: one target's failure stops no other)."""
     node = args.node or os.environ.get("NODE_NAME", "")
     problems = [] if node else [targets.Problem("--node", None, "is required (or NODE_NAME from the downward API)")]
     parsed = config_file.load_config_file(args.config)
@@ -71,6 +83,7 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event) -> None:
         budget_bytes=args.budget,
         lead=timedelta(seconds=args.lead),
         node_selector=args.node_selector,
+        relist=timedelta(seconds=args.relist),
     )
     feed = store.RedisStore.from_url(args.store)
     api = kube_api.KubeAPI(knative_targets.load_kube_client(args.kubeconfig))
@@ -80,7 +93,12 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event) -> None:
     try:
         if not args.follow:
             for target in specs:
-                await follower.reconcile(target)
+                try:
+                    await follower.reconcile(target)
+                except Exception as e:  # reported; the next target is worked all the same
+                    print(f"prewarm cache warm: {target}: {e}", file=sys.stderr)
+                    if failed is not None:
+                        failed.append(target)
             return
         async with weights_follower.following(follower):
             await feed.start()

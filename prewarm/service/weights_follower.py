@@ -5,7 +5,8 @@ budget (least recently needed out first, never a model in use) and labels the no
 
 Deciding and acting are apart: decisions only mark a target dirty; one worker stages (the node's
 disk is the bottleneck, so one model at a time) from the newest decision, retrying a failure with
-per-target backoff. After any gap in the decision feed every target is read again.
+per-target backoff. After any gap in the decision feed every target is read again, and every
+`relist` (five minutes) too, since nodes join, leave and are cordoned without a new decision.
 """
 
 from __future__ import annotations
@@ -28,6 +29,7 @@ log = logging.getLogger(__name__)
 
 RETRY_FIRST = 0.5  # seconds before the first retry of a failed stage; doubles up to RETRY_CAP
 RETRY_CAP = 300.0
+NODES_FRESH = 30.0  # seconds a node list serves every target worked meanwhile (at most `relist`)
 
 
 class DecisionFeed(Protocol):
@@ -60,6 +62,7 @@ class FollowerSettings:
     node_selector: str = ""  # the nodes the targets' pods may run on (the DaemonSet's selector)
     spare_nodes: int = weights.SPARE_NODES
     read_ahead: bool = True
+    relist: timedelta = timedelta(minutes=5)  # every target is worked again this often: nodes come and go unannounced
 
 
 @dataclasses.dataclass(slots=True)
@@ -95,6 +98,7 @@ class WeightsFollower:
         self._wake = asyncio.Event()
         self._failures: dict[str, int] = {}
         self._timers: dict[str, asyncio.TimerHandle] = {}
+        self._nodes_listed: tuple[float, list[str]] | None = None  # (loop time, schedulable nodes)
         self.staged: list[staging.StageResult] = []  # what this follower staged or found, newest last
         feed.add_decision_listener(self._heard)
         feed.add_resync_listener(self.resync)
@@ -132,11 +136,18 @@ class WeightsFollower:
     # --- the worker ---
 
     async def run(self) -> None:
-        """Work dirty targets one at a time until cancelled."""
-        self.resync()
+        """Work dirty targets one at a time until cancelled; every `relist` all of them again, since
+        the nodes they may run on change without a new decision."""
+        loop = asyncio.get_running_loop()
+        period = max(self._settings.relist.total_seconds(), 0.001)
+        next_relist = loop.time()
         while True:
             clock.refuse_if_cancelling()  # a client library may have swallowed our cancellation
-            await self._wake.wait()
+            if loop.time() >= next_relist:
+                self.resync()
+                next_relist = loop.time() + period
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(self._wake.wait(), timeout=next_relist - loop.time())
             self._wake.clear()
             while self._dirty:
                 clock.refuse_if_cancelling()
@@ -170,10 +181,12 @@ class WeightsFollower:
         spec = self._specs[target]
         decision = self._decisions.get(target)
         if decision is None:
-            decision = await self._feed.load_decision(target)
+            loaded = await self._feed.load_decision(target)
+            decision = self._decisions.get(target)  # one heard while the read was in flight is newer
+            if loaded is not None and (decision is None or loaded.decided_at > decision.decided_at):
+                decision = self._decisions[target] = loaded
             if decision is None:
                 return
-            self._decisions[target] = decision
         now = self._now()
         lead = self._settings.lead
         if not weights.weights_needed(floor=decision.floor, next_change=decision.next_change, now=now, lead=lead):
@@ -181,30 +194,29 @@ class WeightsFollower:
             if decision.next_change is not None:
                 self._schedule(target, max(0.0, (decision.next_change - lead - now).total_seconds()))
             return
-        names = [
-            node["name"]
-            for node in await self._nodes.list_nodes(self._settings.node_selector)
-            if node["ready"] and not node["unschedulable"]
-        ]
+        names = await self._schedulable_nodes()
         count = weights.nodes_wanted(decision.floor, spare=self._settings.spare_nodes)
         if self._settings.node not in weights.place_weights(target, names, count):
             return
-        if target in self._held and self._held[target].snapshot.is_dir():
+        held = self._held.get(target)
+        needed = tuple(h.snapshot.parent.parent for other, h in self._held.items() if other != target)
+        evicted: list[str] = []
+        try:
+            result = await self._run_blocking(lambda: self._stage(spec, held, needed=needed, evicted=evicted))
+        except Exception:
+            if evicted:  # room was made, then staging failed: the node no longer holds those
+                self._forget(evicted)
+                await self._nodes.patch_node_labels(
+                    self._settings.node, dict.fromkeys(map(hub_layout.node_label, evicted))
+                )
+            raise
+        if result is None:
             return
-        result = await self._run_blocking(lambda: self._stage(spec))
+        self._forget(evicted)
         self.staged.append(result)
         folder = result.snapshot.parent.parent
-        labels: dict[str, str | None] = {hub_layout.node_label(folder.name): result.revision_id}
-        evicted = await self._run_blocking(
-            lambda: entries.collect_weights(
-                self._settings.root, max_bytes=self._settings.budget_bytes, now=time.time(), keep=(folder,)
-            )
-        )
-        for name in evicted:
-            labels[hub_layout.node_label(name)] = None
-            for other, held in list(self._held.items()):
-                if held.snapshot.parent.parent.name == name:
-                    del self._held[other]
+        labels: dict[str, str | None] = {hub_layout.node_label(name): None for name in evicted}
+        labels[hub_layout.node_label(folder.name)] = result.revision_id
         await self._nodes.patch_node_labels(self._settings.node, labels)
         self._held[target] = _Held(revision_id=result.revision_id, snapshot=result.snapshot)
         log.info(
@@ -217,12 +229,45 @@ class WeightsFollower:
             ", ".join(f"evicted {e}" for e in evicted) or "within budget",
         )
 
-    def _stage(self, spec: weights.WeightsSettings) -> staging.StageResult:
-        """Stage and read ahead (blocking: runs in a thread)."""
+    def _forget(self, evicted: list[str]) -> None:
+        """Targets whose model folder was evicted are no longer held."""
+        for other, held in list(self._held.items()):
+            if held.snapshot.parent.parent.name in evicted:
+                del self._held[other]
+
+    async def _schedulable_nodes(self) -> list[str]:
+        """The ready, uncordoned nodes the targets' pods may run on; one list serves every target
+        worked within NODES_FRESH seconds (or `relist`, if shorter), so a pass lists once."""
+        now = asyncio.get_running_loop().time()
+        fresh = min(NODES_FRESH, self._settings.relist.total_seconds())
+        if self._nodes_listed is None or now - self._nodes_listed[0] >= fresh:
+            names = [
+                node["name"]
+                for node in await self._nodes.list_nodes(self._settings.node_selector)
+                if node["ready"] and not node["unschedulable"]
+            ]
+            self._nodes_listed = (now, names)
+        return self._nodes_listed[1]
+
+    def _stage(
+        self, spec: weights.WeightsSettings, held: _Held | None, *, needed: tuple[Path, ...], evicted: list[str]
+    ) -> staging.StageResult | None:
+        """Make room, stage and read ahead (blocking: runs in a thread); None when the weights are
+        held and still there. Room is made before copying (models no longer needed first, those in
+        `needed` last), so the tier never holds more than the budget on the way; the folders
+        evicted are added to `evicted` as they go."""
+        if held is not None and held.snapshot.is_dir():
+            return None
+        root, budget = self._settings.root, self._settings.budget_bytes
+        folder = staging.repo_entry(root, spec.model)
         source: Path | str = spec.source if s3_source.is_s3(spec.source) else Path(spec.source)
-        result = staging.stage_weights(
-            self._settings.root, model=spec.model, revision=spec.revision, source=source, s3=self._s3
+        listing = staging.list_model(source, s3=self._s3)
+        missing = max(0, listing.total_bytes() - (entries.entry_bytes(folder) if folder.is_dir() else 0))
+        evicted += entries.collect_weights(
+            root, max_bytes=max(0, budget - missing), now=time.time(), keep=(folder,), needed=needed
         )
+        result = staging.stage_weights(root, model=spec.model, revision=spec.revision, source=source, s3=self._s3)
+        evicted += entries.collect_weights(root, max_bytes=budget, now=time.time(), keep=(folder,), needed=needed)
         if self._settings.read_ahead:
             page_cache.read_ahead(page_cache.snapshot_files(result.snapshot))
         return result

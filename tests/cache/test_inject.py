@@ -472,3 +472,33 @@ def test_the_weights_annotation_names_the_model_and_affinities_already_there_are
     assert "kubernetes.podspec-affinity" in injected.notes[-1]
     with pytest.raises(inject.InjectError, match=re.escape("--weights: '../x' must be ORG/NAME or NAME")):
         inject.inject_cache(SERVICE, claim="prewarm-cache", weights="../x")
+
+
+def test_a_hub_cache_the_container_sets_is_replaced_not_duplicated() -> None:
+    text = SERVICE.replace(
+        "          args:\n",
+        "          env:\n            - name: HF_HUB_CACHE\n              value: /data/hf\n          args:\n",
+    )
+    injected = inject.inject_cache(text, claim="prewarm-cache", weights="acme/chat-8b")
+    env = YAML(typ="safe").load(injected.text)["spec"]["template"]["spec"]["containers"][0]["env"]
+    assert [e["name"] for e in env].count("HF_HUB_CACHE") == 1
+    assert {"name": "HF_HUB_CACHE", "value": "/var/cache/prewarm/weights"} in env
+    assert any("HF_HUB_CACHE was /data/hf" in note for note in injected.notes)
+
+
+@pytest.mark.parametrize("on", ["service", "template"])
+def test_a_bad_weights_annotation_is_named_in_the_error(on: str) -> None:
+    if on == "service":
+        text = SERVICE.replace(
+            '    prewarm.dev/enabled: "true"   # pre-warm this Service\n',
+            '    prewarm.dev/enabled: "true"   # pre-warm this Service\n    prewarm.dev/weights-model: a--b\n',
+        )
+        key = "metadata.annotations[prewarm.dev/weights-model]"
+    else:
+        text = SERVICE.replace(
+            '        autoscaling.knative.dev/max-scale: "4"\n',
+            '        autoscaling.knative.dev/max-scale: "4"\n        prewarm.dev/weights-model: a--b\n',
+        )
+        key = "spec.template.metadata.annotations[prewarm.dev/weights-model]"
+    with pytest.raises(inject.InjectError, match=re.escape(f"Knative Service chat-8b: {key}: 'a--b' must be")):
+        inject.inject_cache(text, claim="prewarm-cache")

@@ -86,6 +86,18 @@ def test_per_pod_vllm_variables_are_flagged() -> None:
     assert runtime.per_pod_vllm_variables(env) == ["VLLM_HOST_IP", "VLLM_RPC_BASE_PATH"]
 
 
+def test_releasing_an_entry_gc_evicted_does_not_bring_back_an_empty_one(tmp_path: Path) -> None:
+    """A watcher whose lease ran out (a stalled node) releases after gc evicted the entry: the
+    release must not recreate the folder with a manifest, a ghost entry that later starts lease."""
+    entry, _ = entries.open_entry(tmp_path, BASE, now=100.0)
+    (entry / "inductor" / "graph.so").write_bytes(b"x" * 1000)
+    entries.write_lease(entry, host="h", pid=1, now=100.0)
+    assert entries.collect_garbage(tmp_path, max_bytes=0, now=100.0 + entries.LEASE_TTL + 1) == [entry.name]
+    entries.release(entry, host="h", pid=1, now=400.0)
+    assert not entry.exists()
+    assert entries.list_entries(tmp_path) == []
+
+
 def test_first_start_misses_and_a_filled_entry_hits(tmp_path: Path) -> None:
     entry, hit = entries.open_entry(tmp_path, BASE, now=100.0)
     assert hit is False
@@ -227,6 +239,16 @@ def test_cli_gc_and_stats(tmp_path: Path) -> None:
     gc = prewarm("cache", "gc", "--root", str(tmp_path), "--max-bytes", "1M")
     out, _ = gc.communicate(timeout=20)
     assert len(json.loads(out)["evicted"]) == 1
+
+
+@pytest.mark.parametrize("verb", ["gc", "stats"])
+def test_cli_gc_and_stats_refuse_a_root_that_is_not_a_folder(tmp_path: Path, verb: str) -> None:
+    """A mistyped --root is an error, not an empty cache with nothing to evict."""
+    missing = tmp_path / "no-such-volume"
+    process = prewarm("cache", verb, "--root", str(missing), *(["--max-bytes", "1M"] if verb == "gc" else []))
+    out, err = process.communicate(timeout=20)
+    assert process.returncode == 2 and out == ""
+    assert err == f"prewarm cache {verb}: --root {missing}: not a folder\n"
 
 
 def test_inductor_precompiled_headers_are_linked_into_the_entry(tmp_path: Path) -> None:

@@ -359,7 +359,7 @@ def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, w
         content = os.urandom(3 * 1024**2 + 17)  # ranges of 1 MiB and a short last one
         source.write_bytes(content)
         destination = tmp_path / "copy"
-        fd = os.open(destination, os.O_WRONLY | os.O_CREAT, 0o644)
+        fd = os.open(destination, os.O_RDWR | os.O_CREAT, 0o644)
         try:
             digest = ranged_copy.copy_and_hash(source, fd, size=len(content), threads=3, chunk=1024**2)
         finally:
@@ -367,7 +367,7 @@ def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, w
         assert digest == hashlib.sha256(content).hexdigest()
         assert destination.read_bytes() == content
         with pytest.raises(OSError, match="short read"):
-            fd = os.open(tmp_path / "longer", os.O_WRONLY | os.O_CREAT, 0o644)
+            fd = os.open(tmp_path / "longer", os.O_RDWR | os.O_CREAT, 0o644)
             try:
                 ranged_copy.copy_and_hash(source, fd, size=len(content) + 1024**2, chunk=1024**2)
             finally:
@@ -375,3 +375,90 @@ def test_ranged_copies_are_whole_and_hashed_across_filesystems(tmp_path: Path, w
     finally:
         if folder != tmp_path:
             shutil.rmtree(folder)
+
+
+def test_a_model_server_of_another_user_can_read_the_snapshot_and_the_ref(tmp_path: Path) -> None:
+    """The follower runs as its own user; the model server may run as any other, so every folder
+    and file a hub reader opens is readable (and folders searchable) by all."""
+    source = tmp_path / "m"
+    (source / "sub").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    (source / "sub" / "tokenizer.json").write_text("{}")
+    result = staging.stage_weights(tmp_path / "v", model="org/m", revision="v2", source=source)
+    repo = staging.repo_entry(tmp_path / "v", "org/m")
+    for path in (result.snapshot, result.snapshot / "sub", repo / "refs" / "v2"):
+        mode = path.stat().st_mode & 0o777
+        assert mode & 0o444 == 0o444, f"{path}: mode {mode:o}"
+        if path.is_dir():
+            assert mode & 0o111 == 0o111, f"{path}: mode {mode:o}"
+
+
+def _waits_for_lock(lock: Path) -> bool:
+    """Whether some process is blocked on the flock of `lock` (a `->` line in /proc/locks)."""
+    inode = lock.stat().st_ino
+    return any("->" in line and f":{inode} " in line for line in Path("/proc/locks").read_text().splitlines())
+
+
+@pytest.mark.skipif(not Path("/proc/locks").exists(), reason="needs Linux's /proc/locks")
+def test_a_starting_model_server_leases_its_weights_under_the_entry_lock(root: Path, tmp_path: Path) -> None:
+    """gc checks leases and moves an entry away under its lock: a server starting meanwhile waits,
+    then finds its weights gone and starts without them, instead of leasing an entry being evicted."""
+    small = tmp_path / "small"
+    small.mkdir()
+    (small / "config.json").write_text("{}")
+    staging.stage_weights(root, model=MODEL, revision="main", source=small)
+    repo = staging.repo_entry(root, MODEL)
+    moved = repo.with_name(".evicting-test")
+    command = [sys.executable, "-m", "prewarm.cli", "cache", "exec", "--root", str(root), "--model", MODEL]
+    with entries.locked(repo):
+        server = subprocess.Popen(
+            [*command, "--", sys.executable, "-c", "pass"],
+            env={**os.environ, "PREWARM_WEIGHTS_MODEL": MODEL},
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        try:
+            wait_until(
+                lambda: _waits_for_lock(repo / entries.LOCK) or any((repo / "leases").glob("*.json")),
+                within=30,
+                what="the server reached the weights' lease",
+            )
+            assert not entries.live_leases(repo, now=time.time()), "leased while gc held the entry's lock"
+            os.replace(repo, moved)  # what gc does, under the lock, when no lease is live
+        except BaseException:
+            server.kill()
+            server.wait()
+            raise
+    _, stderr = server.communicate(timeout=60)
+    assert server.returncode == 0, stderr
+    assert f"waiting while the weights of {MODEL} are staged or collected" in stderr
+    assert f"weights of {MODEL} are not staged on this node" in stderr
+    assert not any((moved / "leases").glob("*.json"))
+
+
+def test_a_commit_revision_the_checkout_is_not_at_is_refused(tmp_path: Path) -> None:
+    """--revision names commit A, the source is a checkout of commit B: staging B's files under a
+    ref named A would leave `refs/<A>` that no hub reader follows (a commit id is its own snapshot)."""
+    source = tmp_path / "clone"
+    (source / ".git").mkdir(parents=True)
+    (source / "config.json").write_text("{}")
+    at = "0123456789abcdef0123456789abcdef01234567"
+    asked = "fedcba9876543210fedcba9876543210fedcba98"
+    (source / ".git" / "HEAD").write_text(f"{at}\n")
+    with pytest.raises(staging.StageError, match=f"revision {asked!r}: the source {source} is a checkout of {at}"):
+        staging.stage_weights(tmp_path / "volume", model="org/m", revision=asked, source=source)
+    assert not (staging.repo_entry(tmp_path / "volume", "org/m") / "refs" / asked).exists()
+    staged = staging.stage_weights(tmp_path / "volume", model="org/m", revision=at, source=source)
+    assert staged.snapshot.name == at
+
+
+def test_the_hash_is_of_the_bytes_written_not_of_a_second_read_of_the_source(tmp_path: Path) -> None:
+    """A source whose content changes between reads (here /dev/urandom; in a model store, a file
+    rewritten while it is staged): the sha256 returned, which names the blob, is the copy's."""
+    destination = tmp_path / "copy"
+    fd = os.open(destination, os.O_RDWR | os.O_CREAT, 0o644)
+    try:
+        digest = ranged_copy.copy_and_hash(Path("/dev/urandom"), fd, size=3 * 1024**2, threads=2, chunk=1024**2)
+    finally:
+        os.close(fd)
+    assert digest == _sha256(destination)

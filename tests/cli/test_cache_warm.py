@@ -84,3 +84,45 @@ async def test_warm_without_targets_with_weights_exits_2(tmp_path: Path) -> None
     assert done.returncode == 2
     assert "--node: None is required (or NODE_NAME from the downward API)" in err.decode()
     assert f"--config: '{config}' names no target with weights" in err.decode()
+
+
+async def test_one_pass_stages_every_target_it_can_and_names_the_one_it_cannot(
+    redis_server: RedisServer, tmp_path: Path
+) -> None:
+    """Without --follow: a target whose source is missing fails alone (exit 1, named with its
+    source), and the targets after it are still staged."""
+    source = tmp_path / "models" / "acme" / "chat"
+    write_model(source, shards=1, shard_bytes=4 * 1024**2)
+    missing = tmp_path / "models" / "acme" / "gone"
+    config = tmp_path / "targets.yaml"
+    config.write_text(
+        "targets:\n"
+        f"  - {{name: llm/broken, kind: knative, max: 4, weights: {{model: acme/gone, source: '{missing}'}}}}\n"
+        f"  - {{name: llm/chat, kind: knative, max: 4, weights: {{model: acme/chat, source: '{source}'}}}}\n"
+    )
+    fake = KubeAPIServer()
+    fake.add_node("gpu-a", labels={"pool": "gpu"})
+    writer = store.RedisStore.from_url(redis_server.url)
+    try:
+        now = datetime.now(UTC)
+        for name in ("broken", "chat"):
+            spec = targets.TargetSpec(
+                ref=targets.TargetRef("llm", name), kind=targets.TargetKind.KNATIVE, max=4, sessions_per_replica=1
+            )
+            await writer.save_decision(policy.decide_floor(spec, policy.Signals(sessions=1), now, None))
+    finally:
+        await writer.close()
+    async with TestServer(fake.app) as server:
+        kubeconfig = _kubeconfig(tmp_path / "kubeconfig", str(server.make_url("")).rstrip("/"))
+        done = await asyncio.create_subprocess_exec(
+            sys.executable, "-m", "prewarm.cli", "cache", "warm",
+            "--store", redis_server.url, "--config", str(config),
+            "--node", "gpu-a", "--root", str(tmp_path / "volume"), "--budget", "1G",
+            "--node-selector", "pool=gpu", "--kubeconfig", str(kubeconfig),
+            stderr=asyncio.subprocess.PIPE,
+        )  # fmt: skip
+        _, err = await asyncio.wait_for(done.communicate(), 60)
+    assert done.returncode == 1, err.decode()
+    assert f"llm/broken: {missing}: not a folder" in err.decode()
+    assert "Traceback" not in err.decode()
+    assert LABEL in fake.nodes["gpu-a"]["metadata"]["labels"]
