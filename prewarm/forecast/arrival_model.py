@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 import numpy as np
@@ -49,15 +50,61 @@ class ForecastConfig:
             raise ValueError("ForecastConfig needs training_minutes >= horizon and max_training_rows >= 100")
 
 
-def demand_tail(demand: np.ndarray, prior: np.ndarray | None = None, prior_weight: float = 20.0) -> np.ndarray:
-    """P(N >= k | N >= 1) for k = 1..MAX_LEVEL from per-window demands, shrunk toward `prior`.
+def overlap_share(service_seconds: float | None, lead_seconds: float) -> float:
+    """The chance that another arrival of a window is in service at the same time as a given one
+    (their starts less than a service time apart, either way), at most 1.
+
+    A replica started for an arrival is ready a cold start (`lead_seconds`) later, so the floor must
+    hold what arrives within one lead time; a window's arrivals are taken to come within one (they
+    cluster), each in service for the mean service time (Little's law: requests in service =
+    arrivals x service time). Unknown service time is 1: every arrival needs its own replica.
+    """
+    if service_seconds is None or not math.isfinite(service_seconds) or lead_seconds <= 0:
+        return 1.0
+    return min(1.0, max(0.0, 2.0 * service_seconds / lead_seconds))
+
+
+def replicas_needed_tail(arrivals: np.ndarray, overlap: float) -> np.ndarray:
+    """P(R >= k) for k = 1..MAX_LEVEL, per window with `arrivals[i]` >= 1 arrivals: the replicas an
+    arrival needs are itself plus the others in service then, 1 + Binomial(n - 1, overlap).
+
+    With overlap 1 this is n (every arrival of the window in service at once: sizing by arrivals);
+    with short requests it is about 1 + (n - 1) x service time / window, with its binomial tail.
+    """
+    n = np.asarray(arrivals, dtype=np.float64)
+    levels = np.arange(MAX_LEVEL)  # k - 1: others in service
+    if overlap >= 1.0:
+        return np.asarray(n[:, None] >= levels[None, :] + 1, dtype=np.float64)
+    others = np.maximum(n - 1.0, 0.0)
+    distinct, inverse = np.unique(others, return_inverse=True)
+    survival = np.ones((distinct.size, MAX_LEVEL))
+    if overlap > 0.0:
+        j = levels[:-1].astype(np.float64)  # pmf of 0..MAX_LEVEL-2 others; P(others >= j + 1) = 1 - cdf(j)
+        log_pmf = (
+            np.asarray([math.lgamma(m + 1.0) for m in distinct])[:, None]
+            - np.asarray([math.lgamma(x + 1.0) for x in j])[None, :]
+            - np.vectorize(lambda m, x: math.lgamma(m - x + 1.0) if m >= x else math.inf)(distinct[:, None], j[None, :])
+            + j[None, :] * math.log(overlap)
+            + (distinct[:, None] - j[None, :]) * math.log1p(-overlap)
+        )
+        cdf = np.cumsum(np.exp(log_pmf), axis=1)
+        survival[:, 1:] = np.clip(1.0 - cdf, 0.0, 1.0)
+    else:
+        survival[:, 1:] = 0.0
+    return np.asarray(survival[inverse], dtype=np.float64)
+
+
+def demand_tail(
+    demand: np.ndarray, prior: np.ndarray | None = None, prior_weight: float = 20.0, *, overlap: float = 1.0
+) -> np.ndarray:
+    """P(R >= k | N >= 1) for k = 1..MAX_LEVEL from per-window arrivals N, shrunk toward `prior`:
+    R, the replicas an arrival needs, is N itself with `overlap` 1 (`replicas_needed_tail`).
 
     With few busy windows of its own a target leans on the prior (the pooled tail of all targets).
     """
     busy = demand[demand >= 1]
-    levels = np.arange(1, MAX_LEVEL + 1)
     if busy.size:
-        own = (busy[:, None] >= levels[None, :]).mean(axis=0)
+        own = replicas_needed_tail(busy, overlap).mean(axis=0)
     else:
         own = np.zeros(MAX_LEVEL)
         own[0] = 1.0

@@ -36,6 +36,7 @@ from prewarm.service import (
     state,
     telemetry,
 )
+from prewarm.service import cold_starts as cold_start_times
 from prewarm.service import tuner as tuning
 from scaler import __main__ as scaler_main
 
@@ -155,6 +156,7 @@ async def run_service(
             history.PrometheusClient(session=prometheus, settings=options.prometheus), telemetry=instruments
         )
     )
+    cold_starts = cold_start_times.ColdStartTimes()  # pod start phases from the listener, lead times for the forecaster
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
@@ -162,6 +164,7 @@ async def run_service(
         on_change=lambda target: loop.mark_changed(target),
         telemetry=instruments,
         history_reader=reader,
+        cold_starts=cold_starts.seconds,
     )
     leases: leadership.TargetLeases | None = None
     if isinstance(store, state.RedisStore):  # replicas share the store: one decides each target
@@ -201,6 +204,7 @@ async def run_service(
         current_floor=current_floor,
         note_trace=loop.note_trace,
         metrics=providers.prometheus_text,
+        cold_starts=cold_starts,
     )
     runner = web.AppRunner(listener.build_app(intents), access_log=None)
     async with contextlib.AsyncExitStack() as stack:
