@@ -53,7 +53,7 @@ def test_share_budget(budget: float, members: list[FleetMember], expected: dict[
 
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
 def test_a_member_needs_finite_non_negative_numbers(bad: float) -> None:
-    with pytest.raises(ValueError, match="FleetMember.rate must be a finite number >= 0"):
+    with pytest.raises(ValueError, match=r"FleetMember\.rate must be a finite number >= 0"):
         FleetMember("a", 0.0, bad, 0.0)
 
 
