@@ -22,12 +22,12 @@ _EPSILON = 1e-9
 
 @dataclasses.dataclass(frozen=True, slots=True)
 class FleetMember:
-    """One target of a fleet group: what it spent today, what it expects to spend, what an hour saves."""
+    """One target of a fleet group: what it spent today, what it was tuned to keep, what an hour saves."""
 
     target: str
     used: float  # pre-warm replica-hours spent today so far
-    rate: float  # pre-warm replicas it expects to keep, on average, for the rest of the day
-    gain: float  # cold starts its last pre-warm replica-hour saves (marginal gain)
+    rate: float  # replicas its tuned setting keeps on average (its predicted hours per day / 24)
+    gain: float  # cold starts its last warm hour a day saves at its tuned setting (marginal gain)
 
     def __post_init__(self) -> None:
         for name in ("used", "rate", "gain"):
@@ -43,15 +43,44 @@ def hours_left(now: datetime) -> float:
     return (midnight - now).total_seconds() / 3600.0
 
 
-def share_budget(*, budget: float, members: Sequence[FleetMember], now: datetime) -> dict[str, float]:
+PRIOR_DAYS = 0.25  # a member's tuned hours weigh as much as this share of a day's spend seen today
+
+
+def done_share(profile: Sequence[float] | None, now: datetime) -> float:
+    """The share of a day's spend expected before `now`, from `profile` (the share spent in each
+    UTC hour, 24 values) or, without one, uniform."""
+    elapsed = 24.0 - hours_left(now)
+    if profile is None or len(profile) != 24 or not sum(profile) > 0:
+        return elapsed / 24.0
+    total = sum(profile)
+    hour = min(int(elapsed), 23)
+    return (sum(profile[:hour]) + profile[hour] * (elapsed - hour)) / total
+
+
+def expected_rest(member: FleetMember, done: float) -> float:
+    """Pre-warm replica-hours `member` will spend for the rest of the day: its day's total estimated
+    from what it spent while `done` of the day's spend was expected, with its tuned hours as a prior
+    worth `PRIOR_DAYS`, times what is left of the day."""
+    tuned_day = member.rate * 24.0
+    day_total = (member.used + tuned_day * PRIOR_DAYS) / (done + PRIOR_DAYS)
+    return max(0.0, day_total * (1.0 - done))
+
+
+def share_budget(
+    *, budget: float, members: Sequence[FleetMember], now: datetime, profile: Sequence[float] | None = None
+) -> dict[str, float]:
     """Each member's pre-warm budget for today (replica-hours, what it used included), summing to
-    at most max(budget, what all used): spent hours are never taken back, and what is left of the
-    budget goes first to what members expect to spend until midnight, by marginal gain when it does
-    not all fit, then in proportion to it."""
-    left_today = hours_left(now)
+    at most max(budget, what all used): spent hours are never taken back.
+
+    What a member will spend until midnight is its `expected_rest` (`profile`: how a day's spend
+    falls over its hours): traffic that grew is seen before the budget runs out. When that fits,
+    each member gets it and the spare in proportion; when it does not, the members whose hours save
+    the fewest cold starts (marginal gain) give theirs up first.
+    """
+    done = done_share(profile, now)
     used = sum(m.used for m in members)
     remaining = max(0.0, budget - used)
-    wants = {m.target: m.rate * left_today for m in members}
+    wants = {m.target: expected_rest(m, done) for m in members}
     total = sum(wants.values())
     grants: dict[str, float] = dict.fromkeys(wants, 0.0)
     if total <= remaining + _EPSILON:

@@ -261,6 +261,31 @@ def decision_floor(
     Decides at every signal change (a forecast minute that differs, a session opening or closing)
     and at each decision's own next change, exactly as the live decider does.
     """
+    changes, _ = decision_changes(
+        spec,
+        start=start,
+        end=end,
+        forecast_replicas=forecast_replicas,
+        first_minute=first_minute,
+        sessions=sessions,
+        batch_sessions=batch_sessions,
+    )
+    return simulation.FloorSteps.from_changes(changes)
+
+
+def decision_changes(
+    spec: targets.TargetSpec,
+    *,
+    start: float,
+    end: float,
+    forecast_replicas: np.ndarray | None = None,
+    first_minute: int = 0,
+    sessions: Sequence[tuple[float, float]] = (),
+    batch_sessions: Sequence[tuple[float, float]] = (),
+    previous: policy.FloorDecision | None = None,
+) -> tuple[list[tuple[float, int]], policy.FloorDecision | None]:
+    """`decision_floor`'s (time, floor) changes over [start, end), going on from `previous`, and
+    the last decision (to go on from in the next span)."""
     events: set[float] = {start}
     if forecast_replicas is not None and forecast_replicas.size:
         known = np.nan_to_num(forecast_replicas, nan=-1.0)
@@ -274,7 +299,6 @@ def decision_floor(
         events.update(times)
     timeline = sorted(t for t in events if start <= t < end)
     changes: list[tuple[float, int]] = []
-    previous: policy.FloorDecision | None = None
     k = 0
     at = timeline[0] if timeline else math.inf
     while at < end:
@@ -303,7 +327,7 @@ def decision_floor(
         if previous.next_change is not None and previous.next_change.timestamp() > at:
             following = min(following, previous.next_change.timestamp())
         at = following
-    return simulation.FloorSteps.from_changes(changes)
+    return changes, previous
 
 
 def requests_of(request: traces.TargetRequests, members: np.ndarray) -> traces.TargetRequests:

@@ -229,3 +229,23 @@ def test_tuned_runs_score_the_chosen_settings_after_the_tuning_window() -> None:
     cheap, rich = report.fleet
     assert cheap.score.cold_starts > rich.score.cold_starts
     assert rich.targets[0].setting != "forecast off" and cheap.targets[0].setting == "forecast off"
+
+
+def test_a_fleet_cap_changes_nothing_it_need_not_and_holds_every_day_it_binds() -> None:
+    regular = requests("regular", T0 + np.arange(0, DAYS * 86400.0, 150.0))
+    busy = requests("busy", T0 + np.arange(0, DAYS * 86400.0, 40.0), run_s=30.0)
+    replay = replay_of([regular, busy])
+    window = tuned_runs.tuning_window(replay, TUNE_DAYS)
+    specs = tuned_runs.replay_specs(replay, objective=None)
+    curves = tuned_runs.history_curves(replay, window, specs)
+    result = tuning.tune(curves, specs, {targets.DEFAULT_FLEET: 1000.0})
+    tuned = {name: result.choices[name].setting.apply(spec) for name, spec in specs.items()}
+    start = replay.window.start - 3600.0
+    free, _ = tuned_runs.capped_floors(replay, tuned, result, curves, budget=1e6, start=start)
+    for request in replay.trace.targets:
+        alone = replay.prewarm_floor(tuned[request.name], request, intent=False, start=start, end=replay.window.end)
+        assert free[request.name] == alone
+    _, daily = tuned_runs.capped_floors(replay, tuned, result, curves, budget=10.0, start=start)
+    assert [day for day, _ in daily] == ["2024-03-07"]
+    assert daily[0][1] == pytest.approx(10.0, abs=1e-6)  # wants far more: spent to the cap, not past it
+    assert tuned_runs.daily_floor_hours(free.values(), replay.window)[0][1] > 20.0
