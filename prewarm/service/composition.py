@@ -147,6 +147,7 @@ async def run_service(
         options=options.tuning,
         starts=instruments.starts,
         telemetry=instruments,
+        decisions=lambda target: loop.decisions.get(target),
     )
     prometheus = None if options.prometheus is None else history.open_session(options.prometheus)
     reader = (
