@@ -42,10 +42,14 @@ class ForecastConfig:
     training_minutes: int = minute_features.MINUTES_PER_WEEK  # rows older than this are not trained on
     max_training_rows: int = 30_000
     seed: int = 0
+    dropped_features: tuple[str, ...] = ()  # minute_features.FEATURE_NAMES left out (measuring what each earns)
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
             raise ValueError("ForecastConfig.horizon must be >= 1 minute")
+        unknown = sorted(set(self.dropped_features) - set(minute_features.FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"ForecastConfig.dropped_features: unknown features {unknown}")
         if self.training_minutes < self.horizon or self.max_training_rows < 100:
             raise ValueError("ForecastConfig needs training_minutes >= horizon and max_training_rows >= 100")
 

@@ -31,11 +31,15 @@ class TargetHistory:
         """The index of absolute `minute` in the arrays."""
         return minute - self.first_minute
 
-    def features(self, indices: np.ndarray, horizon: int) -> np.ndarray:
-        """Feature rows for predictions at the start of each index in `indices`."""
-        return minute_features.feature_matrix(
+    def features(self, indices: np.ndarray, horizon: int, dropped: tuple[str, ...] = ()) -> np.ndarray:
+        """Feature rows for predictions at the start of each index in `indices`; the `dropped`
+        features unknown (NaN) in every row, which leaves them out of a fit."""
+        rows = minute_features.feature_matrix(
             self.requests, indices, first_minute=self.first_minute, horizon=horizon, sessions=self.sessions
         )
+        for name in dropped:
+            rows[:, minute_features.FEATURE_NAMES.index(name)] = np.nan
+        return rows
 
     def learned(self, until: int) -> bool:
         """Whether the model speaks for this target at index `until` (enough known arrivals before it)."""
@@ -106,7 +110,9 @@ def fit_at(
         if picked.size:
             local = rows[picked]
             chosen.append(
-                histories[name].features(local, config.horizon) if features is None else features[name][local]
+                histories[name].features(local, config.horizon, config.dropped_features)
+                if features is None
+                else features[name][local]
             )
     return arrival_model.fit_sampled(
         np.concatenate(chosen),

@@ -457,7 +457,7 @@ def forecast_trace(
     minutes = np.arange(n_minutes)
     histories = trace_histories(trace)
     lead_seconds = config.horizon * 60.0 if lead_seconds is None else lead_seconds
-    features = {name: h.features(minutes, config.horizon) for name, h in histories.items()}
+    features = {name: h.features(minutes, config.horizon, config.dropped_features) for name, h in histories.items()}
     probability = {name: np.full(n_minutes, np.nan) for name in histories}
     fallback = {name: np.zeros(n_minutes) for name in histories}
     begin = max(0, int(predict_from // 60) - first_minute)

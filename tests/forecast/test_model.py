@@ -383,3 +383,16 @@ def test_demand_tails_size_each_target_by_its_service_time() -> None:
     assert tails["long"][5] == pytest.approx(0.75 + 0.25 * 0.5, abs=1e-3)  # six arrivals, each its own replica
     assert tails["short"][1] == pytest.approx(0.75 * (1 - 0.9**5) + 0.25 * (1 + 1 - 0.9**5) / 2)
     assert tails["short"][5] == pytest.approx(0.125, abs=1e-3)
+
+
+def test_dropped_features_are_left_out_of_the_fit() -> None:
+    with pytest.raises(ValueError, match=r"unknown features \['hour'\]"):
+        arrival_model.ForecastConfig(dropped_features=("hour",))
+    counts = np.tile(np.asarray([0.0] * 9 + [2.0]), 300)
+    history = pooled_forecast.TargetHistory(27_000_000, counts)
+    dropped = ("time_of_day_sin", "time_of_day_cos")
+    rows = history.features(np.arange(100, 110), 1, dropped)
+    assert np.isnan(rows[:, :2]).all() and not np.isnan(rows[:, 2:16]).any()
+    config = arrival_model.ForecastConfig(dropped_features=dropped, max_training_rows=500)
+    model = pooled_forecast.fit_at({"t": history}, minute=27_000_000 + counts.size, config=config)
+    assert model.columns is not None and 0 not in model.columns and 1 not in model.columns
