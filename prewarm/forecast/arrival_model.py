@@ -83,16 +83,15 @@ def replicas_needed_tail(arrivals: np.ndarray, overlap: float) -> np.ndarray:
     distinct, inverse = np.unique(others, return_inverse=True)
     survival = np.ones((distinct.size, MAX_LEVEL))
     if overlap > 0.0:
-        j = levels[:-1].astype(np.float64)  # pmf of 0..MAX_LEVEL-2 others; P(others >= j + 1) = 1 - cdf(j)
-        log_pmf = (
-            np.asarray([math.lgamma(m + 1.0) for m in distinct])[:, None]
-            - np.asarray([math.lgamma(x + 1.0) for x in j])[None, :]
-            - np.vectorize(lambda m, x: math.lgamma(m - x + 1.0) if m >= x else math.inf)(distinct[:, None], j[None, :])
-            + j[None, :] * math.log(overlap)
-            + (distinct[:, None] - j[None, :]) * math.log1p(-overlap)
-        )
-        cdf = np.cumsum(np.exp(log_pmf), axis=1)
-        survival[:, 1:] = np.clip(1.0 - cdf, 0.0, 1.0)
+        # pmf of 0..MAX_LEVEL-2 others by the recurrence P(j + 1) = P(j) (m - j) / (j + 1) p / (1 - p);
+        # P(0) underflows to 0 only where the mean is in the hundreds, and then every level is needed
+        pmf = np.exp(distinct * math.log1p(-overlap))
+        ratio = overlap / (1.0 - overlap)
+        cdf = np.zeros_like(pmf)
+        for j in range(MAX_LEVEL - 1):
+            cdf = cdf + pmf
+            survival[:, j + 1] = np.clip(1.0 - cdf, 0.0, 1.0)
+            pmf = pmf * np.maximum(distinct - j, 0.0) / (j + 1) * ratio
     else:
         survival[:, 1:] = 0.0
     return np.asarray(survival[inverse], dtype=np.float64)
