@@ -19,13 +19,15 @@ import time
 from datetime import UTC, datetime
 from pathlib import Path
 
-from prewarm.cli import replay as replay_command
-from prewarm.replay import evaluator
+from prewarm.forecast import arrival_model
+from prewarm.replay import evaluator, traces
 
 ROOT = Path(__file__).resolve().parents[1]
 TRACES = ROOT.parent / "shared" / "traces" / "alibaba_genai_2026"
 TRACE = TRACES / "requests_until_2024-11-27.csv"
 LOADS = TRACES / "basemodel_load_latency_ms.csv"
+SCORE_FROM = "2024-11-23 00:00:00"
+SEED = 1
 CALENDAR = ("time_of_day_sin", "time_of_day_cos", "day_of_week_sin", "day_of_week_cos")
 LOOK_BACKS = ("same_window_yesterday", "around_this_time_yesterday", "around_this_time_last_week")
 VARIANTS = {"all features": (), "no time of day / day of week": CALENDAR, "recency alone": CALENDAR + LOOK_BACKS}
@@ -37,15 +39,14 @@ def main() -> None:
     args = parser.parse_args()
     if not TRACE.exists():
         raise SystemExit(f"{TRACE} is not here: this benchmark needs the shared traces")
-    command = argparse.ArgumentParser()
-    replay_command.add_arguments(command)
-    replay_args = command.parse_args(
-        [
-            "--trace", str(TRACE), "--format", "alibaba-genai", "--cold-start-dist", str(LOADS),
-            "--score-from", "2024-11-23 00:00:00", "--seed", "1", "--policies", "prewarm", "--out", str(args.out),
-        ]
-    )  # fmt: skip
-    trace, settings, _ = replay_command._settings(replay_args)
+    trace = traces.read_trace(TRACE, traces.TraceFormat.ALIBABA_GENAI, seed=SEED)
+    cold_starts = traces.read_cold_start_distribution(LOADS)
+    settings = evaluator.ReplaySettings(  # `prewarm replay`'s defaults otherwise
+        cold_starts=cold_starts,
+        seed=SEED,
+        score_from=traces.parse_timestamp(SCORE_FROM),
+        forecast=arrival_model.ForecastConfig(horizon=1, seed=SEED),
+    )
     rows = []
     for label, dropped in VARIANTS.items():
         config = dataclasses.replace(settings.forecast, dropped_features=dropped)
