@@ -108,6 +108,7 @@ def tune_trace(
     setting (the forecast off) is chosen for it.
     """
     curves: dict[str, tuning.TargetCurve] = {}
+    replays: list[tuple[evaluator.Replay, simulation.Window]] = []
     if trace is not None:
         kept = [_before(t, now) for t in trace.targets if t.name in specs and t.arrivals.size and t.arrivals[0] < now]
         by_horizon: dict[int, list[traces.TargetRequests]] = {}
@@ -129,6 +130,7 @@ def tune_trace(
             replay = evaluator.Replay(history, settings)
             window = simulation.Window(max(history.start, now - options.tune_days * 86400.0), now)
             curves.update(history_curves(replay, window, specs))
+            replays.append((replay, window))
     empty = tuning.Score(0, 0, 0.0)
     for name in specs:
         if name not in curves:
@@ -137,7 +139,22 @@ def tune_trace(
                 dict.fromkeys(tuning.SETTING_GRID, empty),
                 dict.fromkeys(evaluator.KEEPALIVE_SWEEP, empty),
             )
-    return tuning.tune(curves, specs, fleets), curves
+    result = tuning.tune(curves, specs, fleets)
+    if not fleets:
+        return result, curves
+    hours = np.zeros(24)
+    for replay, window in replays:  # how the tuned settings' spend fell over the hours of a day
+        tuned = {
+            t.name: choice.setting.apply(specs[t.name])
+            for t in replay.trace.targets
+            if (choice := result.choices.get(t.name)) is not None
+        }
+        replicas = {
+            name: replay.forecast_replicas(spec, name) if spec.forecast.enabled else None
+            for name, spec in tuned.items()
+        }
+        hours += hourly_spend(replay, tuned, replicas, window)
+    return dataclasses.replace(result, spend_profile=profile_of(hours)), curves
 
 
 def history_curves(
@@ -372,10 +389,27 @@ def spend_profile(
 ) -> tuple[float, ...] | None:
     """The share of the fleet's pre-warm spend in each UTC hour of the day over `window` (the
     tuning history), with the tuned settings; None when nothing was spent."""
+    return profile_of(hourly_spend(replay, specs, replicas, window))
+
+
+def profile_of(hours: np.ndarray) -> tuple[float, ...] | None:
+    """24 hourly replica-hour totals as shares of their sum; None when it is 0."""
+    total = float(hours.sum())
+    return tuple(float(h) / total for h in hours) if total > 0 else None
+
+
+def hourly_spend(
+    replay: evaluator.Replay,
+    specs: Mapping[str, targets.TargetSpec],
+    replicas: Mapping[str, np.ndarray | None],
+    window: simulation.Window,
+) -> np.ndarray:
+    """Replica-seconds the floors of `specs` (forecast `replicas` per target) hold in each UTC hour
+    of the day over `window`, summed over the days."""
     first_minute = replay.prepare_forecast().first_minute
     hours = np.zeros(24)
     for request in replay.trace.targets:
-        series = replicas[request.name]
+        series = replicas.get(request.name)
         if series is None:
             continue
         floor = evaluator.decision_floor(
@@ -393,7 +427,7 @@ def spend_profile(
                 upto = min(b, hour_end)
                 hours[int(at // 3600.0) % 24] += level * (upto - at)
                 at = upto
-    return tuple(float(h) for h in hours / hours.sum()) if hours.sum() > 0 else None
+    return hours
 
 
 def daily_floor_hours(

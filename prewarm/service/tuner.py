@@ -98,6 +98,7 @@ class Tuner:
         self._check = check
         self._tuned: dict[str, _Tuned] = {}
         self._curves: dict[str, tuning.TargetCurve] = {}
+        self._profile: tuple[float, ...] | None = None  # how a day's fleet spend falls over its hours
         self._decisions = decisions  # each target's current decision: what it spent today
         self._shares: dict[str, float] = {}  # each fleet target's budget for today under its fleet's cap
         self._samples: dict[str, collections.deque[tuple[datetime, int, int]]] = {}
@@ -180,6 +181,7 @@ class Tuner:
         )
         self.tuned_at = now
         self._curves = curves
+        self._profile = result.spend_profile
         previous = self._tuned
         self._tuned = {}
         for name, choice in result.choices.items():
@@ -231,7 +233,7 @@ class Tuner:
                 )
                 for name, spent in sorted(used.items())
             ]
-            shares.update(fleet_budget.share_budget(budget=budget, members=members, now=now))
+            shares.update(fleet_budget.share_budget(budget=budget, members=members, now=now, profile=self._profile))
         before, self._shares = self._shares, shares
         for name in sorted(set(before) | set(shares)):
             if abs(before.get(name, -1.0) - shares.get(name, -1.0)) > 1e-6:

@@ -249,3 +249,22 @@ def test_a_fleet_cap_changes_nothing_it_need_not_and_holds_every_day_it_binds() 
     assert [day for day, _ in daily] == ["2024-03-07"]
     assert daily[0][1] == pytest.approx(10.0, abs=1e-6)  # wants far more: spent to the cap, not past it
     assert tuned_runs.daily_floor_hours(free.values(), replay.window)[0][1] > 20.0
+
+
+def test_tuning_for_a_fleet_measures_how_a_days_spend_falls_over_its_hours() -> None:
+    # requests every 2.5 min, only from 08:00 to 12:00 UTC each day
+    days = np.arange(DAYS)[:, None] * 86400.0
+    busy = requests("office", np.sort((T0 + 8 * 3600.0 + days + np.arange(0, 4 * 3600.0, 150.0)).ravel()))
+    specs = {"office": tuned_runs.replay_specs(replay_of([busy]), objective=None)["office"]}
+    options = tuned_runs.HistoryOptions(tune_days=TUNE_DAYS, refit_hours=12.0)
+    now = T0 + (DAYS - 1) * 86400.0
+    result, _ = tuned_runs.tune_trace(
+        replay_of([busy]).trace, specs, {targets.DEFAULT_FLEET: 50.0}, now=now, options=options
+    )
+    assert result.choices["office"].setting != tuning.OFF
+    profile = result.spend_profile
+    assert profile is not None and sum(profile) == pytest.approx(1.0)
+    assert max(range(24), key=profile.__getitem__) in range(8, 12)  # the most in the office hours
+    assert sum(profile[:7]) == 0.0  # and nothing in the small hours, long after the last request
+    alone, _ = tuned_runs.tune_trace(replay_of([busy]).trace, specs, {}, now=now, options=options)
+    assert alone.spend_profile is None  # no fleet budget: nothing to measure it for
