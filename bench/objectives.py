@@ -32,7 +32,7 @@ TRACES = ROOT.parent / "shared" / "traces" / "alibaba_genai_2026"
 TRACE = TRACES / "requests_until_2024-11-27.csv"
 LOADS = TRACES / "basemodel_load_latency_ms.csv"
 SCORE_FROM = "2024-11-23 00:00:00"
-BUDGETS = (40, 50, 60, 75, 100, 150, 200, 250)
+BUDGETS = (45, 60, 80, 120, 160, 250)
 OBJECTIVES = ("5%", "10%", "20%")
 
 
@@ -101,6 +101,7 @@ def main() -> None:
                 "vs_keepalive": None if not reference else score.cold_starts / reference,
                 "keepalive_for_same_share": None if same is None else same.policy,
                 "keepalive_for_same_share_hours": None if same is None else same.warm_replica_hours_per_day,
+                "daily_spend": row.get("daily_spend", []),
             }
         )
 
@@ -139,6 +140,15 @@ def main() -> None:
             f"| {r['policy']} | {predicted} | {r['cold_start_fraction']:.1%} | {r['warm_replica_hours_per_day']:.1f} "
             f"| {ratio} | {same} |"
         )
+
+    print()
+    print("| fleet budget | pre-warm replica-hours per scored day | most of budget |\n|---:|---|---:|")
+    for r in rows:
+        spend = [d["pre_warm_replica_hours"] for d in r["daily_spend"]]
+        if spend:
+            budget = r["requested"]["warm_replica_hours_per_day"]
+            days = ", ".join(f"{h:.1f}" for h in spend)
+            print(f"| {budget:g} h/day | {days} | {max(spend) / budget:.1%} |")
 
 
 def _cpus() -> int:

@@ -434,11 +434,18 @@ class PrometheusServer:
 
 
 def recurring_openmetrics(
-    targets_minutes: dict[str, tuple[int, int]], *, start: float, end: float, preset: Any, namespace: str
+    targets_minutes: dict[str, tuple[int, int]],
+    *,
+    start: float,
+    end: float,
+    preset: Any,
+    namespace: str,
+    run_seconds: float = 300.0,
 ) -> str:
     """OpenMetrics for a trace where each target (name -> (minute of the hour, most requests)) gets
     between one and that many requests (seeded) at that minute of every hour in [start, end): the
-    recurring arrival the forecast tests wait for."""
+    recurring arrival the forecast tests wait for. Each runs `run_seconds` (by default long enough
+    that every request of the minute holds its own replica)."""
     import numpy as np
 
     from prewarm.replay import history_export, traces
@@ -452,7 +459,7 @@ def recurring_openmetrics(
             np.concatenate([hour + minute * 60 + 5 + 10 * np.arange(n) for hour, n in zip(hours, counts, strict=True)])
         )
         times = times[(times >= start) & (times < end)]
-        requests.append(traces.TargetRequests(name, times, np.ones(times.size), ("",) * times.size))
+        requests.append(traces.TargetRequests(name, times, np.full(times.size, run_seconds), ("",) * times.size))
     trace = traces.Trace(
         tuple(requests),
         min(float(r.arrivals[0]) for r in requests),

@@ -217,7 +217,10 @@ def _settings(
         intent_lead=lead,
         quantile=args.quantile,
         forecast=arrival_model.ForecastConfig(
-            horizon=minute_features.horizon_minutes(durations["--forecast-horizon"]),
+            # a replica must be started a cold start ahead: the horizon covers the median one
+            horizon=minute_features.horizon_minutes(
+                max(durations["--forecast-horizon"], float(np.median(cold_starts)))
+            ),
             model=arrival_model.ModelKind(args.forecast_model),
             seed=args.seed,
         ),

@@ -120,6 +120,12 @@ def _spent_today(previous: FloorDecision | None, now: datetime, today: date) -> 
     return used, batch_used
 
 
+def spent_today(previous: FloorDecision | None, now: datetime) -> float:
+    """Pre-warm replica-hours `previous`'s target has spent on `now`'s UTC day up to `now`."""
+    now = now.astimezone(UTC)
+    return _spent_today(previous, now, now.date())[0]
+
+
 def decide_floor(
     target: targets.TargetSpec,
     signals: Signals,

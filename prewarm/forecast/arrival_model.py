@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
+import math
 from typing import Any
 
 import numpy as np
@@ -41,23 +42,72 @@ class ForecastConfig:
     training_minutes: int = minute_features.MINUTES_PER_WEEK  # rows older than this are not trained on
     max_training_rows: int = 30_000
     seed: int = 0
+    dropped_features: tuple[str, ...] = ()  # minute_features.FEATURE_NAMES left out (measuring what each earns)
 
     def __post_init__(self) -> None:
         if self.horizon < 1:
             raise ValueError("ForecastConfig.horizon must be >= 1 minute")
+        unknown = sorted(set(self.dropped_features) - set(minute_features.FEATURE_NAMES))
+        if unknown:
+            raise ValueError(f"ForecastConfig.dropped_features: unknown features {unknown}")
         if self.training_minutes < self.horizon or self.max_training_rows < 100:
             raise ValueError("ForecastConfig needs training_minutes >= horizon and max_training_rows >= 100")
 
 
-def demand_tail(demand: np.ndarray, prior: np.ndarray | None = None, prior_weight: float = 20.0) -> np.ndarray:
-    """P(N >= k | N >= 1) for k = 1..MAX_LEVEL from per-window demands, shrunk toward `prior`.
+def overlap_share(service_seconds: float | None, lead_seconds: float) -> float:
+    """The chance that another arrival of a window is in service at the same time as a given one
+    (their starts less than a service time apart, either way), at most 1.
+
+    A replica started for an arrival is ready a cold start (`lead_seconds`) later, so the floor must
+    hold what arrives within one lead time; a window's arrivals are taken to come within one (they
+    cluster), each in service for the mean service time (Little's law: requests in service =
+    arrivals x service time). Unknown service time is 1: every arrival needs its own replica.
+    """
+    if service_seconds is None or not math.isfinite(service_seconds) or lead_seconds <= 0:
+        return 1.0
+    return min(1.0, max(0.0, 2.0 * service_seconds / lead_seconds))
+
+
+def replicas_needed_tail(arrivals: np.ndarray, overlap: float) -> np.ndarray:
+    """P(R >= k) for k = 1..MAX_LEVEL, per window with `arrivals[i]` >= 1 arrivals: the replicas an
+    arrival needs are itself plus the others in service then, 1 + Binomial(n - 1, overlap).
+
+    With overlap 1 this is n (every arrival of the window in service at once: sizing by arrivals);
+    with short requests it is about 1 + (n - 1) x service time / window, with its binomial tail.
+    """
+    n = np.asarray(arrivals, dtype=np.float64)
+    levels = np.arange(MAX_LEVEL)  # k - 1: others in service
+    if overlap >= 1.0:
+        return np.asarray(n[:, None] >= levels[None, :] + 1, dtype=np.float64)
+    others = np.maximum(n - 1.0, 0.0)
+    distinct, inverse = np.unique(others, return_inverse=True)
+    survival = np.ones((distinct.size, MAX_LEVEL))
+    if overlap > 0.0:
+        # pmf of 0..MAX_LEVEL-2 others by the recurrence P(j + 1) = P(j) (m - j) / (j + 1) p / (1 - p);
+        # P(0) underflows to 0 only where the mean is in the hundreds, and then every level is needed
+        pmf = np.exp(distinct * math.log1p(-overlap))
+        ratio = overlap / (1.0 - overlap)
+        cdf = np.zeros_like(pmf)
+        for j in range(MAX_LEVEL - 1):
+            cdf = cdf + pmf
+            survival[:, j + 1] = np.clip(1.0 - cdf, 0.0, 1.0)
+            pmf = pmf * np.maximum(distinct - j, 0.0) / (j + 1) * ratio
+    else:
+        survival[:, 1:] = 0.0
+    return np.asarray(survival[inverse], dtype=np.float64)
+
+
+def demand_tail(
+    demand: np.ndarray, prior: np.ndarray | None = None, prior_weight: float = 20.0, *, overlap: float = 1.0
+) -> np.ndarray:
+    """P(R >= k | N >= 1) for k = 1..MAX_LEVEL from per-window arrivals N, shrunk toward `prior`:
+    R, the replicas an arrival needs, is N itself with `overlap` 1 (`replicas_needed_tail`).
 
     With few busy windows of its own a target leans on the prior (the pooled tail of all targets).
     """
     busy = demand[demand >= 1]
-    levels = np.arange(1, MAX_LEVEL + 1)
     if busy.size:
-        own = (busy[:, None] >= levels[None, :]).mean(axis=0)
+        own = replicas_needed_tail(busy, overlap).mean(axis=0)
     else:
         own = np.zeros(MAX_LEVEL)
         own[0] = 1.0

@@ -31,11 +31,15 @@ class TargetHistory:
         """The index of absolute `minute` in the arrays."""
         return minute - self.first_minute
 
-    def features(self, indices: np.ndarray, horizon: int) -> np.ndarray:
-        """Feature rows for predictions at the start of each index in `indices`."""
-        return minute_features.feature_matrix(
+    def features(self, indices: np.ndarray, horizon: int, dropped: tuple[str, ...] = ()) -> np.ndarray:
+        """Feature rows for predictions at the start of each index in `indices`; the `dropped`
+        features unknown (NaN) in every row, which leaves them out of a fit."""
+        rows = minute_features.feature_matrix(
             self.requests, indices, first_minute=self.first_minute, horizon=horizon, sessions=self.sessions
         )
+        for name in dropped:
+            rows[:, minute_features.FEATURE_NAMES.index(name)] = np.nan
+        return rows
 
     def learned(self, until: int) -> bool:
         """Whether the model speaks for this target at index `until` (enough known arrivals before it)."""
@@ -106,7 +110,9 @@ def fit_at(
         if picked.size:
             local = rows[picked]
             chosen.append(
-                histories[name].features(local, config.horizon) if features is None else features[name][local]
+                histories[name].features(local, config.horizon, config.dropped_features)
+                if features is None
+                else features[name][local]
             )
     return arrival_model.fit_sampled(
         np.concatenate(chosen),
@@ -117,16 +123,36 @@ def fit_at(
     )
 
 
-def demand_tails(histories: Mapping[str, TargetHistory], *, minute: int, horizon: int) -> dict[str, np.ndarray]:
-    """P(N >= k | N >= 1) per target from its known windows before `minute`, shrunk toward all targets'."""
-    demands = {
-        name: minute_features.demand_in_horizon(
-            histories[name].requests[: max(histories[name].index(minute), 0)], horizon
-        )
-        for name in sorted(histories)
-    }
-    pooled = arrival_model.demand_tail(np.concatenate([np.zeros(0), *demands.values()]))
-    return {name: arrival_model.demand_tail(d, pooled) for name, d in demands.items()}
+def demand_tails(
+    histories: Mapping[str, TargetHistory],
+    *,
+    minute: int,
+    horizon: int,
+    service_seconds: Mapping[str, float | None] | None = None,
+    lead_seconds: Mapping[str, float] | None = None,
+) -> dict[str, np.ndarray]:
+    """P(R >= k | N >= 1) per target from its known windows before `minute`, shrunk toward all
+    targets': R the replicas an arrival in the horizon needs, from the arrivals N of each window,
+    the target's mean service time known then (`service_seconds`; missing or None: R = N) and its
+    cold-start time (`lead_seconds`; missing: the horizon), within which a window's arrivals may
+    all come before a replica started for them is ready."""
+    services = service_seconds or {}
+    leads = lead_seconds or {}
+    demands: dict[str, np.ndarray] = {}
+    overlaps: dict[str, float] = {}
+    for name in sorted(histories):
+        history = histories[name]
+        demands[name] = minute_features.demand_in_horizon(history.requests[: max(history.index(minute), 0)], horizon)
+        overlaps[name] = arrival_model.overlap_share(services.get(name), leads.get(name, horizon * 60.0))
+    busy = {name: int(np.count_nonzero(d >= 1)) for name, d in demands.items()}
+    own = {name: arrival_model.demand_tail(d, overlap=overlaps[name]) for name, d in demands.items()}
+    total = sum(busy.values())
+    pooled = (
+        np.sum([own[name] * busy[name] for name in demands], axis=0) / total
+        if total
+        else arrival_model.demand_tail(np.zeros(0))
+    )
+    return {name: arrival_model.demand_tail(d, pooled, overlap=overlaps[name]) for name, d in demands.items()}
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

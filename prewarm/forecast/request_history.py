@@ -25,6 +25,8 @@ from prewarm.core import targets
 STEP_SECONDS = 60
 MAX_POINTS = 11_000  # Prometheus refuses a range of more than 11,000 steps per series
 COVERAGE_LABEL = "prewarm_coverage"
+SERIES_LABEL = "prewarm_series"  # marks the request-seconds series beside a query's counts
+SECONDS_SERIES = "seconds"
 DEFAULT_COVERAGE = "up"  # a series Prometheus writes whenever it scrapes
 
 
@@ -42,6 +44,7 @@ class MetricVariant:
     namespace_label: str | None  # None: the metric has no namespace label (matched by name only)
     name_label: str
     versions: str
+    seconds_metric: str | None = None  # the request-duration histogram's `_sum` (seconds), if it has one
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -73,12 +76,14 @@ PRESETS: Mapping[targets.HistoryPreset, Preset] = {
                 "k8s_namespace_name",
                 "kn_service_name",
                 "Knative >= 1.19.8 / 1.20.1",
+                "kn_serving_invocation_duration_seconds_sum",
             ),
             MetricVariant(
                 "kn_queueproxy_app_duration_seconds_count",
                 "k8s_namespace_name",
                 "kn_service_name",
                 "Knative 1.19.0-1.19.7, 1.20.0",
+                "kn_queueproxy_app_duration_seconds_sum",
             ),
             MetricVariant("revision_app_request_count", "namespace_name", "service_name", "Knative <= 1.18"),
         ),
@@ -94,7 +99,15 @@ PRESETS: Mapping[targets.HistoryPreset, Preset] = {
         counts="requests the interceptor forwarded",
     ),
     targets.HistoryPreset.VLLM: Preset(
-        (MetricVariant("vllm:request_success_total", "namespace", "model_name", "vLLM (V0 and V1 engines)"),),
+        (
+            MetricVariant(
+                "vllm:request_success_total",
+                "namespace",
+                "model_name",
+                "vLLM (V0 and V1 engines)",
+                "vllm:e2e_request_latency_seconds_sum",
+            ),
+        ),
         counts="finished requests (completions, not arrivals: a request is counted when it ends)",
     ),
 }
@@ -149,28 +162,44 @@ def _matcher(label: str, values: Sequence[str]) -> str:
     return f"{label}=~{promql_string('|'.join(regex_literal(v) for v in values))}"
 
 
+def _variant_branch(table: Preset, variant: MetricVariant, metric: str, namespace: str, names: Sequence[str]) -> str:
+    """`sum by` the preset's newest labels of `metric`'s per-minute increase for `names` in `namespace`."""
+    by = f"sum by ({table.namespace_label}, {table.name_label})"
+    matchers = [_matcher(variant.name_label, names)]
+    if variant.namespace_label is not None:
+        matchers.insert(0, f"{variant.namespace_label}={promql_string(namespace)}")
+    inner = f"increase({metric}{{{', '.join(matchers)}}}[1m])"
+    if variant.namespace_label != table.namespace_label:
+        source = variant.namespace_label
+        if source is None:  # no namespace label: the group's namespace is written in
+            label = table.namespace_label
+            inner = f'label_replace({inner}, "{label}", {promql_string(namespace)}, "{label}", ".*")'
+        else:
+            inner = f'label_replace({inner}, "{table.namespace_label}", "$1", "{source}", "(.*)")'
+    if variant.name_label != table.name_label:
+        inner = f'label_replace({inner}, "{table.name_label}", "$1", "{variant.name_label}", "(.*)")'
+    return f"{by} ({inner})"
+
+
 def preset_expression(preset: targets.HistoryPreset, namespace: str, names: Sequence[str]) -> str:
     """Per-minute counts of every name in `names` (sorted, distinct) in `namespace`, one series each,
     labelled with the preset's newest labels, newer counters first (`or`)."""
     table = PRESETS[preset]
-    by = f"sum by ({table.namespace_label}, {table.name_label})"
-    branches = []
-    for variant in table.variants:
-        matchers = [_matcher(variant.name_label, names)]
-        if variant.namespace_label is not None:
-            matchers.insert(0, f"{variant.namespace_label}={promql_string(namespace)}")
-        inner = f"increase({variant.metric}{{{', '.join(matchers)}}}[1m])"
-        if variant.namespace_label != table.namespace_label:
-            source = variant.namespace_label
-            if source is None:  # no namespace label: the group's namespace is written in
-                label = table.namespace_label
-                inner = f'label_replace({inner}, "{label}", {promql_string(namespace)}, "{label}", ".*")'
-            else:
-                inner = f'label_replace({inner}, "{table.namespace_label}", "$1", "{source}", "(.*)")'
-        if variant.name_label != table.name_label:
-            inner = f'label_replace({inner}, "{table.name_label}", "$1", "{variant.name_label}", "(.*)")'
-        branches.append(f"{by} ({inner})")
-    return " or ".join(branches)
+    return " or ".join(_variant_branch(table, v, v.metric, namespace, names) for v in table.variants)
+
+
+def seconds_expression(preset: targets.HistoryPreset, namespace: str, names: Sequence[str]) -> str | None:
+    """Per-minute request seconds (the increase of each request-duration histogram's `_sum`) of
+    `names`, one series each labelled `SERIES_LABEL="seconds"`; None when the preset has none."""
+    table = PRESETS[preset]
+    branches = [
+        _variant_branch(table, v, v.seconds_metric, namespace, names)
+        for v in table.variants
+        if v.seconds_metric is not None
+    ]
+    if not branches:
+        return None
+    return f'label_replace({" or ".join(branches)}, "{SERIES_LABEL}", "{SECONDS_SERIES}", "__name__", ".*")'
 
 
 def group_query(
@@ -185,7 +214,11 @@ def group_query(
     for spec in specs:
         members.setdefault(preset_name(spec), []).append(str(spec.ref))
     names = sorted(members)
-    expression = f"({preset_expression(preset, namespace, names)}) or {coverage_query(coverage)}"
+    seconds = seconds_expression(preset, namespace, names)
+    expression = f"({preset_expression(preset, namespace, names)})"
+    if seconds is not None:
+        expression += f" or {seconds}"
+    expression += f" or {coverage_query(coverage)}"
     return HistoryQuery(expression, PRESETS[preset].name_label, {n: tuple(sorted(members[n])) for n in names}, preset)
 
 
@@ -251,6 +284,8 @@ def minute_counts(
         if COVERAGE_LABEL in metric:
             covered |= _fill(np.zeros(size), values, first_minute)
             continue
+        if metric.get(SERIES_LABEL) == SECONDS_SERIES:
+            continue  # `minute_seconds` reads these
         key = "" if query.label is None else metric.get(query.label)
         if key is None or key not in query.members:
             continue  # a label value no target asked for
@@ -269,3 +304,33 @@ def minute_counts(
         for name in names:
             result[name] = merged
     return result
+
+
+def minute_seconds(
+    query: HistoryQuery, series: Sequence[Mapping[str, Any]], *, first_minute: int, end_minute: int
+) -> dict[str, np.ndarray]:
+    """Per-target request seconds for minutes [first, end) from the `SECONDS_SERIES` series of a
+    `query_range` matrix: NaN where none was written (unknown: the service time is read only from
+    minutes that have both), for targets whose preset has a request-duration histogram."""
+    size = end_minute - first_minute
+    found: dict[str, np.ndarray] = {}
+    for item in series:
+        metric = item.get("metric", {})
+        if metric.get(SERIES_LABEL) != SECONDS_SERIES or query.label is None:
+            continue
+        key = metric.get(query.label)
+        if key is None or key not in query.members or key in found:
+            continue
+        seconds = np.full(size, np.nan)
+        _fill(seconds, item.get("values", []), first_minute)
+        found[key] = seconds
+    return {name: found.get(key, np.full(size, np.nan)) for key, names in query.members.items() for name in names}
+
+
+def mean_service_seconds(counts: np.ndarray, seconds: np.ndarray) -> float | None:
+    """The mean request duration over the minutes where both the count and the seconds are known
+    and requests were counted; None when there are none."""
+    counts, seconds = np.asarray(counts, dtype=np.float64), np.asarray(seconds, dtype=np.float64)
+    known = np.isfinite(counts) & np.isfinite(seconds) & (counts > 0)
+    total = float(counts[known].sum())
+    return float(seconds[known].sum()) / total if total > 0 else None

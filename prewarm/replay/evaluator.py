@@ -263,6 +263,31 @@ def decision_floor(
     Decides at every signal change (a forecast minute that differs, a session opening or closing)
     and at each decision's own next change, exactly as the live decider does.
     """
+    changes, _ = decision_changes(
+        spec,
+        start=start,
+        end=end,
+        forecast_replicas=forecast_replicas,
+        first_minute=first_minute,
+        sessions=sessions,
+        batch_sessions=batch_sessions,
+    )
+    return simulation.FloorSteps.from_changes(changes)
+
+
+def decision_changes(
+    spec: targets.TargetSpec,
+    *,
+    start: float,
+    end: float,
+    forecast_replicas: np.ndarray | None = None,
+    first_minute: int = 0,
+    sessions: Sequence[tuple[float, float]] = (),
+    batch_sessions: Sequence[tuple[float, float]] = (),
+    previous: policy.FloorDecision | None = None,
+) -> tuple[list[tuple[float, int]], policy.FloorDecision | None]:
+    """`decision_floor`'s (time, floor) changes over [start, end), going on from `previous`, and
+    the last decision (to go on from in the next span)."""
     events: set[float] = {start}
     if forecast_replicas is not None and forecast_replicas.size:
         known = np.nan_to_num(forecast_replicas, nan=-1.0)
@@ -276,7 +301,6 @@ def decision_floor(
         events.update(times)
     timeline = sorted(t for t in events if start <= t < end)
     changes: list[tuple[float, int]] = []
-    previous: policy.FloorDecision | None = None
     k = 0
     at = timeline[0] if timeline else math.inf
     while at < end:
@@ -305,7 +329,7 @@ def decision_floor(
         if previous.next_change is not None and previous.next_change.timestamp() > at:
             following = min(following, previous.next_change.timestamp())
         at = following
-    return simulation.FloorSteps.from_changes(changes)
+    return changes, previous
 
 
 def requests_of(request: traces.TargetRequests, members: np.ndarray) -> traces.TargetRequests:
@@ -398,12 +422,32 @@ def trace_histories(trace: traces.Trace) -> dict[str, pooled_forecast.TargetHist
     }
 
 
+@dataclasses.dataclass(frozen=True, slots=True)
+class RunTimes:
+    """A target's interactive run times by arrival: the service time its history gives (a history
+    export writes each request's seconds in its arrival minute, and serve reads them back)."""
+
+    arrivals: np.ndarray  # sorted arrival times, seconds since the epoch
+    total: np.ndarray  # cumulative run seconds, aligned
+
+    @classmethod
+    def of(cls, request: traces.TargetRequests) -> RunTimes:
+        interactive = ~request.batch_mask()
+        return cls(request.arrivals[interactive], np.cumsum(request.exec_seconds[interactive]))
+
+    def mean_before(self, at: float) -> float | None:
+        """The mean run time of the requests that arrived before `at` (a minute start); None before the first."""
+        n = int(np.searchsorted(self.arrivals, at, side="left"))
+        return float(self.total[n - 1] / n) if n else None
+
+
 def forecast_trace(
     trace: traces.Trace,
     config: arrival_model.ForecastConfig,
     *,
     predict_from: float,
     refit_minutes: int,
+    lead_seconds: float | None = None,
     on_refit: Callable[[], None] | None = None,
 ) -> TraceForecast:
     """Refit every `refit_minutes` of trace time on the bounded past of all targets; predict the next block.
@@ -414,16 +458,25 @@ def forecast_trace(
     first_minute, n_minutes = minute_grid(trace)
     minutes = np.arange(n_minutes)
     histories = trace_histories(trace)
-    features = {name: h.features(minutes, config.horizon) for name, h in histories.items()}
+    lead_seconds = config.horizon * 60.0 if lead_seconds is None else lead_seconds
+    features = {name: h.features(minutes, config.horizon, config.dropped_features) for name, h in histories.items()}
     probability = {name: np.full(n_minutes, np.nan) for name in histories}
     fallback = {name: np.zeros(n_minutes) for name in histories}
     begin = max(0, int(predict_from // 60) - first_minute)
     blocks = np.arange(begin, n_minutes, refit_minutes)
     tails = {name: np.zeros((blocks.size, arrival_model.MAX_LEVEL)) for name in histories}
+    service = {t.name: RunTimes.of(t) for t in trace.targets}
     for i, block in enumerate(blocks.tolist()):
         block_end = min(block + refit_minutes, n_minutes)
         model = pooled_forecast.fit_at(histories, minute=first_minute + block, config=config, features=features)
-        block_tails = pooled_forecast.demand_tails(histories, minute=first_minute + block, horizon=config.horizon)
+        services = {name: runs.mean_before((first_minute + block) * 60.0) for name, runs in service.items()}
+        block_tails = pooled_forecast.demand_tails(
+            histories,
+            minute=first_minute + block,
+            horizon=config.horizon,
+            service_seconds=services,
+            lead_seconds=dict.fromkeys(histories, lead_seconds),
+        )
         for name, history in histories.items():
             tails[name][i] = block_tails[name]
             if model.estimator is not None and history.learned(block):
@@ -501,6 +554,7 @@ class Replay:
                 self.settings.forecast,
                 predict_from=self.forecast_predict_from,
                 refit_minutes=self.settings.refit_minutes,
+                lead_seconds=float(np.median(self.settings.cold_starts)),
                 on_refit=on_refit,
             )
         return self._forecast

@@ -49,7 +49,32 @@ def _family(metric: str) -> tuple[str, str]:
     """The OpenMetrics family (TYPE line) of a preset's sample name."""
     if metric.endswith("_total"):
         return metric.removesuffix("_total"), "counter"
-    return metric, "unknown"  # a histogram's `_count` alone: no buckets to declare a histogram with
+    return metric, "unknown"  # a histogram's `_count` or `_sum` alone: no buckets to declare a histogram with
+
+
+def _counter_lines(
+    metric: str, labels: str, target: traces.TargetRequests, shift: float, seconds: bool
+) -> Iterator[str]:
+    """One counter's samples: requests (or their run seconds) added in each minute they arrived in."""
+    minute_of = ((target.arrivals + shift) // 60).astype(np.int64)
+    minutes, where = np.unique(minute_of, return_inverse=True)
+    weights = target.exec_seconds if seconds else np.ones(target.arrivals.size)
+    added = np.bincount(where, weights=weights, minlength=minutes.size)
+    total = 0.0
+    last = -1.0
+    for minute, count in zip(minutes.tolist(), added.tolist(), strict=True):
+        start = minute * 60.0
+        for at, value in (
+            (start, total),
+            (start + _HALF_SECOND, total),
+            (start + 60.0, total + count),
+            (start + 60.0 + _HALF_SECOND, total + count),
+        ):
+            if at > last:  # the next minute's start is this one's end
+                shown = repr(value) if seconds else str(int(value))
+                yield f"{metric}{labels} {shown} {_stamp(at)}"
+                last = at
+        total += count
 
 
 def openmetrics_lines(
@@ -59,28 +84,20 @@ def openmetrics_lines(
     by `shift_days` whole days (time of day kept), to place "now" inside an old trace."""
     if preset is targets.HistoryPreset.PROMQL:
         raise ValueError("promql has no metric names of its own: export under knative, keda-http or vllm")
-    metric = request_history.PRESETS[preset].variants[0].metric
-    family, kind = _family(metric)
-    yield f"# TYPE {family} {kind}"
-    yield f"# HELP {family} Requests per target exported from a trace by prewarm history export."
+    variant = request_history.PRESETS[preset].variants[0]
     shift = shift_days * 86_400
-    for target in trace.targets:
-        labels = _labels(preset, namespace, export_name(target.name))
-        minutes, counts = np.unique(((target.arrivals + shift) // 60).astype(np.int64), return_counts=True)
-        total = 0
-        last = -1.0
-        for minute, count in zip(minutes.tolist(), counts.tolist(), strict=True):
-            start = minute * 60.0
-            for at, value in (
-                (start, total),
-                (start + _HALF_SECOND, total),
-                (start + 60.0, total + count),
-                (start + 60.0 + _HALF_SECOND, total + count),
-            ):
-                if at > last:  # the next minute's start is this one's end
-                    yield f"{metric}{labels} {value} {_stamp(at)}"
-                    last = at
-            total += count
+    columns = [(variant.metric, False)]
+    if variant.seconds_metric is not None:
+        columns.append((variant.seconds_metric, True))
+    for metric, seconds in columns:
+        family, kind = _family(metric)
+        yield f"# TYPE {family} {kind}"
+        what = "Request seconds (run times)" if seconds else "Requests"
+        yield f"# HELP {family} {what} per target exported from a trace by prewarm history export."
+        for target in trace.targets:
+            yield from _counter_lines(
+                metric, _labels(preset, namespace, export_name(target.name)), target, shift, seconds
+            )
     # minute m counts as recorded when an `up` sample lies in [m's start, m's end] (Prometheus 2):
     # from the trace's first minute to the one after its last, the minutes `prewarm replay` sees
     first = int((trace.start + shift) // 60)

@@ -45,6 +45,10 @@ def tuned_rows(report: tuned_runs.TuningReport) -> list[dict[str, object]]:
                 **dataclasses.asdict(run.score),
                 "requested": requested,
                 "over_budget": run.over_budget,
+                "daily_spend": [
+                    {"day": day, "pre_warm_replica_hours": hours, "budget": run.fleet_budget}
+                    for day, hours in run.daily_spend
+                ],
                 "predicted": {
                     "cold_start_fraction": run.predicted.cold_share,
                     "warm_replica_hours_per_day": run.predicted.warm_hours_per_day,
@@ -98,6 +102,21 @@ def achieved_table(report: tuned_runs.TuningReport, result: evaluator.ReplayResu
         same = keepalive_for_fraction(result.keepalive_frontier, s.cold_start_fraction)
         needed = "none up to 2 h" if same is None else f"{same.policy} at {same.warm_replica_hours_per_day:.1f} h"
         lines.append(f"| {s.policy} | {requested} | {predicted} | {achieved} | {there} | {ratio} | {needed} |")
+    return lines
+
+
+def spend_table(report: tuned_runs.TuningReport) -> list[str]:
+    """Each fleet budget's pre-warm spend per scored UTC day, against the budget (the cap)."""
+    runs = [run for run in report.fleet if run.daily_spend]
+    if not runs:
+        return []
+    days = [day for day, _ in runs[0].daily_spend]
+    lines = ["| fleet budget | " + " | ".join(days) + " | most of budget |", "|---:|" + "---:|" * (len(days) + 1)]
+    for run in runs:
+        budget = run.fleet_budget or 0.0
+        spent = [hours for _, hours in run.daily_spend]
+        most = max(spent) / budget if budget > 0 else 0.0
+        lines.append(f"| {budget:g} h/day | " + " | ".join(f"{h:.1f}" for h in spent) + f" | {most:.1%} |")
     return lines
 
 
@@ -241,6 +260,15 @@ def _tuned_sections(tuned: tuned_runs.TuningReport, result: evaluator.ReplayResu
         *achieved_table(tuned, result),
         "",
     ]
+    spend = spend_table(tuned)
+    if spend:
+        lines += [
+            "Fleet budgets are caps on pre-warm replica-hours (the floors' own hours) per UTC day; each scored "
+            "day's spend against its budget:",
+            "",
+            *spend,
+            "",
+        ]
     for run in tuned.objectives:
         lines += [f"### {run.score.policy}: per target", "", *_per_target_table(run), ""]
     return lines

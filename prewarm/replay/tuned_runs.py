@@ -9,12 +9,13 @@ sees the scored window.
 from __future__ import annotations
 
 import dataclasses
+import itertools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import numpy as np
 
-from prewarm.core import targets
+from prewarm.core import fleet_budget, policy, targets
 from prewarm.forecast import arrival_model, minute_features
 from prewarm.replay import evaluator, simulation, traces, tuning
 
@@ -50,6 +51,7 @@ class TunedRun:
     predicted: tuning.Score  # on the tuning window
     targets: tuple[TargetOutcome, ...]
     over_budget: bool = False  # even the cheapest settings needed more than the fleet budget
+    daily_spend: tuple[tuple[str, float], ...] = ()  # (UTC day, pre-warm replica-hours) under the fleet cap
 
 
 def tuning_window(replay: evaluator.Replay, tune_days: float) -> simulation.Window:
@@ -106,6 +108,7 @@ def tune_trace(
     setting (the forecast off) is chosen for it.
     """
     curves: dict[str, tuning.TargetCurve] = {}
+    replays: list[tuple[evaluator.Replay, simulation.Window]] = []
     if trace is not None:
         kept = [_before(t, now) for t in trace.targets if t.name in specs and t.arrivals.size and t.arrivals[0] < now]
         by_horizon: dict[int, list[traces.TargetRequests]] = {}
@@ -127,6 +130,7 @@ def tune_trace(
             replay = evaluator.Replay(history, settings)
             window = simulation.Window(max(history.start, now - options.tune_days * 86400.0), now)
             curves.update(history_curves(replay, window, specs))
+            replays.append((replay, window))
     empty = tuning.Score(0, 0, 0.0)
     for name in specs:
         if name not in curves:
@@ -135,7 +139,22 @@ def tune_trace(
                 dict.fromkeys(tuning.SETTING_GRID, empty),
                 dict.fromkeys(evaluator.KEEPALIVE_SWEEP, empty),
             )
-    return tuning.tune(curves, specs, fleets), curves
+    result = tuning.tune(curves, specs, fleets)
+    if not fleets:
+        return result, curves
+    hours = np.zeros(24)
+    for replay, window in replays:  # how the tuned settings' spend fell over the hours of a day
+        tuned = {
+            t.name: choice.setting.apply(specs[t.name])
+            for t in replay.trace.targets
+            if (choice := result.choices.get(t.name)) is not None
+        }
+        replicas = {
+            name: replay.forecast_replicas(spec, name) if spec.forecast.enabled else None
+            for name, spec in tuned.items()
+        }
+        hours += hourly_spend(replay, tuned, replicas, window)
+    return dataclasses.replace(result, spend_profile=profile_of(hours)), curves
 
 
 def history_curves(
@@ -237,10 +256,22 @@ def run_tuned(
     outcomes: list[TargetOutcome] = []
     predicted = tuning.Score(0, 0, 0.0)
     start = max(replay.trace.start, replay.window.start - _WARM_UP_SECONDS)
+    tuned = {
+        name: spec if (choice := result.choices.get(name)) is None else choice.setting.apply(spec)
+        for name, spec in specs.items()
+    }
+    capped: dict[str, simulation.FloorSteps] = {}
+    daily: tuple[tuple[str, float], ...] = ()
+    if fleet_budget is not None:
+        capped, daily = capped_floors(replay, tuned, result, curves, budget=fleet_budget, start=start)
     for index, request in enumerate(replay.trace.targets):
         choice = result.choices.get(request.name)
-        spec = specs[request.name] if choice is None else choice.setting.apply(specs[request.name])
-        floor = replay.prewarm_floor(spec, request, intent=False, start=start, end=replay.window.end)
+        spec = tuned[request.name]
+        floor = (
+            capped[request.name]
+            if request.name in capped
+            else replay.prewarm_floor(spec, request, intent=False, start=start, end=replay.window.end)
+        )
         outcome = replay.simulate(index, floor, replay.window)
         total.add(outcome)
         setting = tuning.Setting.of(spec)
@@ -271,7 +302,151 @@ def run_tuned(
         predicted=predicted,
         targets=tuple(outcomes),
         over_budget=any(fleet.over_budget for fleet in result.fleets.values()),
+        daily_spend=daily,
     )
+
+
+CAP_CHECK_SECONDS = 300.0  # how often the fleet's shares are recomputed (the live tuner's check)
+
+
+def marginal_gain(curve: tuning.TargetCurve, setting: tuning.Setting) -> float:
+    """Cold starts the last step of `curve`'s lower hull up to `setting` saved per warm hour a day."""
+    hull = tuning.lower_hull(curve)
+    settings = [s for s, _ in hull]
+    if setting not in settings or settings.index(setting) == 0:
+        return 0.0
+    i = settings.index(setting)
+    (_, before), (_, after) = hull[i - 1], hull[i]
+    hours = after.warm_hours_per_day - before.warm_hours_per_day
+    return max(0.0, before.cold_starts - after.cold_starts) / max(hours, 1e-9)
+
+
+def fleet_members(
+    result: tuning.TuningResult, curves: Mapping[str, tuning.TargetCurve], used: Mapping[str, float]
+) -> list[fleet_budget.FleetMember]:
+    """The fleet's members for `fleet_budget.share_budget`: each target's spend so far, its tuned
+    setting's predicted hours as the rate it keeps, and that setting's marginal gain."""
+    members = []
+    for name, spent in sorted(used.items()):
+        choice = result.choices.get(name)
+        hours = 0.0 if choice is None else choice.predicted.warm_hours_per_day
+        gain = 0.0 if choice is None or name not in curves else marginal_gain(curves[name], choice.setting)
+        members.append(fleet_budget.FleetMember(name, spent, hours / 24.0, gain))
+    return members
+
+
+def capped_floors(
+    replay: evaluator.Replay,
+    specs: Mapping[str, targets.TargetSpec],
+    result: tuning.TuningResult,
+    curves: Mapping[str, tuning.TargetCurve],
+    *,
+    budget: float,
+    start: float,
+) -> tuple[dict[str, simulation.FloorSteps], tuple[tuple[str, float], ...]]:
+    """Every target's floor under the fleet cap, decided as the live decider does: every
+    `CAP_CHECK_SECONDS` the fleet's pre-warm spend today is shared out (`fleet_budget.share_budget`)
+    into per-target budgets that `decide_floor` holds. Also each scored UTC day's pre-warm spend."""
+    forecast = replay.prepare_forecast()
+    replicas = {
+        name: replay.forecast_replicas(spec, name) if spec.forecast.enabled else None for name, spec in specs.items()
+    }
+    profile = spend_profile(replay, specs, replicas, tuning_window(replay, replay.settings.tune_days))
+    previous: dict[str, policy.FloorDecision | None] = dict.fromkeys(specs)
+    changes: dict[str, list[tuple[float, int]]] = {name: [] for name in specs}
+    end = replay.window.end
+    at = start
+    while at < end:
+        until = min(end, (math.floor(at / CAP_CHECK_SECONDS) + 1) * CAP_CHECK_SECONDS)
+        now = evaluator.utc_datetime(at)
+        used = {name: policy.spent_today(decision, now) for name, decision in previous.items()}
+        members = fleet_members(result, curves, used)
+        shares = fleet_budget.share_budget(budget=budget, members=members, now=now, profile=profile)
+        lo = max(0, int(at // 60) - forecast.first_minute)
+        hi = int(until // 60) - forecast.first_minute + 1
+        for name, spec in specs.items():
+            capped = dataclasses.replace(spec, budget=fleet_budget.capped_budget(spec.budget, shares, name))
+            series = replicas[name]
+            span, previous[name] = evaluator.decision_changes(
+                capped,
+                start=at,
+                end=until,
+                forecast_replicas=None if series is None else series[lo:hi],
+                first_minute=forecast.first_minute + lo,
+                previous=previous[name],
+            )
+            changes[name].extend(span)
+        at = until
+    floors = {name: simulation.FloorSteps.from_changes(steps) for name, steps in changes.items()}
+    return floors, daily_floor_hours(floors.values(), replay.window)
+
+
+def spend_profile(
+    replay: evaluator.Replay,
+    specs: Mapping[str, targets.TargetSpec],
+    replicas: Mapping[str, np.ndarray | None],
+    window: simulation.Window,
+) -> tuple[float, ...] | None:
+    """The share of the fleet's pre-warm spend in each UTC hour of the day over `window` (the
+    tuning history), with the tuned settings; None when nothing was spent."""
+    return profile_of(hourly_spend(replay, specs, replicas, window))
+
+
+def profile_of(hours: np.ndarray) -> tuple[float, ...] | None:
+    """24 hourly replica-hour totals as shares of their sum; None when it is 0."""
+    total = float(hours.sum())
+    return tuple(float(h) / total for h in hours) if total > 0 else None
+
+
+def hourly_spend(
+    replay: evaluator.Replay,
+    specs: Mapping[str, targets.TargetSpec],
+    replicas: Mapping[str, np.ndarray | None],
+    window: simulation.Window,
+) -> np.ndarray:
+    """Replica-seconds the floors of `specs` (forecast `replicas` per target) hold in each UTC hour
+    of the day over `window`, summed over the days."""
+    first_minute = replay.prepare_forecast().first_minute
+    hours = np.zeros(24)
+    for request in replay.trace.targets:
+        series = replicas.get(request.name)
+        if series is None:
+            continue
+        floor = evaluator.decision_floor(
+            dataclasses.replace(specs[request.name], budget=None),
+            start=window.start,
+            end=window.end,
+            forecast_replicas=series,
+            first_minute=first_minute,
+        )
+        bounds = [*floor.times, window.end]
+        for (a, b), level in zip(itertools.pairwise(bounds), floor.levels, strict=False):
+            at = a
+            while at < b and level:
+                hour_end = (math.floor(at / 3600.0) + 1) * 3600.0
+                upto = min(b, hour_end)
+                hours[int(at // 3600.0) % 24] += level * (upto - at)
+                at = upto
+    return hours
+
+
+def daily_floor_hours(
+    floors: Iterable[simulation.FloorSteps], window: simulation.Window
+) -> tuple[tuple[str, float], ...]:
+    """Replica-hours the floors held in each UTC day that `window` touches, within the window (a
+    day the window cuts short shows what was spent in it)."""
+    first_day = math.floor(window.start / 86400.0)
+    last_day = math.ceil(window.end / 86400.0 - 1e-3)  # a trace ends a second or so past its last request
+    totals = dict.fromkeys(range(first_day, max(first_day + 1, last_day)), 0.0)
+    for floor in floors:
+        bounds = [*floor.times, math.inf]
+        for (a, b), level in zip(itertools.pairwise(bounds), floor.levels, strict=False):
+            for day in totals:
+                lo = max(a, day * 86400.0, window.start)
+                hi = min(b, (day + 1) * 86400.0, window.end)
+                if hi > lo:
+                    totals[day] += level * (hi - lo) / 3600.0
+    return tuple((evaluator.utc_datetime(day * 86400.0).date().isoformat(), hours) for day, hours in totals.items())
 
 
 @dataclasses.dataclass(frozen=True, slots=True)

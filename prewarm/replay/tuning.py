@@ -149,6 +149,9 @@ class TuningResult:
 
     choices: Mapping[str, Choice]
     fleets: Mapping[str, FleetAllocation]
+    # the share of the tuned settings' pre-warm spend in each UTC hour of a day on the history
+    # (what a fleet cap expects of the rest of a day); None when not measured
+    spend_profile: tuple[float, ...] | None = None
 
 
 def score_curve(

@@ -39,6 +39,7 @@ from prewarm.service import (
     target_registry,
     telemetry,
 )
+from prewarm.service import cold_starts as cold_start_times
 from prewarm.service import tuner as tuning
 from prewarm.service.store import Store, build_store
 from scaler import __main__ as scaler_main
@@ -158,6 +159,7 @@ async def run_service(
             history.PrometheusClient(session=prometheus, settings=options.prometheus), telemetry=instruments
         )
     )
+    cold_starts = cold_start_times.ColdStartTimes()  # pod start phases from the listener, lead times for the forecaster
     forecaster = forecast_loop.ForecastLoop(
         store=store,
         clock=clock,
@@ -165,6 +167,7 @@ async def run_service(
         on_change=registry.changed,
         telemetry=instruments,
         history_reader=reader,
+        cold_starts=cold_starts.seconds,
     )
     tuner = tuning.Tuner(
         history=forecaster.arrivals,
@@ -199,6 +202,7 @@ async def run_service(
         forecast_degraded=forecaster.degraded,
         forecast_view=forecaster.describe,
     )
+    tuner.follow_decisions(loop.decisions.get)  # what each target spent today, for the fleet caps
     if elector is not None:
         elector.follow(
             functools.partial(
@@ -220,6 +224,7 @@ async def run_service(
         current_floor=current_floor,
         note_trace=loop.note_trace,
         metrics=providers.prometheus_text,
+        cold_starts=cold_starts,
     )
     runner = web.AppRunner(listener.build_app(intents), access_log=None)
     async with contextlib.AsyncExitStack() as stack:

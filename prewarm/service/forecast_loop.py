@@ -26,7 +26,7 @@ from typing import Any
 import numpy as np
 
 from prewarm.core import policy, targets
-from prewarm.forecast import arrival_model, minute_features, pooled_forecast
+from prewarm.forecast import arrival_model, minute_features, pooled_forecast, request_history
 from prewarm.service import clock, history, telemetry
 from prewarm.service.store import ARRIVAL_HISTORY, StateUnavailable, Store
 
@@ -57,21 +57,36 @@ class _History:
     first_minute: int
     counts: np.ndarray  # NaN where unknown (not read yet, or Prometheus had nothing)
     read_until: int  # every minute before this was read by a successful query (the newest, again)
+    seconds: np.ndarray | None = None  # request seconds per minute, aligned with counts (NaN unknown)
 
     def extend(self, first: int, end: int) -> None:
         """Keep minutes [first, end) only; new minutes are unknown."""
-        kept = np.full(end - first, np.nan)
-        lo, hi = max(first, self.first_minute), min(end, self.first_minute + self.counts.size)
-        if lo < hi:
-            kept[lo - first : hi - first] = self.counts[lo - self.first_minute : hi - self.first_minute]
-        self.first_minute, self.counts = first, kept
+        self.counts = self._moved(self.counts, first, end)
+        self.seconds = self._moved(self.seconds if self.seconds is not None else np.zeros(0), first, end)
+        self.first_minute = first
 
-    def write(self, first: int, counts: np.ndarray) -> None:
+    def _moved(self, values: np.ndarray, first: int, end: int) -> np.ndarray:
+        kept = np.full(end - first, np.nan)
+        lo, hi = max(first, self.first_minute), min(end, self.first_minute + values.size)
+        if lo < hi:
+            kept[lo - first : hi - first] = values[lo - self.first_minute : hi - self.first_minute]
+        return kept
+
+    def write(self, first: int, counts: np.ndarray, seconds: np.ndarray | None = None) -> None:
         lo = first - self.first_minute
         start = max(lo, 0)
         stop = min(lo + counts.size, self.counts.size)
         if start < stop:
             self.counts[start:stop] = counts[start - lo : stop - lo]
+            if seconds is not None and seconds.size == counts.size and self.seconds is not None:
+                self.seconds[start:stop] = seconds[start - lo : stop - lo]
+
+    def service_seconds(self, minute: int) -> float | None:
+        """The mean request duration over the minutes before `minute` (None: no duration known)."""
+        if self.seconds is None:
+            return None
+        until = max(0, min(minute - self.first_minute, self.counts.size))
+        return request_history.mean_service_seconds(self.counts[:until], self.seconds[:until])
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -98,6 +113,7 @@ class ForecastLoop:
         refit: timedelta = DEFAULT_REFIT,
         config: arrival_model.ForecastConfig | None = None,
         history_reader: history.HistoryReader | None = None,
+        cold_starts: Callable[[str], float | None] | None = None,
     ) -> None:
         self._store = store
         self._clock = clock
@@ -107,6 +123,7 @@ class ForecastLoop:
         self._refit = refit
         self._config = config or arrival_model.ForecastConfig()
         self._reader = history_reader
+        self._cold_starts = cold_starts  # a target's measured cold-start seconds (pod start phases), or None
         self._values: dict[str, float] = {}
         self._models: dict[int, arrival_model.ArrivalModel] = {}  # by horizon in minutes
         self._fitted_at: dict[int, datetime] = {}
@@ -257,7 +274,7 @@ class ForecastLoop:
         failed = {name for name, reason in reasons.items() if reason is not None}
         histories = {name: await self._target_history(name, spec, minute) for name, spec in enabled.items()}
         horizons = {
-            name: minute_features.horizon_minutes(spec.forecast.horizon.total_seconds())
+            name: minute_features.horizon_minutes(max(spec.forecast.horizon.total_seconds(), self._lead_seconds(spec)))
             for name, spec in enabled.items()
         }
         loop = asyncio.get_running_loop()
@@ -319,7 +336,13 @@ class ForecastLoop:
         predictions = {}
         for horizon in sorted(set(horizons.values())):
             group = {n: h for n, h in histories.items() if horizons[n] == horizon}
-            tails = pooled_forecast.demand_tails(group, minute=minute, horizon=horizon)
+            tails = pooled_forecast.demand_tails(
+                group,
+                minute=minute,
+                horizon=horizon,
+                service_seconds={n: self._service_seconds(n, minute) for n in group},
+                lead_seconds={n: self._lead_seconds(enabled[n]) for n in group},
+            )
             for name, used in group.items():
                 predictions[name] = pooled_forecast.predict(
                     self._models.get(horizon),
@@ -332,6 +355,16 @@ class ForecastLoop:
                     keep_alive_replicas=enabled[name].forecast.keep_alive_replicas,
                 )
         return predictions
+
+    def _service_seconds(self, target: str, minute: int) -> float | None:
+        """`target`'s mean request duration from its history's request-duration histogram, if any."""
+        read = self._histories.get(target)
+        return None if read is None else read.service_seconds(minute)
+
+    def _lead_seconds(self, spec: targets.TargetSpec) -> float:
+        """How long ahead a replica must be started: the target's measured cold start, else its horizon."""
+        measured = self._cold_starts(str(spec.ref)) if self._cold_starts is not None else None
+        return measured if measured is not None else spec.forecast.horizon.total_seconds()
 
     # --- histories ---
 
@@ -364,7 +397,7 @@ class ForecastLoop:
                     reasons[name] = f"history read failed: {'no query' if read is None else read.error}"
                     continue
                 buffered = self._histories[name]
-                buffered.write(start, read.counts)
+                buffered.write(start, read.counts, read.seconds)
                 buffered.read_until = minute
                 reasons[name] = None
         if self._telemetry is not None:

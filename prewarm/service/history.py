@@ -137,6 +137,7 @@ class TargetRead:
     query: str
     counts: np.ndarray | None
     error: str | None = None
+    seconds: np.ndarray | None = None  # request seconds per minute (NaN unknown), aligned with counts
 
 
 def plan_queries(
@@ -190,14 +191,17 @@ class HistoryReader:
     ) -> Mapping[str, TargetRead]:
         names = [name for members in query.members.values() for name in members]
         parts: dict[str, list[np.ndarray]] = {name: [] for name in names}
+        seconds: dict[str, list[np.ndarray]] = {name: [] for name in names}
         outcome = "ok"
         try:
             for start, end in request_history.chunks(first_minute, end_minute):
                 series = await self._client.query_range(query.expression, start, end)
                 counts = request_history.minute_counts(query, series, first_minute=start, end_minute=end)
+                spent = request_history.minute_seconds(query, series, first_minute=start, end_minute=end)
                 del series
                 for name in names:
                     parts[name].append(counts[name])
+                    seconds[name].append(spent[name])
                 self._record(query, "ok")
         except HistoryQueryError as e:
             outcome = "rejected"
@@ -213,7 +217,12 @@ class HistoryReader:
             return {name: TargetRead(query.expression, None, error) for name in names}
         empty = np.zeros(0)
         return {
-            name: TargetRead(query.expression, np.concatenate(parts[name]) if parts[name] else empty) for name in names
+            name: TargetRead(
+                query.expression,
+                np.concatenate(parts[name]) if parts[name] else empty,
+                seconds=np.concatenate(seconds[name]) if seconds[name] else empty,
+            )
+            for name in names
         }
 
     def _record(self, query: request_history.HistoryQuery, outcome: str) -> None:

@@ -30,6 +30,7 @@ from cloudevents.core.v1.event import CloudEvent
 
 from prewarm.core import ledger, targets
 from prewarm.service import clock, telemetry
+from prewarm.service import cold_starts as cold_start_times
 from prewarm.service.store import BatchRejected, IngestResult, Intent, StateUnavailable, Store
 
 log = logging.getLogger(__name__)
@@ -313,8 +314,10 @@ class IntentListener:
         current_floor: Callable[[str], int | None] = lambda target: None,
         note_trace: Callable[[str, str], None] = lambda target, traceparent: None,
         metrics: MetricsText | None = None,
+        cold_starts: cold_start_times.ColdStartTimes | None = None,
     ) -> None:
         self._specs = specs
+        self._cold_starts = cold_starts
         self._store = store
         self._clock = clock
         self._settings = settings
@@ -414,6 +417,8 @@ class IntentListener:
             traceparent = event.get_extension("traceparent")
             if isinstance(traceparent, str):
                 self._note_trace(item.target, traceparent)
+            if isinstance(item, PodPhase) and self._cold_starts is not None:
+                self._cold_starts.record(target=item.target, pod=item.pod, phase=item.phase, at=item.at)
         if self._telemetry is None:
             return
         for intent, new in zip(intents, result.new, strict=True):

@@ -6,7 +6,9 @@ forecast target that has an objective or shares a fleet budget, replays it under
 the chosen settings. Every `check` (5 min) it closes the loop on what users met: when a target's
 cold-start share over the last hour drifts above its objective it moves one step down the target's
 curve (fewer cold starts, more warm hours); when it is well below, one step back toward the tuned
-setting, never cheaper than it. The decider asks `effective(spec)` before each decision.
+setting, never cheaper than it. Every `check` it also holds each fleet budget as a cap: what is left
+of the day's pre-warm replica-hours becomes per-target budgets (`core/fleet_budget.py`). The decider
+asks `effective(spec)` before each decision.
 """
 
 from __future__ import annotations
@@ -20,7 +22,7 @@ from collections.abc import Awaitable, Callable, Iterable, Mapping
 from datetime import datetime, timedelta
 from typing import Any
 
-from prewarm.core import targets
+from prewarm.core import fleet_budget, policy, targets
 from prewarm.forecast import minute_features
 from prewarm.replay import tuned_runs, tuning
 from prewarm.service import clock, telemetry
@@ -83,6 +85,7 @@ class Tuner:
         telemetry: telemetry.Telemetry | None = None,
         retune: timedelta = DEFAULT_RETUNE,
         check: timedelta = DEFAULT_CHECK,
+        decisions: Callable[[str], policy.FloorDecision | None] | None = None,
     ) -> None:
         self._history = history
         self._clock = clock
@@ -95,8 +98,17 @@ class Tuner:
         self._retune = retune
         self._check = check
         self._tuned: dict[str, _Tuned] = {}
+        self._curves: dict[str, tuning.TargetCurve] = {}
+        self._profile: tuple[float, ...] | None = None  # how a day's fleet spend falls over its hours
+        self._decisions = decisions  # each target's current decision: what it spent today
+        self._shares: dict[str, float] = {}  # each fleet target's budget for today under its fleet's cap
         self._samples: dict[str, collections.deque[tuple[datetime, int, int]]] = {}
         self.tuned_at: datetime | None = None
+
+    def follow_decisions(self, decisions: Callable[[str], policy.FloorDecision | None]) -> None:
+        """Read each target's current decision (what it spent today) from `decisions`: the decider,
+        built after the tuner because it decides with the tuned specs."""
+        self._decisions = decisions
 
     def tunable(self, spec: targets.TargetSpec) -> bool:
         """Whether the tuner chooses `spec`'s setting: a forecast target with an objective or a budget."""
@@ -107,7 +119,11 @@ class Tuner:
         tuned = self._tuned.get(str(spec.ref))
         if tuned is None or not self.tunable(spec):
             return spec, ""
-        return tuned.ladder[tuned.step].apply(spec), tuned.note or tuned.choice.reason
+        setting = tuned.ladder[tuned.step].apply(spec)
+        capped = fleet_budget.capped_budget(spec.budget, self._shares, str(spec.ref))
+        if capped != spec.budget:
+            setting = dataclasses.replace(setting, budget=capped)
+        return setting, tuned.note or tuned.choice.reason
 
     def effective_specs(self) -> dict[str, targets.TargetSpec]:
         """Every target's spec as the forecaster should predict it. A target tuned off keeps its
@@ -155,6 +171,7 @@ class Tuner:
                     log.exception("tuning at %s failed", now)
                     next_tune = now + self._check
             self.check_objectives(now)
+            self.share_fleet_budgets(now)
             await self._clock.wait_until(min(next_tune, now + self._check), wake)
 
     async def retune(self, now: datetime) -> None:
@@ -169,6 +186,8 @@ class Tuner:
             lambda: tuned_runs.tune_history(counts, specs, self._fleets, now=now.timestamp(), options=self._options),
         )
         self.tuned_at = now
+        self._curves = curves
+        self._profile = result.spend_profile
         previous = self._tuned
         self._tuned = {}
         for name, choice in result.choices.items():
@@ -195,6 +214,36 @@ class Tuner:
                     allocation.allocated_hours_per_day,
                     allocation.budget_hours_per_day,
                 )
+
+    def share_fleet_budgets(self, now: datetime) -> None:
+        """Hold each fleet budget as a cap: share what is left of today's pre-warm hours among the
+        fleet's tuned targets (`fleet_budget.share_budget`), as per-target budgets the decider
+        enforces; re-decide the targets whose share changed."""
+        if self._decisions is None:
+            return
+        shares: dict[str, float] = {}
+        for fleet, budget in self._fleets.items():
+            used = {
+                name: policy.spent_today(self._decisions(name), now)
+                for name, tuned in self._tuned.items()
+                if tuned.choice.fleet == fleet and tuned.choice.objective is None
+            }
+            members = [
+                fleet_budget.FleetMember(
+                    name,
+                    spent,
+                    self._tuned[name].choice.predicted.warm_hours_per_day / 24.0,
+                    tuned_runs.marginal_gain(self._curves[name], self._tuned[name].choice.setting)
+                    if name in self._curves
+                    else 0.0,
+                )
+                for name, spent in sorted(used.items())
+            ]
+            shares.update(fleet_budget.share_budget(budget=budget, members=members, now=now, profile=self._profile))
+        before, self._shares = self._shares, shares
+        for name in sorted(set(before) | set(shares)):
+            if abs(before.get(name, -1.0) - shares.get(name, -1.0)) > 1e-6:
+                self._on_change(name)
 
     def check_objectives(self, now: datetime) -> None:
         """Sample each objective target's warm/cold starts; move its setting one step when the last

@@ -423,7 +423,7 @@ def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
     assert objective["requested"] == {"cold_start_fraction": 0.1}
     assert cheap["requested"] == {"warm_replica_hours_per_day": 2.0}
     for row in (objective, cheap, rich):
-        assert set(row) == SUMMARY_KEYS | {"requested", "over_budget", "predicted", "targets"}
+        assert set(row) == SUMMARY_KEYS | {"requested", "over_budget", "predicted", "targets", "daily_spend"}
         assert row["requests"] == scored == sum(t["requests"] for t in row["targets"])
         assert {t["target"] for t in row["targets"]} == {"M0000", "M0001", "M0002"}
         assert [(c["priority"], c["requests"]) for c in row["ttft"]] == [("all", scored), ("interactive", scored),
@@ -434,6 +434,9 @@ def test_objectives_and_fleet_budgets_are_tuned_before_score_from_and_reported(
     assert cheap["over_budget"] is True and rich["over_budget"] is False
     assert {t["setting"] for t in cheap["targets"]} == {"forecast off"}
     assert rich["predicted"]["warm_replica_hours_per_day"] <= 30.0
+    assert objective["daily_spend"] == []  # an objective has no fleet budget to cap
+    for row, budget in ((cheap, 2.0), (rich, 30.0)):  # the cap holds on every scored day
+        assert row["daily_spend"] and all(d["pre_warm_replica_hours"] <= budget + 1e-6 for d in row["daily_spend"])
     frontier = json.loads((out / "frontier.json").read_text())
     assert [r["policy"] for r in frontier["prewarm_fleet"]] == ["prewarm (fleet 2h/day)", "prewarm (fleet 30h/day)"]
     report = (out / "report.md").read_text()

@@ -323,3 +323,76 @@ def test_live_predictions_keep_alive_as_the_replay_does() -> None:
     # the one idle time seen is 16 h) keeps none
     assert [m for m, r in zip(minutes.tolist(), live, strict=True) if r == 2.0] == list(range(2991, 3001))
     assert set(live) == {0.0, 2.0}
+
+
+@pytest.mark.parametrize(
+    ("service", "lead", "overlap"),
+    [
+        (None, 23.0, 1.0),
+        (4.0, 20.0, 0.4),  # starts less than 4 s apart either way, within a 20 s lead
+        (30.0, 20.0, 1.0),  # longer than the lead: every arrival needs its own replica
+        (0.0, 20.0, 0.0),
+        (math.nan, 20.0, 1.0),
+        (math.inf, 20.0, 1.0),
+        (4.0, 0.0, 1.0),
+    ],
+    ids=["unknown", "short", "long", "zero", "nan", "inf", "no-lead"],
+)
+def test_overlap_share(service: float | None, lead: float, overlap: float) -> None:
+    assert arrival_model.overlap_share(service, lead) == pytest.approx(overlap)
+
+
+def test_replicas_needed_is_the_arrivals_when_every_request_overlaps() -> None:
+    tail = arrival_model.replicas_needed_tail(np.asarray([1.0, 3.0]), 1.0)
+    assert tail[:, :4].tolist() == [[1.0, 0.0, 0.0, 0.0], [1.0, 1.0, 1.0, 0.0]]
+
+
+def test_replicas_needed_is_one_plus_the_binomial_number_of_others_in_service() -> None:
+    tail = arrival_model.replicas_needed_tail(np.asarray([3.0]), 0.25)[0]
+    # others ~ Binomial(2, 0.25): P(0) = 0.5625, P(1) = 0.375, P(2) = 0.0625
+    assert tail[:4] == pytest.approx([1.0, 0.4375, 0.0625, 0.0])
+    assert arrival_model.replicas_needed_tail(np.asarray([500.0]), 0.0)[0][:2].tolist() == [1.0, 0.0]
+    many = arrival_model.replicas_needed_tail(np.asarray([5000.0]), 0.5)[0]  # no underflow into nonsense
+    assert many == pytest.approx(np.ones(arrival_model.MAX_LEVEL))
+
+
+def test_short_requests_need_fewer_replicas_than_their_arrivals() -> None:
+    demand = np.asarray([0.0, 10.0, 0.0, 10.0])
+    by_arrivals = arrival_model.demand_tail(demand)
+    by_work = arrival_model.demand_tail(demand, overlap=0.1)
+    assert by_arrivals[9] == 1.0
+    assert by_work[0] == 1.0
+    assert by_work[1] == pytest.approx(1 - 0.9**9)
+    assert by_work[5] < 0.01
+    p = np.asarray([0.5])
+    assert arrival_model.replicas_for(p, by_arrivals, 0.9)[0] == 10.0
+    assert arrival_model.replicas_for(p, by_work, 0.9)[0] == 3.0  # P(R >= 3) = 0.5 * 0.225; P(R >= 4) < 0.1
+
+
+def test_demand_tails_size_each_target_by_its_service_time() -> None:
+    counts = np.asarray([0.0, 6.0, 0.0, 6.0] * 30)
+    histories = {name: pooled_forecast.TargetHistory(0, counts) for name in ("long", "short")}
+    tails = pooled_forecast.demand_tails(
+        histories,
+        minute=counts.size,
+        horizon=1,
+        service_seconds={"short": 2.0, "long": None},
+        lead_seconds={"short": 40.0, "long": 40.0},
+    )
+    # 60 busy windows each: 0.75 of a target's own tail, 0.25 of the pooled one
+    assert tails["long"][5] == pytest.approx(0.75 + 0.25 * 0.5, abs=1e-3)  # six arrivals, each its own replica
+    assert tails["short"][1] == pytest.approx(0.75 * (1 - 0.9**5) + 0.25 * (1 + 1 - 0.9**5) / 2)
+    assert tails["short"][5] == pytest.approx(0.125, abs=1e-3)
+
+
+def test_dropped_features_are_left_out_of_the_fit() -> None:
+    with pytest.raises(ValueError, match=r"unknown features \['hour'\]"):
+        arrival_model.ForecastConfig(dropped_features=("hour",))
+    counts = np.tile(np.asarray([0.0] * 9 + [2.0]), 300)
+    history = pooled_forecast.TargetHistory(27_000_000, counts)
+    dropped = ("time_of_day_sin", "time_of_day_cos")
+    rows = history.features(np.arange(100, 110), 1, dropped)
+    assert np.isnan(rows[:, :2]).all() and not np.isnan(rows[:, 2:16]).any()
+    config = arrival_model.ForecastConfig(dropped_features=dropped, max_training_rows=500)
+    model = pooled_forecast.fit_at({"t": history}, minute=27_000_000 + counts.size, config=config)
+    assert model.columns is not None and 0 not in model.columns and 1 not in model.columns

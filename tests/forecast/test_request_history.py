@@ -68,6 +68,16 @@ KEDA_ONE = (
 VLLM_ONE = (
     'sum by (namespace, model_name) (increase(vllm:request_success_total{namespace="ml", model_name="chat"}[1m]))'
 )
+KNATIVE_TWO_SECONDS = (
+    "label_replace(sum by (k8s_namespace_name, kn_service_name) (increase(kn_serving_invocation_duration_seconds_sum"
+    '{k8s_namespace_name="ml", kn_service_name=~"chat|embed"}[1m]))'
+    " or sum by (k8s_namespace_name, kn_service_name) (increase(kn_queueproxy_app_duration_seconds_sum"
+    '{k8s_namespace_name="ml", kn_service_name=~"chat|embed"}[1m])), "prewarm_series", "seconds", "__name__", ".*")'
+)
+VLLM_ONE_SECONDS = (
+    "label_replace(sum by (namespace, model_name) (increase(vllm:e2e_request_latency_seconds_sum"
+    '{namespace="ml", model_name="chat"}[1m])), "prewarm_series", "seconds", "__name__", ".*")'
+)
 
 
 @pytest.mark.parametrize(
@@ -75,17 +85,22 @@ VLLM_ONE = (
     [
         (
             [spec("embed", targets.HistoryPreset.KNATIVE), spec("chat", targets.HistoryPreset.KNATIVE)],
-            KNATIVE_TWO,
+            f"({KNATIVE_TWO}) or {KNATIVE_TWO_SECONDS}",
             "kn_service_name",
             {"chat": ("ml/chat",), "embed": ("ml/embed",)},
         ),
         (
             [spec("chat", targets.HistoryPreset.KEDA_HTTP, label="chat.example.com")],
-            KEDA_ONE,
+            f"({KEDA_ONE})",  # the interceptor has no request-duration histogram
             "route_name",
             {"chat.example.com": ("ml/chat",)},
         ),
-        ([spec("chat", targets.HistoryPreset.VLLM)], VLLM_ONE, "model_name", {"chat": ("ml/chat",)}),
+        (
+            [spec("chat", targets.HistoryPreset.VLLM)],
+            f"({VLLM_ONE}) or {VLLM_ONE_SECONDS}",
+            "model_name",
+            {"chat": ("ml/chat",)},
+        ),
     ],
     ids=["knative-group-of-two", "keda-http-with-host-for-old-add-ons", "vllm"],
 )
@@ -94,7 +109,7 @@ def test_one_query_per_preset_and_namespace(
 ) -> None:
     preset = specs[0].forecast.history.preset  # type: ignore[union-attr]
     query = request_history.group_query(preset, "ml", specs)
-    assert query.expression == f"({expression}) or {request_history.coverage_query()}"
+    assert query.expression == f"{expression} or {request_history.coverage_query()}"
     assert (query.label, dict(query.members)) == (label, members)
 
 
@@ -180,3 +195,21 @@ def test_several_series_where_one_is_expected_is_an_error() -> None:
     with pytest.raises(request_history.HistoryResultError) as caught:
         request_history.minute_counts(query, series, first_minute=0, end_minute=1)
     assert str(caught.value) == ("the query returned 2 series where one is expected: {pod='a'}; {pod='b'}")
+
+
+def test_request_seconds_are_read_beside_the_counts() -> None:
+    query = request_history.group_query(
+        targets.HistoryPreset.KNATIVE, "ml", [spec("chat", targets.HistoryPreset.KNATIVE)]
+    )
+    seconds = {"prewarm_series": "seconds", "kn_service_name": "chat", "k8s_namespace_name": "ml"}
+    series = [
+        {"metric": {"kn_service_name": "chat", "k8s_namespace_name": "ml"}, "values": [[60, "2"], [120, "4"]]},
+        {"metric": seconds, "values": [[60, "9"], [180, "NaN"]]},
+        {**COVERAGE, "values": [[60, "1"], [120, "1"], [180, "1"]]},
+    ]
+    counts = request_history.minute_counts(query, series, first_minute=0, end_minute=3)["ml/chat"]
+    spent = request_history.minute_seconds(query, series, first_minute=0, end_minute=3)["ml/chat"]
+    assert counts.tolist() == [2.0, 4.0, 0.0]  # the seconds series is not a count
+    assert spent[0] == 9.0 and np.isnan(spent[1:]).all()
+    assert request_history.mean_service_seconds(counts, spent) == 4.5  # minute 1's requests have no seconds
+    assert request_history.mean_service_seconds(counts, np.full(3, NAN)) is None

@@ -20,6 +20,7 @@ def small_trace() -> traces.Trace:
 def test_knative_export_has_samples_around_minutes_with_requests_and_a_coverage_series() -> None:
     lines = list(history_export.openmetrics_lines(small_trace(), preset=targets.HistoryPreset.KNATIVE))
     series = 'kn_serving_invocation_duration_seconds_count{k8s_namespace_name="replay",kn_service_name="m01"}'
+    seconds = series.replace("_count", "_sum")
     assert lines == [
         "# TYPE kn_serving_invocation_duration_seconds_count unknown",
         "# HELP kn_serving_invocation_duration_seconds_count Requests per target exported from a trace by "
@@ -34,6 +35,24 @@ def test_knative_export_has_samples_around_minutes_with_requests_and_a_coverage_
         f"{series} 3 {T0 + 240}.5",
         f"{series} 4 {T0 + 300}",
         f"{series} 4 {T0 + 300}.5",
+        "# TYPE kn_serving_invocation_duration_seconds_sum unknown",
+        "# HELP kn_serving_invocation_duration_seconds_sum Request seconds (run times) per target exported from a "
+        "trace by prewarm history export.",
+        *(
+            f"{seconds} {value} {at}"  # each request ran 1 s: the run seconds follow the counts
+            for value, at in (
+                ("0.0", T0),
+                ("0.0", f"{T0}.5"),
+                ("2.0", T0 + 60),
+                ("2.0", f"{T0 + 60}.5"),
+                ("3.0", T0 + 120),
+                ("3.0", f"{T0 + 120}.5"),
+                ("3.0", T0 + 240),
+                ("3.0", f"{T0 + 240}.5"),
+                ("4.0", T0 + 300),
+                ("4.0", f"{T0 + 300}.5"),
+            )
+        ),
         "# TYPE up gauge",
         *(f'up{{job="prewarm-history-export"}} 1 {T0 + 60 * m}' for m in range(1, 6)),  # minutes 0 to 5
         "# EOF",

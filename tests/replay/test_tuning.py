@@ -229,3 +229,42 @@ def test_tuned_runs_score_the_chosen_settings_after_the_tuning_window() -> None:
     cheap, rich = report.fleet
     assert cheap.score.cold_starts > rich.score.cold_starts
     assert rich.targets[0].setting != "forecast off" and cheap.targets[0].setting == "forecast off"
+
+
+def test_a_fleet_cap_changes_nothing_it_need_not_and_holds_every_day_it_binds() -> None:
+    regular = requests("regular", T0 + np.arange(0, DAYS * 86400.0, 150.0))
+    busy = requests("busy", T0 + np.arange(0, DAYS * 86400.0, 40.0), run_s=30.0)
+    replay = replay_of([regular, busy])
+    window = tuned_runs.tuning_window(replay, TUNE_DAYS)
+    specs = tuned_runs.replay_specs(replay, objective=None)
+    curves = tuned_runs.history_curves(replay, window, specs)
+    result = tuning.tune(curves, specs, {targets.DEFAULT_FLEET: 1000.0})
+    tuned = {name: result.choices[name].setting.apply(spec) for name, spec in specs.items()}
+    start = replay.window.start - 3600.0
+    free, _ = tuned_runs.capped_floors(replay, tuned, result, curves, budget=1e6, start=start)
+    for request in replay.trace.targets:
+        alone = replay.prewarm_floor(tuned[request.name], request, intent=False, start=start, end=replay.window.end)
+        assert free[request.name] == alone
+    _, daily = tuned_runs.capped_floors(replay, tuned, result, curves, budget=10.0, start=start)
+    assert [day for day, _ in daily] == ["2024-03-07"]
+    assert daily[0][1] == pytest.approx(10.0, abs=1e-6)  # wants far more: spent to the cap, not past it
+    assert tuned_runs.daily_floor_hours(free.values(), replay.window)[0][1] > 20.0
+
+
+def test_tuning_for_a_fleet_measures_how_a_days_spend_falls_over_its_hours() -> None:
+    # requests every 2.5 min, only from 08:00 to 12:00 UTC each day
+    days = np.arange(DAYS)[:, None] * 86400.0
+    busy = requests("office", np.sort((T0 + 8 * 3600.0 + days + np.arange(0, 4 * 3600.0, 150.0)).ravel()))
+    specs = {"office": tuned_runs.replay_specs(replay_of([busy]), objective=None)["office"]}
+    options = tuned_runs.HistoryOptions(tune_days=TUNE_DAYS, refit_hours=12.0)
+    now = T0 + (DAYS - 1) * 86400.0
+    result, _ = tuned_runs.tune_trace(
+        replay_of([busy]).trace, specs, {targets.DEFAULT_FLEET: 50.0}, now=now, options=options
+    )
+    assert result.choices["office"].setting != tuning.OFF
+    profile = result.spend_profile
+    assert profile is not None and sum(profile) == pytest.approx(1.0)
+    assert max(range(24), key=profile.__getitem__) in range(8, 12)  # the most in the office hours
+    assert sum(profile[:7]) == 0.0  # and nothing in the small hours, long after the last request
+    alone, _ = tuned_runs.tune_trace(replay_of([busy]).trace, specs, {}, now=now, options=options)
+    assert alone.spend_profile is None  # no fleet budget: nothing to measure it for

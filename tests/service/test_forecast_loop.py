@@ -12,7 +12,7 @@ from opentelemetry.sdk.trace import TracerProvider
 from support import PrometheusServer, recurring_openmetrics
 
 from prewarm.core import ledger, policy, targets
-from prewarm.service import clock, decider, forecast_loop, history, target_registry, telemetry
+from prewarm.service import clock, cold_starts, decider, forecast_loop, history, target_registry, telemetry
 from prewarm.service.store import Intent, MemoryStore
 
 NOW = datetime(2026, 5, 8, 12, 0, tzinfo=UTC)
@@ -134,7 +134,9 @@ def history_spec(ref: str, preset: targets.HistoryPreset, query: str | None = No
     )
 
 
-def load_recurring(server: PrometheusServer, namespaces: dict[str, dict[str, tuple[int, int]]]) -> None:
+def load_recurring(
+    server: PrometheusServer, namespaces: dict[str, dict[str, tuple[int, int]]], run_seconds: float = 300.0
+) -> None:
     text = "".join(
         recurring_openmetrics(
             names,
@@ -142,6 +144,7 @@ def load_recurring(server: PrometheusServer, namespaces: dict[str, dict[str, tup
             end=(HISTORY_NOW + timedelta(hours=2)).timestamp(),
             preset=targets.HistoryPreset.KNATIVE,
             namespace=namespace,
+            run_seconds=run_seconds,
         ).removesuffix("# EOF\n")
         for namespace, names in namespaces.items()
     )
@@ -261,3 +264,49 @@ async def test_a_history_target_without_prometheus_is_degraded_not_zero() -> Non
     assert loop.degraded("ml/a") == "forecast.history needs Prometheus (--prometheus or PREWARM_PROMETHEUS_URL)"
     assert loop.current_forecast(specs["ml/a"], HISTORY_NOW) is None  # no forecast, rather than a made-up zero
     assert changed == ["ml/a"]
+
+
+async def test_floors_follow_the_work_the_request_duration_histogram_reports(
+    prometheus_server: PrometheusServer,
+) -> None:
+    load_recurring(prometheus_server, {"ml": {"A": (5, 2)}}, run_seconds=1.0)  # 1 s requests, 10 s apart
+    prometheus_server.start()
+    settings = history.PrometheusSettings(url=prometheus_server.url)
+    specs = {
+        "ml/a": history_spec("ml/a", targets.HistoryPreset.KNATIVE),
+        "ml/d": history_spec(
+            "ml/d",
+            targets.HistoryPreset.PROMQL,
+            'sum(increase(kn_serving_invocation_duration_seconds_count{kn_service_name="a"}[1m]))',
+        ),
+    }
+    async with history.open_session(settings) as session:
+        reader = history.HistoryReader(history.PrometheusClient(session=session, settings=settings))
+        manual = clock.ManualClock(HISTORY_NOW + timedelta(minutes=1))  # 12:03: a's two requests come at :05
+        loop = forecast_loop.ForecastLoop(
+            store=MemoryStore(),
+            clock=manual,
+            specs=lambda: specs,
+            on_change=lambda _: None,
+            history_reader=reader,
+        )
+        await loop.prepare()
+    # a's preset reads its durations beside its counts: one replica serves both requests; d's promql
+    # template reads counts alone, so each arrival of the horizon keeps a replica (sizing by arrivals)
+    assert {name: loop.current_forecast(spec, manual.now()) for name, spec in specs.items()} == {
+        "ml/a": 1.0,
+        "ml/d": 2.0,
+    }
+
+
+def test_cold_starts_are_the_median_from_container_start_to_runtime_ready() -> None:
+    times = cold_starts.ColdStartTimes()
+    t0 = datetime(2025, 6, 10, 12, 0, tzinfo=UTC)
+    assert times.seconds("ml/a") is None
+    for pod, ready in (("p1", 20), ("p2", 40), ("p3", 30)):
+        times.record(target="ml/a", pod=pod, phase="container_started", at=t0)
+        times.record(target="ml/a", pod=pod, phase="weights_loaded", at=t0 + timedelta(seconds=ready - 5))
+        times.record(target="ml/a", pod=pod, phase="runtime_ready", at=t0 + timedelta(seconds=ready))
+    times.record(target="ml/a", pod="unseen", phase="runtime_ready", at=t0)  # its start was never reported
+    assert times.seconds("ml/a") == 30.0
+    assert times.seconds("ml/b") is None

@@ -4,6 +4,7 @@ the closed loop on observed cold starts, and `prewarm serve` end to end (/target
 from __future__ import annotations
 
 import asyncio
+import dataclasses
 import io
 import math
 import re
@@ -316,3 +317,36 @@ async def test_batch_session_starts_are_not_counted_as_warm_or_cold(tmp_path: Pa
             metrics = await response.text()
     cold = [line for line in metrics.splitlines() if line.startswith("prewarm_cold_starts_total{")]
     assert len(cold) == 1 and cold[0].endswith(" 1.0")  # the interactive session alone
+
+
+async def test_a_fleet_budget_is_a_cap_the_decider_holds_however_traffic_moves() -> None:
+    store = MemoryStore()
+    await regular_history(store, "ml/busy", every=timedelta(minutes=2, seconds=30), days=2.0)
+    specs = {"ml/busy": spec("busy", fleet="gpu"), "ml/quiet": spec("quiet", fleet="gpu")}
+    decisions: dict[str, policy.FloorDecision] = {}
+    changed: list[str] = []
+    tuner = tuner_module.Tuner(
+        history=store.arrivals,
+        clock=clock.ManualClock(NOW),
+        specs=lambda: specs,
+        fleets={"gpu": 30.0},
+        on_change=changed.append,
+        options=OPTIONS,
+        decisions=decisions.get,
+    )
+    await tuner.retune(NOW)
+    tuner.share_fleet_budgets(NOW)
+    fresh, _ = tuner.effective(specs["ml/busy"])
+    assert fresh.budget is not None and fresh.budget > 0  # nothing spent yet: a share of the 30 h
+    # traffic grew: busy has kept 4 replicas warm since 04:00, 32 replica-hours, over the budget
+    tuned, _ = tuner.effective(specs["ml/busy"])
+    decisions["ml/busy"] = policy.decide_floor(
+        dataclasses.replace(tuned, budget=None), policy.Signals(forecast=4.0), NOW - timedelta(hours=8), None
+    )
+    changed.clear()
+    tuner.share_fleet_budgets(NOW)
+    assert "ml/busy" in changed  # re-decided with its new share
+    capped, _ = tuner.effective(specs["ml/busy"])
+    assert capped.budget == pytest.approx(32.0)  # what it spent, and not an hour more
+    decision = policy.decide_floor(capped, policy.Signals(forecast=4.0), NOW, decisions["ml/busy"])
+    assert (decision.floor, decision.source) == (0, policy.Source.BUDGET)
