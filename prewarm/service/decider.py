@@ -301,7 +301,8 @@ class Decider:
             )
             made.append((policy.decide_floor(spec, signals, now, previous), previous, sessions.active))
         stored_ok = await self._store.save_decisions([(d, fences[d.target]) for d, _, _ in made])
-        seconds = (time.perf_counter() - began) / len(made)
+        if self._telemetry is not None:
+            self._telemetry.record_decision_batch(len(made), time.perf_counter() - began)
         decided: dict[str, policy.FloorDecision] = {}
         for (decision, previous, active), ok in zip(made, stored_ok, strict=True):
             target = decision.target
@@ -313,18 +314,16 @@ class Decider:
             self._decisions[target] = decision
             self._fresh.discard(target)
             decided[target] = decision
-            self._decided(decision, previous, active, seconds)
+            self._decided(decision, previous, active)
         return decided
 
-    def _decided(
-        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, active: int, seconds: float
-    ) -> None:
+    def _decided(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, active: int) -> None:
         """Record a stored decision and queue it for the actuators if its floor changed; when an
         event with a trace changed the target, in a span that continues that trace (a relist of
         50,000 targets makes no 50,000 spans)."""
         target = decision.target
         if self._telemetry is not None:
-            self._telemetry.record_decision(decision, previous, active, seconds)
+            self._telemetry.record_decision(decision, previous, active)
         traceparent = self._traces.pop(target, None)
         if self._telemetry is None or traceparent is None:  # a span only where an event's trace goes on
             self._submit(decision, previous)
