@@ -28,12 +28,14 @@ RedisClient = aioredis.Redis | aioredis_cluster.RedisCluster
 class Subscription:
     """Relays `CHANGES_CHANNEL` and `DECISIONS_CHANNEL` messages to the listeners (the lists are
     the store's, read when the subscription starts) and calls `resync` once each (re)subscription
-    is confirmed, so whatever was announced in a gap is re-read."""
+    is confirmed, so whatever was announced in a gap is re-read. Decisions published with our
+    `origin` were saved through our store, which told the listeners then: their echo is skipped."""
 
     def __init__(
         self,
         client: RedisClient,
         *,
+        origin: str,
         deployment: redis_connection.RedisDeployment | None,
         prepare_cluster: Callable[[], Awaitable[None]],
         change_listeners: list[ChangeListener],
@@ -41,6 +43,7 @@ class Subscription:
         resync: Callable[[], None],
     ) -> None:
         self._client = client
+        self._own = b'{"origin":"' + origin.encode() + b'",'  # decisions saved through our store: told already
         self._deployment = deployment
         self._prepare_cluster = prepare_cluster
         self._change_listeners = change_listeners
@@ -130,6 +133,8 @@ class Subscription:
                     for change_listener in self._change_listeners:
                         change_listener(target)
             elif channel == DECISIONS_CHANNEL:
+                if data.startswith(self._own):
+                    return
                 try:
                     decision = decode_decision(data)
                 except ValueError as e:

@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -88,8 +89,10 @@ class RedisStore:
         self._dropped_listeners: list[DroppedListener] = []
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
+        self._origin = secrets.token_hex(8)  # tags the decisions this store publishes (its echo is skipped)
         self._subscription = Subscription(
             client,
+            origin=self._origin,
             deployment=deployment,
             prepare_cluster=self._initialize_cluster,
             change_listeners=self._change_listeners,
@@ -335,9 +338,10 @@ class RedisStore:
         text = encode_decision(decision)
         keys = [key(decision.target, "decision"), key(decision.target, "leader")]
         async with self._calling():
-            stored = await self._save(keys=keys, args=[fence, text, DECISIONS_CHANNEL])
+            stored = await self._save(keys=keys, args=[fence, text, DECISIONS_CHANNEL, self._origin])
         if not int(stored):
             raise LeaseLost(f"{decision.target}: lease token {fence!r} is no longer the holder's")
+        self._tell_own([decision])
 
     async def decision_inputs(
         self, targets: Sequence[str], now: datetime
@@ -405,10 +409,23 @@ class RedisStore:
         if not decisions:
             return []
         keys = [key(d.target, part) for d, _ in decisions for part in ("decision", "leader")]
-        args = [DECISIONS_CHANNEL] + [value for d, fence in decisions for value in (fence, encode_decision(d))]
+        args = [DECISIONS_CHANNEL, self._origin]
+        args += [value for d, fence in decisions for value in (fence, encode_decision(d))]
         async with self._calling():
             stored = await self._save_many(keys=keys, args=args)
-        return [bool(int(one)) for one in stored]
+        saved = [bool(int(one)) for one in stored]
+        self._tell_own([d for (d, _), ok in zip(decisions, saved, strict=True) if ok])
+        return saved
+
+    def _tell_own(self, saved: Sequence[policy.FloorDecision]) -> None:
+        """Hand this store's own saved decisions to its listeners at once: the subscription skips
+        their echo (its origin is ours) instead of decoding every decision it just encoded."""
+        for decision in saved:
+            for listener in self._decision_listeners:
+                try:
+                    listener(decision)
+                except Exception:  # one listener must not fail the save that already happened
+                    log.exception("a decision listener failed for %s", decision.target)
 
     # --- health ---
 
