@@ -51,8 +51,15 @@ class Ownership(Protocol):
         """A write fenced with this replica's token was refused: it decides `target` no more."""
         ...
 
-    def follow(self, gained: Callable[[str], None], lost: Callable[[str], None]) -> None:
-        """Be told when this replica starts and stops deciding a target."""
+    @property
+    def claimed(self) -> bool:
+        """Whether the first claim was answered: before it, no target is known to be anyone's."""
+        ...
+
+    def follow(
+        self, gained: Callable[[str], None], lost: Callable[[str], None], claimed: Callable[[], None] | None = None
+    ) -> None:
+        """Be told when this replica starts and stops deciding a target, and once the first claim is answered."""
         ...
 
     def targets_changed(self) -> None:
@@ -106,7 +113,7 @@ class Decider:
         store.add_resync_listener(self.resync)
         if ownership is not None:
             store.add_decision_listener(self._heard)
-            ownership.follow(self._gained, self._lost)
+            ownership.follow(self._gained, self._lost, self._wake.set)
 
     @property
     def decisions(self) -> Mapping[str, policy.FloorDecision]:
@@ -208,8 +215,13 @@ class Decider:
             self._relist -= due
             fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
             await self._decide_all(fast, now)
-            followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
-            await self._follow_all(followed)
+            if self._ownership is not None and not self._ownership.claimed:
+                # at start no lease is known yet: re-reading every target's decision as another
+                # replica's would be thrown away as this replica takes its leases (claimed wakes us)
+                self._stale |= stale.difference(fast)
+            else:
+                followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
+                await self._follow_all(followed)
             if self._relist:  # the slow lane: one slice, then look at the fast lane again
                 chunk = [self._relist.pop() for _ in range(min(len(self._relist), BATCH * IN_FLIGHT))]
                 await self._decide_all(sorted(t for t in chunk if self.decides(t)), self._clock.now())

@@ -54,13 +54,18 @@ class TargetLeases:
         self._held: dict[str, tuple[str, float]] = {}  # target -> (token, believed held until)
         self._gained: list[TargetCallback] = []
         self._lost: list[TargetCallback] = []
+        self._settled: list[Callable[[], None]] = []
+        self.claimed = False  # the first claim was answered: until then no target is known to be anyone's
         self._wake = asyncio.Event()
         self._failures = 0
 
-    def follow(self, gained: TargetCallback, lost: TargetCallback) -> None:
-        """Call `gained(target)` when this replica starts deciding a target, `lost(target)` when it stops."""
+    def follow(self, gained: TargetCallback, lost: TargetCallback, claimed: Callable[[], None] | None = None) -> None:
+        """Call `gained(target)` when this replica starts deciding a target, `lost(target)` when it
+        stops, and `claimed()` once the first claim is answered."""
         self._gained.append(gained)
         self._lost.append(lost)
+        if claimed is not None:
+            self._settled.append(claimed)
 
     def fence(self, target: str) -> str | None:
         """This replica's token for `target` while it holds the lease, else None."""
@@ -142,6 +147,10 @@ class TargetLeases:
             log.info("decider leases renewed again after %d failed attempts", self._failures)
         self._failures = 0
         self._expire(self._monotonic())
+        if not self.claimed:
+            self.claimed = True
+            for callback in self._settled:
+                callback()
         return max(0.0, next_claim - (self._monotonic() - began))
 
     def _settle(self, leases: Sequence[Lease], *, until: float, lead: bool) -> float:
