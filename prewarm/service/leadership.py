@@ -55,7 +55,7 @@ class TargetLeases:
         self._gained: list[TargetCallback] = []
         self._lost: list[TargetCallback] = []
         self._settled: list[Callable[[], None]] = []
-        self.claimed = False  # the first claim was answered: until then no target is known to be anyone's
+        self.claimed = False  # every target was claimed once: until then not every target is known to be anyone's
         self._wake = asyncio.Event()
         self._failures = 0
 
@@ -113,7 +113,7 @@ class TargetLeases:
         if letting_go:
             await self._give_up(letting_go)
         began = self._monotonic()
-        next_claim = self._renew_every
+        next_claim, complete = self._renew_every, True
         try:
             # what is held is renewed in bulk, all at once (the reply names only what was lost)
             renewing = {t: self._held[t][0] for t in wanted if t in self._held}
@@ -124,6 +124,11 @@ class TargetLeases:
             # the rest is claimed a chunk at a time, each chunk's leases counted from its own claim
             claiming = [t for t in wanted if t not in renewing or t in lost]
             for start in range(0, len(claiming), CLAIM_CHUNK):
+                if start and self._monotonic() - began > self._renew_every / 2:
+                    # claiming many (50,000 at start, with deciding busy on the same loop) must not
+                    # outlast what it already holds: renew those first, then claim on at once
+                    next_claim, complete = 0.0, False
+                    break
                 chunk = claiming[start : start + CLAIM_CHUNK]
                 sent = self._monotonic()
                 leases = await self._store.claim_leases(
@@ -147,7 +152,7 @@ class TargetLeases:
             log.info("decider leases renewed again after %d failed attempts", self._failures)
         self._failures = 0
         self._expire(self._monotonic())
-        if not self.claimed:
+        if complete and not self.claimed:  # every target claimed once
             self.claimed = True
             for callback in self._settled:
                 callback()
