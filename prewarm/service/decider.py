@@ -210,16 +210,17 @@ class Decider:
                 for target, decision in self._decisions.items()
                 if decision.next_change is not None and decision.next_change <= now and self.decides(target)
             }
-            stale = self._stale
-            self._dirty, self._stale = set(), set()
+            self._dirty = set()
             self._relist -= due
-            fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
-            await self._decide_all(fast, now)
             if self._ownership is not None and not self._ownership.claimed:
-                # at start no lease is known yet: re-reading every target's decision as another
-                # replica's would be thrown away as this replica takes its leases (claimed wakes us)
-                self._stale |= stale.difference(fast)
+                # at start, until every lease was claimed once: a target this replica takes is
+                # marked changed (due); re-reading the others' decisions waits (claimed wakes us),
+                # or most would be read as another replica's and thrown away as the leases come in
+                await self._decide_all(sorted(t for t in due if self.decides(t)), now)
             else:
+                stale, self._stale = self._stale, set()
+                fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
+                await self._decide_all(fast, now)
                 followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
                 await self._follow_all(followed)
             if self._relist:  # the slow lane: one slice, then look at the fast lane again
