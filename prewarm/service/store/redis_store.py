@@ -34,7 +34,7 @@ from prewarm.service.store.protocol import (
     StateUnavailable,
     arrival_minute,
 )
-from prewarm.service.store.redis_keys import DECISIONS_CHANNEL, key, ms, slot
+from prewarm.service.store.redis_keys import DECISIONS_CHANNEL, EncodedKeys, key, ms, slot
 from prewarm.service.store.redis_leases import RedisLeases
 from prewarm.service.store.redis_pubsub import Subscription
 
@@ -89,6 +89,8 @@ class RedisStore:
         self._dropped_listeners: list[DroppedListener] = []
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
+        self._sessions_key, self._batch_key = EncodedKeys("sessions"), EncodedKeys("batch")
+        self._decision_key, self._leader_key = EncodedKeys("decision"), EncodedKeys("leader")
         self._origin = secrets.token_hex(8)  # tags the decisions this store publishes (its echo is skipped)
         self._subscription = Subscription(
             client,
@@ -365,7 +367,7 @@ class RedisStore:
                 replies += [interactive, first[0][1] if first else "", batch, first_batch[0][1] if first_batch else ""]
                 replies.append(raw)
         else:
-            keys = [key(t, part) for t in targets for part in ("sessions", "batch", "decision")]
+            keys = [k for t in targets for k in (self._sessions_key(t), self._batch_key(t), self._decision_key(t))]
             async with self._calling():
                 replies = await self._inputs(keys=keys, args=[alive])
         inputs = []
@@ -408,7 +410,7 @@ class RedisStore:
             return [not isinstance(result, BaseException) for result in results]
         if not decisions:
             return []
-        keys = [key(d.target, part) for d, _ in decisions for part in ("decision", "leader")]
+        keys = [k for d, _ in decisions for k in (self._decision_key(d.target), self._leader_key(d.target))]
         args = [DECISIONS_CHANNEL, self._origin]
         args += [value for d, fence in decisions for value in (fence, encode_decision(d))]
         async with self._calling():
