@@ -150,23 +150,28 @@ return out
 
 # KEYS: per target its decision key then its leader key.
 # ARGV: the decisions channel, the saving store's origin, then per target its fence ('' for none)
-# and its encoded decision (published with its origin, as SAVE_DECISION does).
+# and its encoded decision.
 # Returns per target 1 (stored and published) or 0 (the fence no longer holds: nothing written).
+# The stored decisions are published in one message, one per line, each with its origin as
+# SAVE_DECISION does: a batch of 256 decisions is one message to relay, not 256.
 SAVE_DECISIONS = r"""
 if #KEYS % 2 ~= 0 or #ARGV ~= #KEYS + 2 then
   return redis.error_reply('ERR prewarm save decisions: malformed arguments')
 end
 local origin = '{"origin":"' .. ARGV[2] .. '",'
-local out = {}
+local out, lines = {}, {}
 for i = 1, #KEYS / 2 do
   local fence, text = ARGV[2 * i + 1], ARGV[2 * i + 2]
   if fence ~= '' and redis.call('GET', KEYS[2 * i]) ~= fence then
     out[i] = 0
   else
     redis.call('SET', KEYS[2 * i - 1], text)
-    redis.call('PUBLISH', ARGV[1], origin .. string.sub(text, 2))
+    lines[#lines + 1] = origin .. string.sub(text, 2)
     out[i] = 1
   end
+end
+if #lines > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(lines, '\n'))
 end
 return out
 """

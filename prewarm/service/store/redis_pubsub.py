@@ -124,6 +124,18 @@ class Subscription:
                 with contextlib.suppress(Exception):
                     await node_client.aclose()
 
+    def _relay_decision(self, line: bytes) -> None:
+        try:
+            decision = decode_decision(line)
+        except ValueError as e:
+            log.warning("ignored a malformed decision on %s: %s", DECISIONS_CHANNEL, e)
+            return
+        try:
+            for decision_listener in self._decision_listeners:
+                decision_listener(decision)
+        except Exception:  # one bad listener must not lose the rest of the batch
+            log.exception("could not relay the decision of %s", decision.target)
+
     def _relay(self, message: dict[str, Any]) -> None:
         try:
             channel = message["channel"].decode()
@@ -133,14 +145,9 @@ class Subscription:
                     for change_listener in self._change_listeners:
                         change_listener(target)
             elif channel == DECISIONS_CHANNEL:
-                if data.startswith(self._own):
+                if data.startswith(self._own):  # one store's batch: every line is ours
                     return
-                try:
-                    decision = decode_decision(data)
-                except ValueError as e:
-                    log.warning("ignored a malformed decision on %s: %s", DECISIONS_CHANNEL, e)
-                    return
-                for decision_listener in self._decision_listeners:
-                    decision_listener(decision)
+                for line in data.split(b"\n"):
+                    self._relay_decision(line)
         except Exception:  # one bad message or listener must not end the subscription
             log.exception("could not relay a message on %s", message.get("channel"))
