@@ -226,8 +226,8 @@ async def accept_to_floor(http_port: int, redis_url: str, events: int) -> dict[s
                     if time.perf_counter() - acked > 5.0:
                         raise RuntimeError("no decision published within 5 s")
                     continue
-                decision = json.loads(message["data"])
-                if decision["target"] == "bench/floor" and decision["floor"] == i + 1:
+                published = [json.loads(line) for line in message["data"].split(b"\n")]  # a batch per message
+                if any(d["target"] == "bench/floor" and d["floor"] == i + 1 for d in published):
                     samples.append(time.perf_counter() - acked)
                     break
     await pubsub.aclose()

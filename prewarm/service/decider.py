@@ -51,8 +51,15 @@ class Ownership(Protocol):
         """A write fenced with this replica's token was refused: it decides `target` no more."""
         ...
 
-    def follow(self, gained: Callable[[str], None], lost: Callable[[str], None]) -> None:
-        """Be told when this replica starts and stops deciding a target."""
+    @property
+    def claimed(self) -> bool:
+        """Whether the first claim was answered: before it, no target is known to be anyone's."""
+        ...
+
+    def follow(
+        self, gained: Callable[[str], None], lost: Callable[[str], None], claimed: Callable[[], None] | None = None
+    ) -> None:
+        """Be told when this replica starts and stops deciding a target, and once the first claim is answered."""
         ...
 
     def targets_changed(self) -> None:
@@ -106,7 +113,7 @@ class Decider:
         store.add_resync_listener(self.resync)
         if ownership is not None:
             store.add_decision_listener(self._heard)
-            ownership.follow(self._gained, self._lost)
+            ownership.follow(self._gained, self._lost, self._wake.set)
 
     @property
     def decisions(self) -> Mapping[str, policy.FloorDecision]:
@@ -203,13 +210,19 @@ class Decider:
                 for target, decision in self._decisions.items()
                 if decision.next_change is not None and decision.next_change <= now and self.decides(target)
             }
-            stale = self._stale
-            self._dirty, self._stale = set(), set()
+            self._dirty = set()
             self._relist -= due
-            fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
-            await self._decide_all(fast, now)
-            followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
-            await self._follow_all(followed)
+            if self._ownership is not None and not self._ownership.claimed:
+                # at start, until every lease was claimed once: a target this replica takes is
+                # marked changed (due); re-reading the others' decisions waits (claimed wakes us),
+                # or most would be read as another replica's and thrown away as the leases come in
+                await self._decide_all(sorted(t for t in due if self.decides(t)), now)
+            else:
+                stale, self._stale = self._stale, set()
+                fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
+                await self._decide_all(fast, now)
+                followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
+                await self._follow_all(followed)
             if self._relist:  # the slow lane: one slice, then look at the fast lane again
                 chunk = [self._relist.pop() for _ in range(min(len(self._relist), BATCH * IN_FLIGHT))]
                 await self._decide_all(sorted(t for t in chunk if self.decides(t)), self._clock.now())
@@ -301,7 +314,8 @@ class Decider:
             )
             made.append((policy.decide_floor(spec, signals, now, previous), previous, sessions.active))
         stored_ok = await self._store.save_decisions([(d, fences[d.target]) for d, _, _ in made])
-        seconds = (time.perf_counter() - began) / len(made)
+        if self._telemetry is not None:
+            self._telemetry.record_decision_batch(len(made), time.perf_counter() - began)
         decided: dict[str, policy.FloorDecision] = {}
         for (decision, previous, active), ok in zip(made, stored_ok, strict=True):
             target = decision.target
@@ -313,18 +327,16 @@ class Decider:
             self._decisions[target] = decision
             self._fresh.discard(target)
             decided[target] = decision
-            self._decided(decision, previous, active, seconds)
+            self._decided(decision, previous, active)
         return decided
 
-    def _decided(
-        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, active: int, seconds: float
-    ) -> None:
+    def _decided(self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, active: int) -> None:
         """Record a stored decision and queue it for the actuators if its floor changed; when an
         event with a trace changed the target, in a span that continues that trace (a relist of
         50,000 targets makes no 50,000 spans)."""
         target = decision.target
         if self._telemetry is not None:
-            self._telemetry.record_decision(decision, previous, active, seconds)
+            self._telemetry.record_decision(decision, previous, active)
         traceparent = self._traces.pop(target, None)
         if self._telemetry is None or traceparent is None:  # a span only where an event's trace goes on
             self._submit(decision, previous)

@@ -54,13 +54,18 @@ class TargetLeases:
         self._held: dict[str, tuple[str, float]] = {}  # target -> (token, believed held until)
         self._gained: list[TargetCallback] = []
         self._lost: list[TargetCallback] = []
+        self._settled: list[Callable[[], None]] = []
+        self.claimed = False  # every target was claimed once: until then not every target is known to be anyone's
         self._wake = asyncio.Event()
         self._failures = 0
 
-    def follow(self, gained: TargetCallback, lost: TargetCallback) -> None:
-        """Call `gained(target)` when this replica starts deciding a target, `lost(target)` when it stops."""
+    def follow(self, gained: TargetCallback, lost: TargetCallback, claimed: Callable[[], None] | None = None) -> None:
+        """Call `gained(target)` when this replica starts deciding a target, `lost(target)` when it
+        stops, and `claimed()` once the first claim is answered."""
         self._gained.append(gained)
         self._lost.append(lost)
+        if claimed is not None:
+            self._settled.append(claimed)
 
     def fence(self, target: str) -> str | None:
         """This replica's token for `target` while it holds the lease, else None."""
@@ -108,7 +113,7 @@ class TargetLeases:
         if letting_go:
             await self._give_up(letting_go)
         began = self._monotonic()
-        next_claim = self._renew_every
+        next_claim, complete = self._renew_every, True
         try:
             # what is held is renewed in bulk, all at once (the reply names only what was lost)
             renewing = {t: self._held[t][0] for t in wanted if t in self._held}
@@ -119,6 +124,11 @@ class TargetLeases:
             # the rest is claimed a chunk at a time, each chunk's leases counted from its own claim
             claiming = [t for t in wanted if t not in renewing or t in lost]
             for start in range(0, len(claiming), CLAIM_CHUNK):
+                if start and self._monotonic() - began > self._renew_every / 2:
+                    # claiming many (50,000 at start, with deciding busy on the same loop) must not
+                    # outlast what it already holds: renew those first, then claim on at once
+                    next_claim, complete = 0.0, False
+                    break
                 chunk = claiming[start : start + CLAIM_CHUNK]
                 sent = self._monotonic()
                 leases = await self._store.claim_leases(
@@ -142,6 +152,10 @@ class TargetLeases:
             log.info("decider leases renewed again after %d failed attempts", self._failures)
         self._failures = 0
         self._expire(self._monotonic())
+        if complete and not self.claimed:  # every target claimed once
+            self.claimed = True
+            for callback in self._settled:
+                callback()
         return max(0.0, next_claim - (self._monotonic() - began))
 
     def _settle(self, leases: Sequence[Lease], *, until: float, lead: bool) -> float:

@@ -108,14 +108,17 @@ return results
 """
 
 # KEYS: the target's decision key, then its lease key.
-# ARGV: the fencing token ('' for a store without leases), the decision (JSON), the channel.
+# ARGV: the fencing token ('' for a store without leases), the decision (JSON), the channel, the
+# saving store's origin.
 # Returns 1 when stored and published; 0, writing nothing, when the token is not the lease's.
+# The decision is stored as given and published with `"origin":"<origin>"` as its first member, so
+# the saving process skips its own echo without decoding it (it has told its listeners already).
 SAVE_DECISION = r"""
 if ARGV[1] ~= '' and redis.call('GET', KEYS[2]) ~= ARGV[1] then
   return 0
 end
 redis.call('SET', KEYS[1], ARGV[2])
-redis.call('PUBLISH', ARGV[3], ARGV[2])
+redis.call('PUBLISH', ARGV[3], '{"origin":"' .. ARGV[4] .. '",' .. string.sub(ARGV[2], 2))
 return 1
 """
 
@@ -146,22 +149,29 @@ return out
 """
 
 # KEYS: per target its decision key then its leader key.
-# ARGV: the decisions channel, then per target its fence ('' for none) and its encoded decision.
+# ARGV: the decisions channel, the saving store's origin, then per target its fence ('' for none)
+# and its encoded decision.
 # Returns per target 1 (stored and published) or 0 (the fence no longer holds: nothing written).
+# The stored decisions are published in one message, one per line, each with its origin as
+# SAVE_DECISION does: a batch of 256 decisions is one message to relay, not 256.
 SAVE_DECISIONS = r"""
-if #KEYS % 2 ~= 0 or #ARGV ~= #KEYS + 1 then
+if #KEYS % 2 ~= 0 or #ARGV ~= #KEYS + 2 then
   return redis.error_reply('ERR prewarm save decisions: malformed arguments')
 end
-local out = {}
+local origin = '{"origin":"' .. ARGV[2] .. '",'
+local out, lines = {}, {}
 for i = 1, #KEYS / 2 do
-  local fence, text = ARGV[2 * i], ARGV[2 * i + 1]
+  local fence, text = ARGV[2 * i + 1], ARGV[2 * i + 2]
   if fence ~= '' and redis.call('GET', KEYS[2 * i]) ~= fence then
     out[i] = 0
   else
     redis.call('SET', KEYS[2 * i - 1], text)
-    redis.call('PUBLISH', ARGV[1], text)
+    lines[#lines + 1] = origin .. string.sub(text, 2)
     out[i] = 1
   end
+end
+if #lines > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(lines, '\n'))
 end
 return out
 """

@@ -93,10 +93,12 @@ class Telemetry:
             unit="{session}",
             description="Live sessions dropped because the target's ledger was full (the first to expire go first)",
         )
+        # One sample per batch of targets decided together, no target label: a relist of 50,000
+        # targets makes neither 50,000 histogram series nor 50,000 instrument calls.
         self._decision_duration = meter.create_histogram(
             "prewarm.decision.duration",
             unit="s",
-            description="Time to decide one target",
+            description="Time to decide one target (the mean over each batch decided together)",
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
         self._actuation_duration = meter.create_histogram(
@@ -105,8 +107,10 @@ class Telemetry:
             description="Time to apply one floor",
             explicit_bucket_boundaries_advisory=FAST_BUCKETS,
         )
-        self._actuations = meter.create_counter(
+        self._actuation_counts: collections.Counter[tuple[str, str]] = collections.Counter()  # read at collection
+        meter.create_observable_counter(
             "prewarm.actuations",
+            callbacks=[self._observe_actuations],
             unit="{actuation}",
             description="Attempts to apply a floor, by outcome: applied, skipped, refused or error",
         )
@@ -285,23 +289,31 @@ class Telemetry:
         for target, hours in sorted(self._budgets.items()):
             yield Observation(hours, {"target": target})
 
+    def record_decision_batch(self, decided: int, seconds: float) -> None:
+        """`decided` targets were decided together in `seconds` (store reads, policy, save)."""
+        if decided:
+            self._decision_duration.record(seconds / decided)
+
     def record_decision(
-        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, sessions: int, seconds: float
+        self, decision: policy.FloorDecision, previous: policy.FloorDecision | None, sessions: int
     ) -> None:
-        label = {"target": self._target(decision.target)}
+        """A stored decision: the per-target gauges (read at collection) and intent raise outcomes."""
+        target = self._target(decision.target)
         # One non-zero series per target: the current source's. Summed over sources, it is the floor.
-        floors = self._floors.setdefault(label["target"], {})
-        for source in floors:
-            floors[source] = 0
-        floors[decision.source.value] = decision.floor
-        self._session_counts[label["target"]] = sessions
-        self._budgets[label["target"]] = decision.budget_used
-        self._decision_duration.record(seconds, label)
+        floors = self._floors.get(target)
+        if floors is None:
+            self._floors[target] = {decision.source.value: decision.floor}
+        else:
+            for source in floors:
+                floors[source] = 0
+            floors[decision.source.value] = decision.floor
+        self._session_counts[target] = sessions
+        self._budgets[target] = decision.budget_used
         before = 0 if previous is None else previous.floor
         if decision.floor > before and decision.source is policy.Source.INTENT:
             self._raises.setdefault(decision.target, _Raise(floor=decision.floor))
         elif decision.floor < before and decision.target in self._raises:
-            outcome = self._raise_outcomes[label["target"]]
+            outcome = self._raise_outcomes[target]
             outcome[0] += int(self._raises.pop(decision.target).used)
             outcome[1] += 1
 
@@ -329,8 +341,12 @@ class Telemetry:
 
     def record_actuation(self, actuator: str, outcome: str, seconds: float) -> None:
         """One attempt to apply a floor: `outcome` applied, skipped, refused or error."""
-        self._actuations.add(1, {"actuator": actuator, "outcome": outcome})
+        self._actuation_counts[(actuator, outcome)] += 1
         self._actuation_duration.record(seconds, {"actuator": actuator})
+
+    def _observe_actuations(self, options: CallbackOptions) -> Iterable[Observation]:
+        for (actuator, outcome), count in sorted(self._actuation_counts.items()):
+            yield Observation(count, {"actuator": actuator, "outcome": outcome})
 
     def record_actuation_retry(self, actuator: str) -> None:
         """A failed attempt was queued again with backoff."""

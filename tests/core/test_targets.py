@@ -673,3 +673,25 @@ def test_weights_name_the_model_in_yaml_and_need_model_and_source() -> None:
         "targets[1].weights.model: None is required with targets[1].weights.revision",
         "targets[1].weights.source: None is required with targets[1].weights.revision",
     ]
+
+
+def test_targets_with_the_same_settings_share_one_validation_yet_keep_their_own_names() -> None:
+    document = """
+targets:
+  - {name: a/one, kind: keda, max: 4, hold: 30s}
+  - {name: a/two, kind: keda, max: 4, hold: 30s}
+  - {name: a/three, kind: keda, max: 4, hold: 31s}
+  - {name: b/four, kind: knative, max: 4, hold: 30s}
+"""
+    one, two, three, four = targets.parse_config_document(document, source="t.yaml").targets
+    assert [str(spec.ref) for spec in (one, two, three, four)] == ["a/one", "a/two", "a/three", "b/four"]
+    assert three.hold == timedelta(seconds=31)
+    assert dataclasses.replace(two, ref=one.ref) == one
+    assert four.kind is TargetKind.KNATIVE and one.kind is TargetKind.KEDA
+    assert one.hold == timedelta(seconds=30)
+    # equal values of other types are not taken for the settings seen before (`true` is no integer)
+    with pytest.raises(ConfigError) as raised:
+        targets.parse_config_document(
+            "targets: [{name: a/one, kind: keda, max: 1}, {name: a/two, kind: keda, max: true}]", source="t.yaml"
+        )
+    assert "targets[1].max" in str(raised.value) and "targets[0]" not in str(raised.value)

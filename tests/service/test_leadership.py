@@ -99,6 +99,57 @@ async def test_leases_follow_the_targets_and_the_permission_to_lead(redis_server
         await store.close()
 
 
+async def test_a_replica_is_told_once_its_first_claim_is_answered_even_when_it_wins_nothing(
+    redis_server: RedisServer,
+) -> None:
+    """Until then the decider re-reads no other replica's decisions (every lease is unknown yet)."""
+    stores = [RedisStore.from_url(redis_server.url) for _ in range(2)]
+    a, b = (
+        leadership.TargetLeases(store.leases, holder=holder, targets=lambda: NAMES, ttl=5.0)
+        for store, holder in zip(stores, ("a", "b"), strict=True)
+    )
+    told: list[str] = []
+    for leases in (a, b):
+        leases.follow(lambda t: None, lambda t: None, lambda h=leases.holder: told.append(h))
+    try:
+        assert not a.claimed and not b.claimed
+        await a.campaign()
+        assert told == ["a"] and a.held == frozenset(NAMES) and not b.claimed
+        await b.campaign()
+        await b.campaign()
+        await a.campaign()
+        assert told == ["a", "b"] and b.claimed and b.held == frozenset()  # once each, winning nothing
+    finally:
+        for store in stores:
+            await store.close()
+
+
+async def test_claiming_many_targets_stops_to_renew_what_is_held_before_it_could_expire(
+    redis_server: RedisServer,
+) -> None:
+    """Each chunk's claim takes 1 s here (a loop busy deciding 50,000 targets): a campaign claims
+    for at most half a renewal period, then the next one renews what is held and claims on."""
+    store = RedisStore.from_url(redis_server.url)
+    many = [f"ml/model-{i}" for i in range(3 * leadership.CLAIM_CHUNK)]
+    now = [0.0]
+
+    def monotonic() -> float:
+        now[0] += 0.5  # every reading of the clock is half a second later
+        return now[0]
+
+    leases = leadership.TargetLeases(store.leases, holder="a", targets=lambda: many, ttl=4.0, monotonic=monotonic)
+    told: list[bool] = []
+    leases.follow(lambda t: None, lambda t: None, lambda: told.append(True))
+    try:
+        assert await leases.campaign() == 0.0  # one chunk claimed, then back at once
+        assert len(leases.held) == leadership.CLAIM_CHUNK and not leases.claimed and not told
+        while not leases.claimed:
+            assert await leases.campaign() == 0.0 or leases.claimed
+        assert leases.held == frozenset(many) and told == [True]  # nothing expired on the way
+    finally:
+        await store.close()
+
+
 async def test_leases_are_taken_once_renewed_and_handed_back(redis_server: RedisServer) -> None:
     stores = [RedisStore.from_url(redis_server.url) for _ in range(2)]
     events: list[tuple[str, str, str]] = []

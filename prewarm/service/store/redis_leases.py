@@ -12,7 +12,7 @@ import redis.asyncio.cluster as aioredis_cluster
 
 from prewarm.service import redis_scripts
 from prewarm.service.store.leases import Lease
-from prewarm.service.store.redis_keys import key, slot
+from prewarm.service.store.redis_keys import MAX_ENCODED_KEYS, EncodedKeys, slot
 
 MAX_LEASES_PER_CALL = 256
 MAX_RENEWALS_PER_CALL = 2048  # a renewal is one GET and one PEXPIRE: a short script even at this size
@@ -33,6 +33,9 @@ class RedisLeases:
         self._claim = client.register_script(redis_scripts.CLAIM_LEASES)
         self._release = client.register_script(redis_scripts.RELEASE_LEASES)
         self._renew = client.register_script(redis_scripts.RENEW_LEASES)
+        self._leader = EncodedKeys("leader")
+        self._epoch = EncodedKeys("epoch")
+        self._tokens: dict[str, bytes] = {}  # most targets share a token ("1|replica"): encoded once
 
     async def claim_leases(
         self, targets: Sequence[str], *, holder: str, held: Mapping[str, str], ttl: float, acquire: bool = True
@@ -45,7 +48,7 @@ class RedisLeases:
         results: list[Lease] = []
         ttl_ms = max(1, round(ttl * 1000))
         for chunk in self._slot_chunks(targets):
-            keys = [k for target in chunk for k in (key(target, "leader"), key(target, "epoch"))]
+            keys = [k for target in chunk for k in (self._leader(target), self._epoch(target))]
             args: list[str | int] = [holder, ttl_ms, 1 if acquire else 0, int(EPOCH_TTL.total_seconds())]
             args += [held.get(target, "") for target in chunk]
             async with self._calling():
@@ -70,7 +73,7 @@ class RedisLeases:
         async def renew(chunk: list[str]) -> list[str]:
             async with self._calling():
                 reply = await self._renew(
-                    keys=[key(t, "leader") for t in chunk], args=[ttl_ms, *(held[t] for t in chunk)]
+                    keys=[self._leader(t) for t in chunk], args=[ttl_ms, *(self._token(held[t]) for t in chunk)]
                 )
             return [chunk[int(position) - 1] for position in reply]
 
@@ -81,7 +84,15 @@ class RedisLeases:
         """Give up the leases `held` (target -> token) that still hold those tokens."""
         for chunk in self._slot_chunks(list(held)):
             async with self._calling():
-                await self._release(keys=[key(t, "leader") for t in chunk], args=[held[t] for t in chunk])
+                await self._release(keys=[self._leader(t) for t in chunk], args=[held[t] for t in chunk])
+
+    def _token(self, token: str) -> bytes:
+        encoded = self._tokens.get(token)
+        if encoded is None:
+            if len(self._tokens) >= MAX_ENCODED_KEYS:
+                self._tokens.clear()
+            encoded = self._tokens[token] = token.encode()
+        return encoded
 
     def _slot_chunks(self, targets: Sequence[str], *, per_call: int = 0) -> list[list[str]]:
         """Targets in groups one script call may name: a single server takes any, a Cluster one slot."""

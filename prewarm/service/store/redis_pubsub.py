@@ -28,12 +28,14 @@ RedisClient = aioredis.Redis | aioredis_cluster.RedisCluster
 class Subscription:
     """Relays `CHANGES_CHANNEL` and `DECISIONS_CHANNEL` messages to the listeners (the lists are
     the store's, read when the subscription starts) and calls `resync` once each (re)subscription
-    is confirmed, so whatever was announced in a gap is re-read."""
+    is confirmed, so whatever was announced in a gap is re-read. Decisions published with our
+    `origin` were saved through our store, which told the listeners then: their echo is skipped."""
 
     def __init__(
         self,
         client: RedisClient,
         *,
+        origin: str,
         deployment: redis_connection.RedisDeployment | None,
         prepare_cluster: Callable[[], Awaitable[None]],
         change_listeners: list[ChangeListener],
@@ -41,6 +43,7 @@ class Subscription:
         resync: Callable[[], None],
     ) -> None:
         self._client = client
+        self._own = b'{"origin":"' + origin.encode() + b'",'  # decisions saved through our store: told already
         self._deployment = deployment
         self._prepare_cluster = prepare_cluster
         self._change_listeners = change_listeners
@@ -121,6 +124,18 @@ class Subscription:
                 with contextlib.suppress(Exception):
                     await node_client.aclose()
 
+    def _relay_decision(self, line: bytes) -> None:
+        try:
+            decision = decode_decision(line)
+        except ValueError as e:
+            log.warning("ignored a malformed decision on %s: %s", DECISIONS_CHANNEL, e)
+            return
+        try:
+            for decision_listener in self._decision_listeners:
+                decision_listener(decision)
+        except Exception:  # one bad listener must not lose the rest of the batch
+            log.exception("could not relay the decision of %s", decision.target)
+
     def _relay(self, message: dict[str, Any]) -> None:
         try:
             channel = message["channel"].decode()
@@ -130,12 +145,9 @@ class Subscription:
                     for change_listener in self._change_listeners:
                         change_listener(target)
             elif channel == DECISIONS_CHANNEL:
-                try:
-                    decision = decode_decision(data)
-                except ValueError as e:
-                    log.warning("ignored a malformed decision on %s: %s", DECISIONS_CHANNEL, e)
+                if data.startswith(self._own):  # one store's batch: every line is ours
                     return
-                for decision_listener in self._decision_listeners:
-                    decision_listener(decision)
+                for line in data.split(b"\n"):
+                    self._relay_decision(line)
         except Exception:  # one bad message or listener must not end the subscription
             log.exception("could not relay a message on %s", message.get("channel"))

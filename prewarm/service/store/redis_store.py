@@ -6,6 +6,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import secrets
 from collections.abc import AsyncIterator, Sequence
 from datetime import UTC, datetime
 from typing import Any
@@ -33,7 +34,7 @@ from prewarm.service.store.protocol import (
     StateUnavailable,
     arrival_minute,
 )
-from prewarm.service.store.redis_keys import DECISIONS_CHANNEL, key, ms, slot
+from prewarm.service.store.redis_keys import DECISIONS_CHANNEL, EncodedKeys, key, ms, slot
 from prewarm.service.store.redis_leases import RedisLeases
 from prewarm.service.store.redis_pubsub import Subscription
 
@@ -88,8 +89,12 @@ class RedisStore:
         self._dropped_listeners: list[DroppedListener] = []
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
+        self._sessions_key, self._batch_key = EncodedKeys("sessions"), EncodedKeys("batch")
+        self._decision_key, self._leader_key = EncodedKeys("decision"), EncodedKeys("leader")
+        self._origin = secrets.token_hex(8)  # tags the decisions this store publishes (its echo is skipped)
         self._subscription = Subscription(
             client,
+            origin=self._origin,
             deployment=deployment,
             prepare_cluster=self._initialize_cluster,
             change_listeners=self._change_listeners,
@@ -335,9 +340,10 @@ class RedisStore:
         text = encode_decision(decision)
         keys = [key(decision.target, "decision"), key(decision.target, "leader")]
         async with self._calling():
-            stored = await self._save(keys=keys, args=[fence, text, DECISIONS_CHANNEL])
+            stored = await self._save(keys=keys, args=[fence, text, DECISIONS_CHANNEL, self._origin])
         if not int(stored):
             raise LeaseLost(f"{decision.target}: lease token {fence!r} is no longer the holder's")
+        self._tell_own([decision])
 
     async def decision_inputs(
         self, targets: Sequence[str], now: datetime
@@ -361,7 +367,7 @@ class RedisStore:
                 replies += [interactive, first[0][1] if first else "", batch, first_batch[0][1] if first_batch else ""]
                 replies.append(raw)
         else:
-            keys = [key(t, part) for t in targets for part in ("sessions", "batch", "decision")]
+            keys = [k for t in targets for k in (self._sessions_key(t), self._batch_key(t), self._decision_key(t))]
             async with self._calling():
                 replies = await self._inputs(keys=keys, args=[alive])
         inputs = []
@@ -404,11 +410,24 @@ class RedisStore:
             return [not isinstance(result, BaseException) for result in results]
         if not decisions:
             return []
-        keys = [key(d.target, part) for d, _ in decisions for part in ("decision", "leader")]
-        args = [DECISIONS_CHANNEL] + [value for d, fence in decisions for value in (fence, encode_decision(d))]
+        keys = [k for d, _ in decisions for k in (self._decision_key(d.target), self._leader_key(d.target))]
+        args = [DECISIONS_CHANNEL, self._origin]
+        args += [value for d, fence in decisions for value in (fence, encode_decision(d))]
         async with self._calling():
             stored = await self._save_many(keys=keys, args=args)
-        return [bool(int(one)) for one in stored]
+        saved = [bool(int(one)) for one in stored]
+        self._tell_own([d for (d, _), ok in zip(decisions, saved, strict=True) if ok])
+        return saved
+
+    def _tell_own(self, saved: Sequence[policy.FloorDecision]) -> None:
+        """Hand this store's own saved decisions to its listeners at once: the subscription skips
+        their echo (its origin is ours) instead of decoding every decision it just encoded."""
+        for decision in saved:
+            for listener in self._decision_listeners:
+                try:
+                    listener(decision)
+                except Exception:  # one listener must not fail the save that already happened
+                    log.exception("a decision listener failed for %s", decision.target)
 
     # --- health ---
 

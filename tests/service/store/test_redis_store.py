@@ -378,19 +378,48 @@ async def test_decisions_are_read_and_written_a_batch_per_round_trip(redis_serve
     store = build_store(redis_server.url)
     assert isinstance(store, RedisStore)
     names = [f"ml/model-{i}" for i in range(5)]
+    other = build_store(redis_server.url)  # another replica on the same Redis
     heard: list[policy.FloorDecision] = []
+    heard_by_other: list[policy.FloorDecision] = []
     store.add_decision_listener(heard.append)
+    other.add_decision_listener(heard_by_other.append)
+    raw = aioredis.Redis.from_url(redis_server.url)
+    published = raw.pubsub(ignore_subscribe_messages=True)
     try:
+        await published.subscribe("prewarm:decisions")
         await store.start()
+        await other.start()
         await store.record_intents([intent(f"e{i}", target=name) for i, name in enumerate(names[:3])])
         leases = await store.leases.claim_leases(names, holder="replica-a", held={}, ttl=5)
         assert {lease.token for lease in leases} == {"1|replica-a"}
         await check_batched_decisions(store, names, fence="1|replica-a")
-        await wait_for(lambda: len(heard) == len(names) - 1)  # each stored decision is published
+        # each stored decision is published: the other replica decodes it; the saving store told its
+        # own listeners when it saved and skips the echo (each decision heard once, none refused)
+        assert [d.target for d in heard] == names[:-1]
+        await wait_for(lambda: len(heard_by_other) == len(names) - 1)
+        assert heard_by_other == heard
+        # the batch went out as one message, a decision per line, each naming its origin
+        messages: list[dict[str, Any]] = []
+
+        async def one_published() -> bool:
+            message = await published.get_message(timeout=0.1)  # None also for the subscribe confirmation
+            messages.extend([message] if message is not None else [])
+            return bool(messages)
+
+        await wait_for_async(one_published)
+        [message] = messages
+        assert len(message["data"].split(b"\n")) == len(names) - 1
+        assert all(line.startswith(b'{"origin":"') for line in message["data"].split(b"\n"))
+        await store.save_decision(heard[0], fence="1|replica-a")  # one at a time: the same
+        await wait_for(lambda: len(heard_by_other) == len(names))
+        assert heard == heard_by_other
         sessions = [s.active for s, _ in await store.decision_inputs(names, T0)]
         assert sessions == [1, 1, 1, 0, 0]
     finally:
+        await published.aclose()
+        await raw.aclose()
         await store.close()
+        await other.close()
 
 
 async def test_prewarm_serve_decides_on_a_cluster(redis_cluster: RedisCluster, tmp_path: Path) -> None:
