@@ -7,8 +7,9 @@ the chosen settings. Every `check` (5 min) it closes the loop on what users met:
 cold-start share over the last hour drifts above its objective it moves one step down the target's
 curve (fewer cold starts, more warm hours); when it is well below, one step back toward the tuned
 setting, never cheaper than it. Every `check` it also holds each fleet budget as a cap: what is left
-of the day's pre-warm replica-hours becomes per-target budgets (`core/fleet_budget.py`). The decider
-asks `effective(spec)` before each decision.
+of the day's pre-warm replica-hours becomes per-target budgets, and when the cap binds cheaper
+settings down each target's hull (`core/fleet_budget.py`). The decider asks `effective(spec)`
+before each decision.
 """
 
 from __future__ import annotations
