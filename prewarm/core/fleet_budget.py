@@ -118,8 +118,9 @@ def share_rungs(
     falls over its hours): traffic that grew is seen before the budget runs out. When that fits,
     each member keeps its tuned setting and gets what it expects and the spare in proportion; when
     it does not, every member starts at its cheapest rung and the hours left buy rungs, the step
-    that saves the most cold starts per hour first; the first step that does not fit gets what is
-    left (that member decides on the higher rung until its budget runs out).
+    that saves the most cold starts per hour first; the first step that does not fit is not taken,
+    its member gets what is left as headroom on its rung (on the higher rung it would run out and
+    stop before midnight, which stepping down is there to avoid).
     """
     done = done_share(profile, now)
     used = sum(m.used for m in members)
@@ -152,8 +153,11 @@ def share_rungs(
     while steps and left > _EPSILON:  # the hull's steps fall in rate, so this walks them in rate order
         _, name, i = heapq.heappop(steps)
         cost = rungs[name][i + 1][0] - rungs[name][i][0]
+        if cost > left + _EPSILON:  # the first step that does not fit: what is left is headroom on its rung
+            bought[name] += left
+            break
         at[name] = i + 1
-        bought[name] += min(cost, left)  # the first step that does not fit gets what is left
+        bought[name] += cost
         left -= cost
         offer(name)
     return {m.target: Grant(m.used + bought[m.target], at[m.target]) for m in members}

@@ -65,11 +65,11 @@ LADDER_B = ((4.0, 100.0), (14.0, 50.0), (24.0, 30.0))
     [
         (48.0, {"a": fleet_budget.Grant(24.0, 2), "b": fleet_budget.Grant(24.0, 2)}),
         (36.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(18.0, 1)}),
-        (33.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(15.0, 1)}),
-        (27.0, {"a": fleet_budget.Grant(15.0, 1), "b": fleet_budget.Grant(12.0, 0)}),
+        (33.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(15.0, 0)}),
+        (30.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(12.0, 0)}),
         (20.0, {"a": fleet_budget.Grant(12.0, 0), "b": fleet_budget.Grant(12.0, 0)}),
     ],
-    ids=["fits", "binds-both-step-down", "binds-partial-step", "binds-best-step-first", "over"],
+    ids=["fits", "binds-both-step-down", "binds-headroom-below-a-step", "binds-best-step-first", "over"],
 )
 def test_a_binding_cap_steps_every_member_down_its_ladder(
     budget: float, expected: dict[str, fleet_budget.Grant]
