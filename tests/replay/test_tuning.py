@@ -247,7 +247,9 @@ def test_a_fleet_cap_changes_nothing_it_need_not_and_holds_every_day_it_binds() 
         assert free[request.name] == alone
     _, daily = tuned_runs.capped_floors(replay, tuned, result, curves, budget=10.0, start=start)
     assert [day for day, _ in daily] == ["2024-03-07"]
-    assert daily[0][1] == pytest.approx(10.0, abs=1e-6)  # wants far more: spent to the cap, not past it
+    # wants far more: spent to the cap, never past it (a target stepped down to a cheaper rung may
+    # leave a little of its headroom unspent at midnight)
+    assert 9.9 <= daily[0][1] <= 10.0 + 1e-6
     assert tuned_runs.daily_floor_hours(free.values(), replay.window)[0][1] > 20.0
 
 
