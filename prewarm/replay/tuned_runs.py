@@ -321,18 +321,45 @@ def marginal_gain(curve: tuning.TargetCurve, setting: tuning.Setting) -> float:
     return max(0.0, before.cold_starts - after.cold_starts) / max(hours, 1e-9)
 
 
+def ladder(curve: tuning.TargetCurve, setting: tuning.Setting) -> list[tuple[tuning.Setting, tuning.Score]]:
+    """`curve`'s lower hull from its cheapest setting up to `setting`: the settings a fleet cap may
+    step the target down to (just `setting` when it is not on the hull)."""
+    hull = tuning.lower_hull(curve)
+    settings = [s for s, _ in hull]
+    if setting not in settings:
+        return [(setting, curve.scores[setting])] if setting in curve.scores else []
+    return hull[: settings.index(setting) + 1]
+
+
+def fleet_member(
+    name: str, spent: float, choice: tuning.Choice | None, curve: tuning.TargetCurve | None
+) -> tuple[fleet_budget.FleetMember, list[tuning.Setting]]:
+    """One target as a member for `fleet_budget.share_rungs`: its spend so far, its tuned setting's
+    predicted hours as the rate it keeps, that setting's marginal gain and the ladder down its hull;
+    with the settings of the ladder's rungs."""
+    if choice is None:
+        return fleet_budget.FleetMember(name, spent, 0.0, 0.0), []
+    rungs = [] if curve is None else ladder(curve, choice.setting)
+    gain = 0.0 if curve is None else marginal_gain(curve, choice.setting)
+    member = fleet_budget.FleetMember(
+        name,
+        spent,
+        choice.predicted.warm_hours_per_day / 24.0,
+        gain,
+        tuple((score.warm_hours_per_day, float(score.cold_starts)) for _, score in rungs) if len(rungs) > 1 else (),
+    )
+    return member, [s for s, _ in rungs] if len(rungs) > 1 else []
+
+
 def fleet_members(
     result: tuning.TuningResult, curves: Mapping[str, tuning.TargetCurve], used: Mapping[str, float]
-) -> list[fleet_budget.FleetMember]:
-    """The fleet's members for `fleet_budget.share_budget`: each target's spend so far, its tuned
-    setting's predicted hours as the rate it keeps, and that setting's marginal gain."""
-    members = []
+) -> tuple[list[fleet_budget.FleetMember], dict[str, list[tuning.Setting]]]:
+    """The fleet's members for `fleet_budget.share_rungs` (`fleet_member`), and each one's rungs."""
+    members, rungs = [], {}
     for name, spent in sorted(used.items()):
-        choice = result.choices.get(name)
-        hours = 0.0 if choice is None else choice.predicted.warm_hours_per_day
-        gain = 0.0 if choice is None or name not in curves else marginal_gain(curves[name], choice.setting)
-        members.append(fleet_budget.FleetMember(name, spent, hours / 24.0, gain))
-    return members
+        member, rungs[name] = fleet_member(name, spent, result.choices.get(name), curves.get(name))
+        members.append(member)
+    return members, rungs
 
 
 def capped_floors(
@@ -345,13 +372,20 @@ def capped_floors(
     start: float,
 ) -> tuple[dict[str, simulation.FloorSteps], tuple[tuple[str, float], ...]]:
     """Every target's floor under the fleet cap, decided as the live decider does: every
-    `CAP_CHECK_SECONDS` the fleet's pre-warm spend today is shared out (`fleet_budget.share_budget`)
-    into per-target budgets that `decide_floor` holds. Also each scored UTC day's pre-warm spend."""
+    `CAP_CHECK_SECONDS` the fleet's pre-warm spend today is shared out (`fleet_budget.share_rungs`)
+    into per-target budgets that `decide_floor` holds and the rung of each target's ladder it
+    decides with. Also each scored UTC day's pre-warm spend."""
     forecast = replay.prepare_forecast()
-    replicas = {
-        name: replay.forecast_replicas(spec, name) if spec.forecast.enabled else None for name, spec in specs.items()
-    }
-    profile = spend_profile(replay, specs, replicas, tuning_window(replay, replay.settings.tune_days))
+    replicas: dict[tuple[str, tuning.Setting], np.ndarray | None] = {}
+
+    def series_of(name: str, spec: targets.TargetSpec) -> np.ndarray | None:
+        key = (name, tuning.Setting.of(spec))
+        if key not in replicas:
+            replicas[key] = replay.forecast_replicas(spec, name) if spec.forecast.enabled else None
+        return replicas[key]
+
+    tuned_replicas = {name: series_of(name, spec) for name, spec in specs.items()}
+    profile = spend_profile(replay, specs, tuned_replicas, tuning_window(replay, replay.settings.tune_days))
     previous: dict[str, policy.FloorDecision | None] = dict.fromkeys(specs)
     changes: dict[str, list[tuple[float, int]]] = {name: [] for name in specs}
     end = replay.window.end
@@ -360,13 +394,16 @@ def capped_floors(
         until = min(end, (math.floor(at / CAP_CHECK_SECONDS) + 1) * CAP_CHECK_SECONDS)
         now = evaluator.utc_datetime(at)
         used = {name: policy.spent_today(decision, now) for name, decision in previous.items()}
-        members = fleet_members(result, curves, used)
-        shares = fleet_budget.share_budget(budget=budget, members=members, now=now, profile=profile)
+        members, rungs = fleet_members(result, curves, used)
+        grants = fleet_budget.share_rungs(budget=budget, members=members, now=now, profile=profile)
+        shares = {name: grant.budget for name, grant in grants.items()}
         lo = max(0, int(at // 60) - forecast.first_minute)
         hi = int(until // 60) - forecast.first_minute + 1
         for name, spec in specs.items():
+            if rungs.get(name) and name in grants:
+                spec = rungs[name][grants[name].rung].apply(spec)
             capped = dataclasses.replace(spec, budget=fleet_budget.capped_budget(spec.budget, shares, name))
-            series = replicas[name]
+            series = series_of(name, spec)
             span, previous[name] = evaluator.decision_changes(
                 capped,
                 start=at,

@@ -7,8 +7,9 @@ the chosen settings. Every `check` (5 min) it closes the loop on what users met:
 cold-start share over the last hour drifts above its objective it moves one step down the target's
 curve (fewer cold starts, more warm hours); when it is well below, one step back toward the tuned
 setting, never cheaper than it. Every `check` it also holds each fleet budget as a cap: what is left
-of the day's pre-warm replica-hours becomes per-target budgets (`core/fleet_budget.py`). The decider
-asks `effective(spec)` before each decision.
+of the day's pre-warm replica-hours becomes per-target budgets, and when the cap binds cheaper
+settings down each target's hull (`core/fleet_budget.py`). The decider asks `effective(spec)`
+before each decision.
 """
 
 from __future__ import annotations
@@ -102,6 +103,7 @@ class Tuner:
         self._profile: tuple[float, ...] | None = None  # how a day's fleet spend falls over its hours
         self._decisions = decisions  # each target's current decision: what it spent today
         self._shares: dict[str, float] = {}  # each fleet target's budget for today under its fleet's cap
+        self._rungs: dict[str, tuning.Setting] = {}  # the cheaper setting a binding cap stepped a target down to
         self._samples: dict[str, collections.deque[tuple[datetime, int, int]]] = {}
         self.tuned_at: datetime | None = None
 
@@ -119,7 +121,7 @@ class Tuner:
         tuned = self._tuned.get(str(spec.ref))
         if tuned is None or not self.tunable(spec):
             return spec, ""
-        setting = tuned.ladder[tuned.step].apply(spec)
+        setting = self._rungs.get(str(spec.ref), tuned.ladder[tuned.step]).apply(spec)
         capped = fleet_budget.capped_budget(spec.budget, self._shares, str(spec.ref))
         if capped != spec.budget:
             setting = dataclasses.replace(setting, budget=capped)
@@ -144,7 +146,7 @@ class Tuner:
         return {
             "objective": choice.objective,
             "fleet": choice.fleet,
-            "setting": tuned.ladder[tuned.step].describe(),
+            "setting": self._rungs.get(target, tuned.ladder[tuned.step]).describe(),
             "tuned_setting": choice.setting.describe(),
             "predicted_cold_start_fraction": choice.predicted.cold_share,
             "predicted_warm_replica_hours_per_day": choice.predicted.warm_hours_per_day,
@@ -217,32 +219,32 @@ class Tuner:
 
     def share_fleet_budgets(self, now: datetime) -> None:
         """Hold each fleet budget as a cap: share what is left of today's pre-warm hours among the
-        fleet's tuned targets (`fleet_budget.share_budget`), as per-target budgets the decider
-        enforces; re-decide the targets whose share changed."""
+        fleet's tuned targets (`fleet_budget.share_rungs`), as per-target budgets the decider
+        enforces and, when the cap binds, cheaper settings down each target's hull; re-decide the
+        targets whose share or setting changed."""
         if self._decisions is None:
             return
         shares: dict[str, float] = {}
+        rungs: dict[str, tuning.Setting] = {}
         for fleet, budget in self._fleets.items():
-            used = {
-                name: policy.spent_today(self._decisions(name), now)
-                for name, tuned in self._tuned.items()
-                if tuned.choice.fleet == fleet and tuned.choice.objective is None
-            }
-            members = [
-                fleet_budget.FleetMember(
-                    name,
-                    spent,
-                    self._tuned[name].choice.predicted.warm_hours_per_day / 24.0,
-                    tuned_runs.marginal_gain(self._curves[name], self._tuned[name].choice.setting)
-                    if name in self._curves
-                    else 0.0,
-                )
-                for name, spent in sorted(used.items())
-            ]
-            shares.update(fleet_budget.share_budget(budget=budget, members=members, now=now, profile=self._profile))
+            members, ladders = [], {}
+            for name, tuned in sorted(self._tuned.items()):
+                if tuned.choice.fleet != fleet or tuned.choice.objective is not None:
+                    continue
+                spent = policy.spent_today(self._decisions(name), now)
+                member, ladders[name] = tuned_runs.fleet_member(name, spent, tuned.choice, self._curves.get(name))
+                members.append(member)
+            grants = fleet_budget.share_rungs(budget=budget, members=members, now=now, profile=self._profile)
+            for name, grant in grants.items():
+                shares[name] = grant.budget
+                if ladders[name] and ladders[name][grant.rung] != self._tuned[name].choice.setting:
+                    rungs[name] = ladders[name][grant.rung]
         before, self._shares = self._shares, shares
+        stepped, self._rungs = self._rungs, rungs
         for name in sorted(set(before) | set(shares)):
-            if abs(before.get(name, -1.0) - shares.get(name, -1.0)) > 1e-6:
+            if abs(before.get(name, -1.0) - shares.get(name, -1.0)) > 1e-6 or stepped.get(name) != rungs.get(name):
+                if name in rungs and stepped.get(name) != rungs[name]:
+                    log.info("fleet cap binds: %s steps down to %s", name, rungs[name].describe())
                 self._on_change(name)
 
     def check_objectives(self, now: datetime) -> None:

@@ -53,6 +53,39 @@ def test_share_budget(budget: float, members: list[FleetMember], expected: dict[
     assert sum(shares.values()) <= max(budget, sum(m.used for m in members)) + 1e-9
 
 
+# Two members each expecting 12 more hours at their tuned setting (the top rung, 24 warm h/day),
+# whose ladders scale to 0, 6 and 12 hours for the rest of the day. Steps saving 60/6 (a) and 50/6
+# (b) cold starts per hour come before the top steps (20/6 each).
+LADDER_A = ((4.0, 100.0), (14.0, 40.0), (24.0, 20.0))
+LADDER_B = ((4.0, 100.0), (14.0, 50.0), (24.0, 30.0))
+
+
+@pytest.mark.parametrize(
+    ("budget", "expected"),
+    [
+        (48.0, {"a": fleet_budget.Grant(24.0, 2), "b": fleet_budget.Grant(24.0, 2)}),
+        (36.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(18.0, 1)}),
+        (33.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(15.0, 0)}),
+        (30.0, {"a": fleet_budget.Grant(18.0, 1), "b": fleet_budget.Grant(12.0, 0)}),
+        (20.0, {"a": fleet_budget.Grant(12.0, 0), "b": fleet_budget.Grant(12.0, 0)}),
+    ],
+    ids=["fits", "binds-both-step-down", "binds-headroom-below-a-step", "binds-best-step-first", "over"],
+)
+def test_a_binding_cap_steps_every_member_down_its_ladder(
+    budget: float, expected: dict[str, fleet_budget.Grant]
+) -> None:
+    members = [FleetMember("a", 12.0, 1.0, 2.0, LADDER_A), FleetMember("b", 12.0, 1.0, 2.0, LADDER_B)]
+    grants = fleet_budget.share_rungs(budget=budget, members=members, now=NOON)
+    assert {n: g.rung for n, g in grants.items()} == {n: g.rung for n, g in expected.items()}
+    assert {n: g.budget for n, g in grants.items()} == pytest.approx({n: g.budget for n, g in expected.items()})
+    assert sum(g.budget for g in grants.values()) <= max(budget, 24.0) + 1e-9
+
+
+def test_a_ladder_runs_cheapest_first() -> None:
+    with pytest.raises(ValueError, match="cheapest first"):
+        FleetMember("a", 0.0, 1.0, 1.0, ((10.0, 5.0), (4.0, 9.0)))
+
+
 @pytest.mark.parametrize("bad", [-1.0, float("nan"), float("inf")], ids=["negative", "nan", "inf"])
 def test_a_member_needs_finite_non_negative_numbers(bad: float) -> None:
     with pytest.raises(ValueError, match=r"FleetMember\.rate must be a finite number >= 0"):
