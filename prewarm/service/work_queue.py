@@ -14,6 +14,7 @@ from __future__ import annotations
 import asyncio
 import collections
 import heapq
+import math
 from datetime import timedelta
 
 from prewarm.service import backoff, clock
@@ -125,15 +126,20 @@ class WorkQueue:
         while not self._shut:
             self._timer_wake.clear()
             now = self._now()
-            # clocks keep microseconds: a due time within one of now is due (else the wait below
-            # would return at once without the key becoming due, forever)
-            while self._delayed and self._delayed[0][0] <= now + 1e-6:
+            # clocks keep microseconds and the wait below is rounded down to one: a due time within
+            # two of now is due (else the wait would return at once without the key becoming due,
+            # forever; rounded up, a clock set exactly to the due time could miss it by one)
+            while self._delayed and self._delayed[0][0] <= now + 2e-6:
                 due, _, key = heapq.heappop(self._delayed)
                 if self._due.get(key) == due:
                     del self._due[key]
                     self.add(key)
             deadline = None if not self._delayed else self._delayed[0][0]
-            at = None if deadline is None else self._clock.now() + timedelta(seconds=max(0.0, deadline - now))
+            at = (
+                None
+                if deadline is None
+                else self._clock.now() + timedelta(microseconds=math.floor(max(0.0, deadline - now) * 1e6))
+            )
             await self._clock.wait_until(at, self._timer_wake)
 
     def shut_down(self) -> None:

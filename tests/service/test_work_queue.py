@@ -76,3 +76,20 @@ async def test_shutdown_releases_waiting_workers() -> None:
         await asyncio.wait_for(waiting, 1)
     q.add("late")
     assert len(q) == 0
+
+
+async def test_a_delayed_key_is_due_when_the_clock_is_set_to_its_delay_whatever_its_rounding() -> None:
+    # delays with sub-microsecond parts round either way; a clock moved by exactly the delay must
+    # release the key (the timer's wait is rounded to the clock's microseconds)
+    for tenths in range(10):
+        q, manual = queue()
+        timers = asyncio.create_task(q.run_timers())
+        try:
+            delay = 0.031234 + tenths * 1e-7 + 0.45e-6
+            q.add_after("a", delay)
+            getting = asyncio.create_task(q.get())
+            await wait_for(lambda: bool(manual.deadlines))  # noqa: B023 - polled within this iteration
+            manual.advance(timedelta(seconds=delay))
+            assert await asyncio.wait_for(getting, 1) == "a", delay
+        finally:
+            timers.cancel()
