@@ -494,6 +494,26 @@ async def wait_for_async(predicate: Callable[[], Awaitable[bool]], *, within: fl
         await asyncio.sleep(0.001)
 
 
+async def post_session_opened(http: Any, port: int, *, target: str, event_id: str, source: str, within: float) -> int:
+    """POST one session-opened CloudEvent (session = event id) to a serve listener on loopback:
+    its HTTP status, or 0 when it is not answered within `within` seconds."""
+    body = {
+        "specversion": "1.0",
+        "type": "dev.prewarm.session.opened",
+        "source": source,
+        "id": event_id,
+        "data": {"target": target, "session": event_id},
+    }
+    try:
+        async with asyncio.timeout(within):
+            response = await http.post(
+                f"http://127.0.0.1:{port}/events", json=body, headers={"Content-Type": "application/cloudevents+json"}
+            )
+            return int(response.status)
+    except TimeoutError:
+        return 0
+
+
 CHROMIUM_FLAGS = (
     "--headless",
     "--no-sandbox",

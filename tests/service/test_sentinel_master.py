@@ -18,7 +18,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support import SentinelGroup, free_port, wait_for, wait_for_async
+from support import SentinelGroup, free_port, post_session_opened, wait_for, wait_for_async
 
 from prewarm.core import ledger
 from prewarm.service import clock, composition, redis_connection, sentinel_master
@@ -63,24 +63,10 @@ async def planned_failover_under_load(
     statuses: dict[str, int] = {}
 
     async def send(http: aiohttp.ClientSession, port: int, event_id: str) -> None:
-        body = {
-            "specversion": "1.0",
-            "type": "dev.prewarm.session.opened",
-            "source": "/planned-failover",
-            "id": event_id,
-            "data": {"target": "ml/chat", "session": event_id},
-        }
         statuses[event_id] = 0
-        try:
-            async with asyncio.timeout(bound):
-                response = await http.post(
-                    f"http://127.0.0.1:{port}/events",
-                    json=body,
-                    headers={"Content-Type": "application/cloudevents+json"},
-                )
-                statuses[event_id] = response.status
-        except TimeoutError:
-            pass
+        statuses[event_id] = await post_session_opened(
+            http, port, target="ml/chat", event_id=event_id, source="/planned-failover", within=bound
+        )
 
     old_master = group.master_port()
     async with (

@@ -14,7 +14,7 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support import RedisCluster, RedisServer, SentinelGroup, wait_for, wait_for_async
+from support import RedisCluster, RedisServer, SentinelGroup, post_session_opened, wait_for, wait_for_async
 
 from prewarm.core import ledger, policy, targets
 from prewarm.service import clock, composition, redis_connection
@@ -199,24 +199,10 @@ async def failover_under_load(group: SentinelGroup, tmp_path: Path, *, wait_repl
     statuses: dict[str, int] = {}
 
     async def send(http: aiohttp.ClientSession, port: int, event_id: str) -> None:
-        body = {
-            "specversion": "1.0",
-            "type": "dev.prewarm.session.opened",
-            "source": "/failover",
-            "id": event_id,
-            "data": {"target": "ml/chat", "session": event_id},
-        }
         statuses[event_id] = 0
-        try:
-            async with asyncio.timeout(5):
-                response = await http.post(
-                    f"http://127.0.0.1:{port}/events",
-                    json=body,
-                    headers={"Content-Type": "application/cloudevents+json"},
-                )
-                statuses[event_id] = response.status
-        except TimeoutError:
-            pass
+        statuses[event_id] = await post_session_opened(
+            http, port, target="ml/chat", event_id=event_id, source="/failover", within=5
+        )
 
     async with (
         composition.run_service(options, clock=clock.SystemClock(), out=io.StringIO()) as service,
