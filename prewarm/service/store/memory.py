@@ -8,35 +8,29 @@ from datetime import UTC, datetime
 
 from prewarm.core import ledger, policy
 from prewarm.service.store.leases import LeaseStore
+from prewarm.service.store.listeners import StoreListeners
 from prewarm.service.store.protocol import (
     ARRIVAL_HISTORY,
     DEDUP_TTL,
-    ChangeListener,
-    DecisionListener,
-    DroppedListener,
     IngestResult,
     Intent,
-    ResyncListener,
     arrival_minute,
 )
 
 _INTERACTIVE = ledger.Priority.INTERACTIVE
 
 
-class MemoryStore:
+class MemoryStore(StoreListeners):
     """In-process state. Bounded: `sessions_per_target` per ledger and `dedup_keys` remembered."""
 
     def __init__(self, *, sessions_per_target: int = 10_000, dedup_keys: int = 100_000) -> None:
+        super().__init__()
         self._sessions_per_target = sessions_per_target
         self._ledgers: dict[str, ledger.SessionLedger] = {}
         self._dedup: collections.OrderedDict[tuple[str, str], datetime] = collections.OrderedDict()
         self._dedup_capacity = dedup_keys
         self._arrivals: dict[str, dict[int, int]] = {}
         self._decisions: dict[str, policy.FloorDecision] = {}
-        self._change_listeners: list[ChangeListener] = []
-        self._decision_listeners: list[DecisionListener] = []
-        self._resync_listeners: list[ResyncListener] = []  # kept for the protocol: memory has no gaps
-        self._dropped_listeners: list[DroppedListener] = []
         self.dedup_dropped = 0
 
     @property
@@ -125,18 +119,6 @@ class MemoryStore:
 
     async def check_writable(self) -> None:
         return None
-
-    def add_change_listener(self, listener: ChangeListener) -> None:
-        self._change_listeners.append(listener)
-
-    def add_decision_listener(self, listener: DecisionListener) -> None:
-        self._decision_listeners.append(listener)
-
-    def add_resync_listener(self, listener: ResyncListener) -> None:
-        self._resync_listeners.append(listener)
-
-    def add_dropped_listener(self, listener: DroppedListener) -> None:
-        self._dropped_listeners.append(listener)
 
     async def start(self) -> None:
         """Nothing to start: listeners are called as the writes happen."""

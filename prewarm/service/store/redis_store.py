@@ -22,15 +22,12 @@ from prewarm.service.store import errors
 from prewarm.service.store.codec import decode_decision, encode_decision
 from prewarm.service.store.group_commit import GroupCommit
 from prewarm.service.store.leases import LeaseLost
+from prewarm.service.store.listeners import StoreListeners
 from prewarm.service.store.protocol import (
     ARRIVAL_HISTORY,
     DEDUP_TTL,
-    ChangeListener,
-    DecisionListener,
-    DroppedListener,
     IngestResult,
     Intent,
-    ResyncListener,
     StateUnavailable,
     arrival_minute,
 )
@@ -50,7 +47,7 @@ _TYPE_CODES = {
 RedisClient = aioredis.Redis | aioredis_cluster.RedisCluster
 
 
-class RedisStore:
+class RedisStore(StoreListeners):
     """State in Redis: one server, a Sentinel-managed master, or a Cluster (see redis_connection).
 
     Handlers fail fast: short socket timeouts turn an unreachable or read-only server into
@@ -69,6 +66,7 @@ class RedisStore:
         wait_replicas: int = 0,
         wait_timeout: float = 1.0,
     ) -> None:
+        super().__init__()
         self._client = client
         self._deployment = deployment
         self._sentinel = sentinel
@@ -83,10 +81,6 @@ class RedisStore:
         self._save = client.register_script(redis_scripts.SAVE_DECISION)
         self._inputs = client.register_script(redis_scripts.DECISION_INPUTS)
         self._save_many = client.register_script(redis_scripts.SAVE_DECISIONS)
-        self._change_listeners: list[ChangeListener] = []
-        self._decision_listeners: list[DecisionListener] = []
-        self._resync_listeners: list[ResyncListener] = []
-        self._dropped_listeners: list[DroppedListener] = []
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
         self._sessions_key, self._batch_key = EncodedKeys("sessions"), EncodedKeys("batch")
@@ -455,18 +449,6 @@ class RedisStore:
                 raise StateUnavailable(f"redis is a {name}: it refuses writes (READONLY)")
 
     # --- listeners and lifetime ---
-
-    def add_change_listener(self, listener: ChangeListener) -> None:
-        self._change_listeners.append(listener)
-
-    def add_decision_listener(self, listener: DecisionListener) -> None:
-        self._decision_listeners.append(listener)
-
-    def add_resync_listener(self, listener: ResyncListener) -> None:
-        self._resync_listeners.append(listener)
-
-    def add_dropped_listener(self, listener: DroppedListener) -> None:
-        self._dropped_listeners.append(listener)
 
     async def close(self) -> None:
         """Stop listening, answer every waiting batch (503) and close the clients; bounded."""
