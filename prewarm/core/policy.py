@@ -90,13 +90,6 @@ class FloorDecision:
     batch_used: float = 0.0  # replica-hours batch_replicas spent on budget_day up to decided_at
 
 
-@dataclasses.dataclass(frozen=True, slots=True)
-class _Candidate:
-    floor: int
-    source: Source
-    detail: str
-
-
 def sanitize_forecast(value: float | None) -> int:
     """Replicas a forecast asks for: NaN, infinite, negative or missing count as 0."""
     if value is None or not math.isfinite(value) or value <= 0:
@@ -151,34 +144,18 @@ def decide_floor(
     batch = 0
     if signals.batch_sessions and not batch_spent:
         batch = min(math.ceil((signals.sessions + signals.batch_sessions) / per_replica), target.batch.floor)
-    if batch_spent and signals.batch_sessions:
-        batch_detail = (
-            f"batch 0 ({signals.batch_sessions} batch sessions; batch share {batch_budget:g} replica-hours/day spent)"
-        )
-    else:
-        batch_detail = (
-            f"batch {batch} ({signals.batch_sessions} batch sessions / {per_replica} per replica, "
-            f"batch floor {target.batch.floor})"
-        )
-    candidates = [
-        _Candidate(target.min, Source.MIN, f"min {target.min}"),
-        _Candidate(cron.floor, Source.CRON, _describe_cron(cron)),
-        _Candidate(
-            forecast,
-            Source.FORECAST,
-            f"forecast {forecast}" + (f" ({signals.forecast_note})" if signals.forecast_note else ""),
-        ),
-        _Candidate(
-            intent,
-            Source.INTENT,
-            f"intent {intent} ({signals.sessions} interactive sessions / {per_replica} per replica)",
-        ),
-        _Candidate(batch, Source.BATCH, batch_detail),
-    ]
-    top = max(c.floor for c in candidates)
-    chosen = next(c for src in _SOURCE_PRIORITY for c in candidates if c.source is src and c.floor == top)
+    floors = {
+        Source.MIN: target.min,
+        Source.CRON: cron.floor,
+        Source.FORECAST: forecast,
+        Source.INTENT: intent,
+        Source.BATCH: batch,
+    }
+    top = max(floors.values())
+    chosen = next(source for source in _SOURCE_PRIORITY if floors[source] == top)
+    detail = _describe_source(chosen, target, signals, cron, floors, batch_budget if batch_spent else None)
     wanted = min(top, target.max)
-    without_batch = min(max(c.floor for c in candidates if c.source is not Source.BATCH), target.max)
+    without_batch = min(max(floor for source, floor in floors.items() if source is not Source.BATCH), target.max)
     baseline = min(max(target.min, cron.floor), target.max)
     clamp_note = f", clamped to max {target.max}" if top > target.max else ""
 
@@ -197,7 +174,7 @@ def decide_floor(
         baseline_source = Source.CRON if cron.floor > target.min else Source.MIN
         reason = (
             f"budget {budget:g} replica-hours/day spent ({used:.2f} used); "
-            f"{chosen.detail} ignored, floor {baseline} from max(min, cron) until midnight UTC{degraded}"
+            f"{detail} ignored, floor {baseline} from max(min, cron) until midnight UTC{degraded}"
         )
         changes.append(datetime.combine(today + timedelta(days=1), time(), tzinfo=UTC))
         return FloorDecision(
@@ -222,12 +199,12 @@ def decide_floor(
         release = held[0].wanted_until + target.hold
         reason = (
             f"holding {floor} ({source.value}) until {release:%Y-%m-%dT%H:%M:%SZ}; "
-            f"now wanted {wanted}: {chosen.detail}{clamp_note}"
+            f"now wanted {wanted}: {detail}{clamp_note}"
         )
         changes.append(release)
     else:
-        floor, source = wanted, chosen.source
-        reason = f"{chosen.detail}{clamp_note}"
+        floor, source = wanted, chosen
+        reason = f"{detail}{clamp_note}"
     reason += degraded
 
     if budget is not None and floor > baseline:
@@ -246,7 +223,7 @@ def decide_floor(
         decided_at=now,
         next_change=min(changes) if changes else None,
         wanted=wanted,
-        wanted_source=chosen.source,
+        wanted_source=chosen,
         baseline=baseline,
         held=held,
         budget_day=today,
@@ -269,6 +246,35 @@ def _hold_levels(previous: FloorDecision | None, wanted: int, now: datetime, hol
         levels = [lv for lv in levels if lv.floor > previous.wanted]
         levels.append(HeldLevel(previous.wanted, previous.wanted_source, now))
     return tuple(lv for lv in levels if lv.floor > wanted and now < lv.wanted_until + hold)
+
+
+def _describe_source(
+    source: Source,
+    target: targets.TargetSpec,
+    signals: Signals,
+    cron: schedule.CronState,
+    floors: dict[Source, int],
+    spent_batch_share: float | None,
+) -> str:
+    """Why `source` asks for its floor, for the chosen source only (a decision formats one)."""
+    floor, per_replica = floors[source], target.sessions_per_replica
+    if source is Source.MIN:
+        return f"min {floor}"
+    if source is Source.CRON:
+        return _describe_cron(cron)
+    if source is Source.FORECAST:
+        return f"forecast {floor}" + (f" ({signals.forecast_note})" if signals.forecast_note else "")
+    if source is Source.INTENT:
+        return f"intent {floor} ({signals.sessions} interactive sessions / {per_replica} per replica)"
+    if spent_batch_share is not None and signals.batch_sessions:
+        return (
+            f"batch 0 ({signals.batch_sessions} batch sessions; "
+            f"batch share {spent_batch_share:g} replica-hours/day spent)"
+        )
+    return (
+        f"batch {floor} ({signals.batch_sessions} batch sessions / {per_replica} per replica, "
+        f"batch floor {target.batch.floor})"
+    )
 
 
 def _describe_cron(cron: schedule.CronState) -> str:

@@ -123,55 +123,67 @@ return 1
 """
 
 # Batches for one server (not a Cluster: their keys span slots). Deciding reads and writes a batch
-# of targets per round trip with them.
+# of targets per round trip with them. The targets come as one argument, a name per line, and the
+# script builds their keys as redis_keys.key does (prewarm:{<target>}:<part>): a batch of 256
+# targets is then a few arguments for the client to encode, not 768. Names, fencing tokens and
+# compact JSON hold no newline.
 #
-# KEYS: per target its live interactive sessions, live batch sessions and decision keys.
-# ARGV: alive_ms (sessions expiring after it are alive).
+# ARGV: alive_ms (sessions expiring after it are alive), then the targets, each followed by '\n'.
 # Returns per target {interactive count, earliest interactive expiry ms or '', batch count,
 # earliest batch expiry ms or '', stored decision or nil}.
 DECISION_INPUTS = r"""
 local alive = tonumber(ARGV[1])
-if not alive or #KEYS % 3 ~= 0 then
+if not alive or #ARGV ~= 2 then
   return redis.error_reply('ERR prewarm decision inputs: malformed arguments')
 end
 local bound = '(' .. ARGV[1]
 local out = {}
-for i = 1, #KEYS, 3 do
-  for j = 0, 1 do
-    local k = KEYS[i + j]
+for name in string.gmatch(ARGV[2], '([^\n]*)\n') do
+  local prefix = 'prewarm:{' .. name .. '}:'
+  for _, part in ipairs({'sessions', 'batch'}) do
+    local k = prefix .. part
     out[#out + 1] = redis.call('ZCOUNT', k, bound, '+inf')
     local first = redis.call('ZRANGEBYSCORE', k, bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
     out[#out + 1] = first[2] or ''
   end
-  out[#out + 1] = redis.call('GET', KEYS[i + 2])
+  out[#out + 1] = redis.call('GET', prefix .. 'decision')
 end
 return out
 """
 
-# KEYS: per target its decision key then its leader key.
-# ARGV: the decisions channel, the saving store's origin, then per target its fence ('' for none)
-# and its encoded decision.
+# ARGV: the decisions channel, the saving store's origin, then three lists of as many lines each
+# ('\n' after every entry): the targets, their fences ('' for none) and their encoded decisions.
 # Returns per target 1 (stored and published) or 0 (the fence no longer holds: nothing written).
 # The stored decisions are published in one message, one per line, each with its origin as
 # SAVE_DECISION does: a batch of 256 decisions is one message to relay, not 256.
 SAVE_DECISIONS = r"""
-if #KEYS % 2 ~= 0 or #ARGV ~= #KEYS + 2 then
+local function lines(text)
+  local out = {}
+  for line in string.gmatch(text, '([^\n]*)\n') do out[#out + 1] = line end
+  return out
+end
+if #ARGV ~= 5 then
+  return redis.error_reply('ERR prewarm save decisions: malformed arguments')
+end
+local names, fences, texts = lines(ARGV[3]), lines(ARGV[4]), lines(ARGV[5])
+if #fences ~= #names or #texts ~= #names then
   return redis.error_reply('ERR prewarm save decisions: malformed arguments')
 end
 local origin = '{"origin":"' .. ARGV[2] .. '",'
-local out, lines = {}, {}
-for i = 1, #KEYS / 2 do
-  local fence, text = ARGV[2 * i + 1], ARGV[2 * i + 2]
-  if fence ~= '' and redis.call('GET', KEYS[2 * i]) ~= fence then
+local out, published = {}, {}
+for i = 1, #names do
+  local prefix = 'prewarm:{' .. names[i] .. '}:'
+  local fence, text = fences[i], texts[i]
+  if fence ~= '' and redis.call('GET', prefix .. 'leader') ~= fence then
     out[i] = 0
   else
-    redis.call('SET', KEYS[2 * i - 1], text)
-    lines[#lines + 1] = origin .. string.sub(text, 2)
+    redis.call('SET', prefix .. 'decision', text)
+    published[#published + 1] = origin .. string.sub(text, 2)
     out[i] = 1
   end
 end
-if #lines > 0 then
-  redis.call('PUBLISH', ARGV[1], table.concat(lines, '\n'))
+if #published > 0 then
+  redis.call('PUBLISH', ARGV[1], table.concat(published, '\n'))
 end
 return out
 """

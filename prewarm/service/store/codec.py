@@ -8,10 +8,12 @@ from typing import Any
 
 from prewarm.core import policy
 
+_COMPACT = json.JSONEncoder(separators=(",", ":"))  # stateless; json.dumps would build one per call
+
 
 def encode_decision(decision: policy.FloorDecision) -> str:
     """A decision as compact JSON, lossless for `decode_decision`."""
-    return json.dumps(
+    return _COMPACT.encode(
         {
             "target": decision.target,
             "floor": decision.floor,
@@ -27,8 +29,7 @@ def encode_decision(decision: policy.FloorDecision) -> str:
             "budget_used": decision.budget_used,
             "batch_replicas": decision.batch_replicas,
             "batch_used": decision.batch_used,
-        },
-        separators=(",", ":"),
+        }
     )
 
 

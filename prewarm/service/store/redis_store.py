@@ -31,7 +31,7 @@ from prewarm.service.store.protocol import (
     StateUnavailable,
     arrival_minute,
 )
-from prewarm.service.store.redis_keys import DECISIONS_CHANNEL, EncodedKeys, key, ms, slot
+from prewarm.service.store.redis_keys import DECISIONS_CHANNEL, key, ms, slot
 from prewarm.service.store.redis_leases import RedisLeases
 from prewarm.service.store.redis_pubsub import Subscription
 
@@ -83,8 +83,6 @@ class RedisStore(StoreListeners):
         self._save_many = client.register_script(redis_scripts.SAVE_DECISIONS)
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
-        self._sessions_key, self._batch_key = EncodedKeys("sessions"), EncodedKeys("batch")
-        self._decision_key, self._leader_key = EncodedKeys("decision"), EncodedKeys("leader")
         self._origin = secrets.token_hex(8)  # tags the decisions this store publishes (its echo is skipped)
         self._subscription = Subscription(
             client,
@@ -361,9 +359,8 @@ class RedisStore(StoreListeners):
                 replies += [interactive, first[0][1] if first else "", batch, first_batch[0][1] if first_batch else ""]
                 replies.append(raw)
         else:
-            keys = [k for t in targets for k in (self._sessions_key(t), self._batch_key(t), self._decision_key(t))]
             async with self._calling():
-                replies = await self._inputs(keys=keys, args=[alive])
+                replies = await self._inputs(keys=[], args=[alive, _lines(targets)])
         inputs = []
         for index, target in enumerate(targets):
             interactive, first, batch, first_batch, raw = replies[5 * index : 5 * index + 5]
@@ -404,11 +401,11 @@ class RedisStore(StoreListeners):
             return [not isinstance(result, BaseException) for result in results]
         if not decisions:
             return []
-        keys = [k for d, _ in decisions for k in (self._decision_key(d.target), self._leader_key(d.target))]
-        args = [DECISIONS_CHANNEL, self._origin]
-        args += [value for d, fence in decisions for value in (fence, encode_decision(d))]
+        names = _lines([d.target for d, _ in decisions])
+        fences = _lines([fence for _, fence in decisions])
+        texts = _lines([encode_decision(d) for d, _ in decisions])
         async with self._calling():
-            stored = await self._save_many(keys=keys, args=args)
+            stored = await self._save_many(keys=[], args=[DECISIONS_CHANNEL, self._origin, names, fences, texts])
         saved = [bool(int(one)) for one in stored]
         self._tell_own([d for (d, _), ok in zip(decisions, saved, strict=True) if ok])
         return saved
@@ -464,3 +461,8 @@ class RedisStore(StoreListeners):
                 await self._client.aclose()
                 if self._sentinel is not None:
                     await self._sentinel.aclose()
+
+
+def _lines(values: Sequence[str]) -> str:
+    """One script argument holding `values`, each followed by a newline (an empty one stays)."""
+    return "\n".join(values) + "\n" if values else ""
