@@ -144,18 +144,12 @@ def decide_floor(
     batch = 0
     if signals.batch_sessions and not batch_spent:
         batch = min(math.ceil((signals.sessions + signals.batch_sessions) / per_replica), target.batch.floor)
-    floors = {
-        Source.MIN: target.min,
-        Source.CRON: cron.floor,
-        Source.FORECAST: forecast,
-        Source.INTENT: intent,
-        Source.BATCH: batch,
-    }
-    top = max(floors.values())
-    chosen = next(source for source in _SOURCE_PRIORITY if floors[source] == top)
-    detail = _describe_source(chosen, target, signals, cron, floors, batch_budget if batch_spent else None)
+    floors = (target.min, cron.floor, forecast, intent, batch)  # in _SOURCE_PRIORITY's order
+    top = max(floors)
+    chosen = _SOURCE_PRIORITY[floors.index(top)]  # the first source, in priority order, at the top
+    detail = _describe_source(chosen, top, target, signals, cron, batch_budget if batch_spent else None)
     wanted = min(top, target.max)
-    without_batch = min(max(floor for source, floor in floors.items() if source is not Source.BATCH), target.max)
+    without_batch = min(max(floors[:-1]), target.max)
     baseline = min(max(target.min, cron.floor), target.max)
     clamp_note = f", clamped to max {target.max}" if top > target.max else ""
 
@@ -250,14 +244,14 @@ def _hold_levels(previous: FloorDecision | None, wanted: int, now: datetime, hol
 
 def _describe_source(
     source: Source,
+    floor: int,
     target: targets.TargetSpec,
     signals: Signals,
     cron: schedule.CronState,
-    floors: dict[Source, int],
     spent_batch_share: float | None,
 ) -> str:
-    """Why `source` asks for its floor, for the chosen source only (a decision formats one)."""
-    floor, per_replica = floors[source], target.sessions_per_replica
+    """Why `source` asks for `floor`, for the chosen source only (a decision formats one)."""
+    per_replica = target.sessions_per_replica
     if source is Source.MIN:
         return f"min {floor}"
     if source is Source.CRON:

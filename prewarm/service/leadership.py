@@ -161,6 +161,8 @@ class TargetLeases:
     def _settle(self, leases: Sequence[Lease], *, until: float, lead: bool) -> float:
         """Take in one claim's answers; return the seconds until a foreign lease expires (or the renewal)."""
         next_claim = self._renew_every
+        gained: list[str] = []
+        taken: list[str] = []
         for lease in leases:
             before = self._held.get(lease.target)
             if lease.token is not None:
@@ -168,15 +170,20 @@ class TargetLeases:
                 if before is not None and before[0] != lease.token:
                     self._notify(self._lost, lease.target)
                 if before is None or before[0] != lease.token:
-                    log.info("%s: %s decides it now (lease %s)", lease.target, self.holder, lease.token)
+                    gained.append(lease.target)
                     self._notify(self._gained, lease.target)
                 continue
             if before is not None:
                 del self._held[lease.target]
-                log.info("%s: lease taken by %s; %s stops deciding it", lease.target, lease.holder, self.holder)
+                taken.append(lease.target)
                 self._notify(self._lost, lease.target)
             if lead and lease.holder and lease.remaining >= 0:
                 next_claim = min(next_claim, lease.remaining + 0.005)  # be there when it expires
+        # a line per claim, not per target: a replica starting on 50,000 targets takes them all at once
+        if gained:
+            log.info("%s: %s decides it now", _some(gained), self.holder)
+        if taken:
+            log.info("%s: lease taken by another replica; %s stops deciding it", _some(taken), self.holder)
         return next_claim
 
     async def release_all(self) -> None:
@@ -197,8 +204,7 @@ class TargetLeases:
         expired = [target for target, (_, until) in self._held.items() if now >= until]
         if not expired:
             return
-        shown = ", ".join(expired[:3]) + (f" and {len(expired) - 3} more" if len(expired) > 3 else "")
-        log.warning("%s: lease not renewed in time; %s stops deciding it", shown, self.holder)  # one line for all
+        log.warning("%s: lease not renewed in time; %s stops deciding it", _some(expired), self.holder)
         for target in expired:
             del self._held[target]
             self._notify(self._lost, target)
@@ -210,3 +216,8 @@ class TargetLeases:
                 callback(target)
             except Exception:
                 log.exception("a lease listener failed for %s", target)
+
+
+def _some(targets: Sequence[str]) -> str:
+    """Targets for a log line: the first three and how many more."""
+    return ", ".join(targets[:3]) + (f" and {len(targets) - 3} more" if len(targets) > 3 else "")
