@@ -19,6 +19,7 @@ import redis.exceptions
 from prewarm.core import ledger, policy
 from prewarm.service import redis_connection, redis_scripts, sentinel_master
 from prewarm.service.store import errors
+from prewarm.service.store.cluster_scripts import ScriptCall, run_script_calls
 from prewarm.service.store.codec import decode_decision, encode_decision
 from prewarm.service.store.group_commit import GroupCommit
 from prewarm.service.store.leases import LeaseLost
@@ -390,22 +391,28 @@ class RedisStore(StoreListeners):
             return None
 
     async def save_decisions(self, decisions: Sequence[tuple[policy.FloorDecision, str]]) -> list[bool]:
-        """Every fenced save in one script call (a Cluster: one call per decision, concurrently)."""
-        if self._cluster:
-            results = await asyncio.gather(
-                *(self.save_decision(decision, fence=fence) for decision, fence in decisions), return_exceptions=True
-            )
-            for result in results:
-                if isinstance(result, BaseException) and not isinstance(result, LeaseLost):
-                    raise result
-            return [not isinstance(result, BaseException) for result in results]
+        """Every fenced save in one script call (a Cluster: one call per decision, in one pipeline)."""
         if not decisions:
             return []
-        names = _lines([d.target for d, _ in decisions])
-        fences = _lines([fence for _, fence in decisions])
-        texts = _lines([encode_decision(d) for d, _ in decisions])
-        async with self._calling():
-            stored = await self._save_many(keys=[], args=[DECISIONS_CHANNEL, self._origin, names, fences, texts])
+        if isinstance(self._client, aioredis_cluster.RedisCluster):
+            calls: list[ScriptCall] = [
+                (
+                    [key(d.target, "decision"), key(d.target, "leader")],
+                    [fence, encode_decision(d), DECISIONS_CHANNEL, self._origin],
+                )
+                for d, fence in decisions
+            ]
+            async with self._calling():
+                stored = await run_script_calls(self._client, self._save, calls)
+                failed = [reply for reply in stored if isinstance(reply, Exception)]
+                if failed:  # a refusal first, as one call's would be; else the first node's failure
+                    raise next((e for e in failed if errors.is_refusal(e)), failed[0])
+        else:
+            names = _lines([d.target for d, _ in decisions])
+            fences = _lines([fence for _, fence in decisions])
+            texts = _lines([encode_decision(d) for d, _ in decisions])
+            async with self._calling():
+                stored = await self._save_many(keys=[], args=[DECISIONS_CHANNEL, self._origin, names, fences, texts])
         saved = [bool(int(one)) for one in stored]
         self._tell_own([d for (d, _), ok in zip(decisions, saved, strict=True) if ok])
         return saved

@@ -341,6 +341,49 @@ async def test_the_cluster_store_group_commits_per_slot(redis_cluster: RedisClus
         await store.close()
 
 
+async def test_a_cluster_store_takes_thousands_of_targets_across_slots(redis_cluster: RedisCluster) -> None:
+    # a call per hash slot: more calls than the client's connections per node (100), in one
+    # pipeline; scripts a node forgot (SCRIPT FLUSH, as after a restart or a promotion) are loaded
+    # again and only the calls that did not run are sent again
+    names = [f"ns{i % 50}/model-{i}" for i in range(3000)]
+    assert len({redis_keys.slot(name) for name in names}) > 2000
+    store = build_store(redis_cluster.url)
+    assert isinstance(store, RedisStore)
+    try:
+        await store.start()
+        async with asyncio.timeout(30):
+            taken = await store.leases.claim_leases(names, holder="replica-a", held={}, ttl=30)
+            assert {lease.token for lease in taken} == {"1|replica-a"}
+            held = {lease.target: "1|replica-a" for lease in taken}
+            for node in redis_cluster.nodes:
+                node.command(b"SCRIPT FLUSH")
+            assert await store.leases.renew_leases(held, ttl=30) == []
+            again = await store.leases.claim_leases(names, holder="replica-a", held=held, ttl=30)
+            assert {lease.token for lease in again} == {"1|replica-a"}  # no epoch moved twice
+            for node in redis_cluster.nodes:
+                node.command(b"SCRIPT FLUSH")
+            made = [
+                policy.decide_floor(
+                    targets.TargetSpec(ref=targets.parse_ref(name), kind=targets.TargetKind.KEDA, max=9),
+                    policy.Signals(sessions=index % 3),
+                    T0,
+                    None,
+                )
+                for index, name in enumerate(names)
+            ]
+            fences = ["1|replica-a"] * len(names)
+            fences[7] = "0|replica-b"
+            saved = await store.save_decisions(list(zip(made, fences, strict=True)))
+            assert saved == [index != 7 for index in range(len(names))]
+            stored = await store.load_decisions(names)
+            assert stored == [None if index == 7 else made[index] for index in range(len(names))]
+            await store.leases.release_leases(held)
+            after = await store.leases.claim_leases(names[:5], holder="replica-b", held={}, ttl=30)
+            assert [lease.token for lease in after] == ["2|replica-b"] * 5  # released, taken over
+    finally:
+        await store.close()
+
+
 async def check_batched_decisions(store: RedisStore, names: list[str], *, fence: str) -> None:
     """Batched reads agree with the one-target reads; a batched save refuses a stale fence alone."""
     inputs = await store.decision_inputs(names, T0)
