@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from kubernetes import client as k8s
-from support import wait_for
+from support import kube_api_at, wait_for
 
-from knative import discovery, kube_api
+from knative import discovery
 from prewarm.core import targets
 
 SERVING = "serving.knative.dev/v1"
@@ -53,7 +52,7 @@ async def world() -> AsyncIterator[World]:
     fake.add(SERVING, "services", knative_service("chat", min="1"))
     fake.add(SERVING, "services", knative_service("plain", enabled=False))
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))))
+        api_session, api = kube_api_at(str(server.make_url("")))
         seen = Seen()
 
         async def no_wait(seconds: float) -> None:
@@ -66,7 +65,7 @@ async def world() -> AsyncIterator[World]:
             yield World(fake, seen, finder)
         finally:
             task.cancel()
-            api.close()
+            await api_session.close()
 
 
 async def test_lists_then_follows_changes(world: World) -> None:

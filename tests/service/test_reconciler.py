@@ -14,8 +14,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from kubernetes import client as k8s
-from support import wait_for
+from support import kube_api_at, wait_for
 
 from knative import kube_api
 from knative.actuator import KnativeActuator
@@ -79,12 +78,12 @@ async def cluster_with(names: list[str]) -> AsyncIterator[Cluster]:
         fake.add(SERVING, "revisions", {"metadata": {"name": f"{name}-00001", "namespace": "llm"}})
     async with TestServer(fake.app) as server:
         url = str(server.make_url("")).rstrip("/")
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=url)), timeout=5)
+        api_session, api = kube_api_at(url, timeout=5)
         try:
             yield Cluster(fake, api, url)
         finally:
             fake.release()
-            api.close()
+            await api_session.close()
 
 
 @contextlib.asynccontextmanager
@@ -132,7 +131,7 @@ async def test_calls_that_time_out_during_a_stall_are_retried_and_the_floor_land
     """The API stalls for longer than the client waits: each attempt times out and is retried with
     backoff; the other target lands meanwhile; once the API answers, the stalled floor lands."""
     async with cluster_with(["stalled", "other"]) as cluster:
-        quick = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=cluster.url)), timeout=0.2)
+        quick_session, quick = kube_api_at(cluster.url, timeout=0.2)
         manual = clock.ManualClock(T0)
         knative = reconciler.Reconciler(KnativeActuator(quick, floor_object="revision"), clock=manual, workers=4)
         try:
@@ -155,7 +154,7 @@ async def test_calls_that_time_out_during_a_stall_are_retried_and_the_floor_land
                     if cluster.min_scale("stalled") != "3":
                         await next_retry(manual)
         finally:
-            quick.close()
+            await quick_session.close()
 
 
 async def test_a_throttled_or_failing_api_is_retried_with_backoff_until_the_floor_lands() -> None:
