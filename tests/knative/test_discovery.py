@@ -101,6 +101,16 @@ async def test_gone_lists_again_and_reconciles(world: World) -> None:
     await wait_for(lambda: ("seen", ("llm/late", 6, 1)) in world.seen.events)
 
 
+async def test_a_failed_watch_lists_again(world: World) -> None:
+    # A watch refused by the server (500) is a gap: discovery reads the whole state again rather
+    # than resuming, so a Service removed meanwhile (history compacted) is still reported gone.
+    world.fake.faults.append(("WATCH", 500))
+    world.fake.delete(SERVING, "llm", "services", "chat")
+    world.fake.compact()
+    await wait_for(lambda: sum(world.finder.lists.values()) >= 3, within=10)
+    await wait_for(lambda: ("gone", "llm/chat") in world.seen.events)
+
+
 async def test_invalid_annotations_are_logged_once_and_keep_the_last_valid_target(
     world: World, caplog: pytest.LogCaptureFixture
 ) -> None:

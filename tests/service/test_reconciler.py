@@ -19,7 +19,7 @@ from support import kube_api_at, wait_for
 from knative import kube_api
 from knative.actuator import KnativeActuator
 from prewarm.core import policy, targets
-from prewarm.service import backoff, clock, decider, knative_targets, reconciler, target_registry
+from prewarm.service import backoff, clock, composition, decider, knative_targets, reconciler, target_registry
 from prewarm.service.store import MemoryStore
 
 SERVING = "serving.knative.dev/v1"
@@ -125,6 +125,30 @@ async def test_a_stalled_target_holds_up_no_other_and_lands_once_the_api_answers
             await wait_for(lambda: cluster.min_scale("stalled") == "2", within=2)
             await wait_for(lambda: (knative.describe("llm/stalled") or {}).get("state") == "applied")
     assert knative.retries == 0
+
+
+async def test_more_stalled_targets_than_the_old_client_had_threads_hold_up_no_healthy_one() -> None:
+    """48 Services whose calls hang (the blocking client had 32 threads, the reconciler 28 workers):
+    with the workers `prewarm serve` gives the reconciler, the healthy targets land at once."""
+    stalled = [f"stalled{i}" for i in range(48)]
+    healthy = ["a", "b", "c"]
+    async with cluster_with(stalled + healthy) as cluster:
+        knative = reconciler.Reconciler(
+            KnativeActuator(cluster.api, floor_object="revision"),
+            clock=clock.ManualClock(T0),
+            workers=max(1, cluster.api.max_in_flight - composition.KUBE_RESERVED),
+        )
+        async with running(knative):
+            cluster.server.stall("/stalled")
+            for name in stalled:
+                knative.submit(decision(name, 2))
+            await wait_for(lambda: cluster.server.held == len(stalled), within=2)
+            for name in healthy:
+                knative.submit(decision(name, 2))
+            await wait_for(lambda: all(cluster.min_scale(name) == "2" for name in healthy), within=1)
+            assert cluster.server.held == len(stalled) and knative.retries == 0  # none timed out meanwhile
+            cluster.server.release()
+            await wait_for(lambda: all(cluster.min_scale(name) == "2" for name in stalled), within=2)
 
 
 async def test_calls_that_time_out_during_a_stall_are_retried_and_the_floor_lands_once_it_answers() -> None:
