@@ -112,7 +112,12 @@ class Credentials:
 
 
 def _header(configuration: k8s.Configuration) -> str | None:
-    """What the official client sends as Authorization (it runs the refresh hook first, if any)."""
-    setting = configuration.auth_settings().get("BearerToken")
-    value = None if setting is None else setting.get("value")
-    return str(value) if value else None
+    """What the official client sends as Authorization, after running the refresh hook if any."""
+    if configuration.refresh_api_key_hook is not None:
+        configuration.refresh_api_key_hook(configuration)
+    for name in ("BearerToken", "authorization"):  # the official client's key and its alias
+        key = configuration.api_key.get(name)
+        if key:
+            prefix = configuration.api_key_prefix.get(name)
+            return f"{prefix} {key}" if prefix else str(key)
+    return None
