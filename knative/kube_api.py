@@ -116,7 +116,10 @@ class KubeAPI:
 
     async def _headers(self, content_type: str | None) -> dict[str, str]:
         headers = {} if content_type is None else {"Content-Type": content_type}
-        authorization = await self._credentials.authorization()
+        try:
+            authorization = await self._credentials.authorization()
+        except Exception as e:  # the loader's refresh hook: an exec plugin or token file that failed
+            raise KubeAPIError(0, f"refreshing the API credentials: {type(e).__name__}: {e}") from e
         if authorization is not None:
             headers["Authorization"] = authorization
         return headers

@@ -78,7 +78,8 @@ def open_session(configuration: k8s.Configuration, *, max_connections: int = MAX
 class Credentials:
     """The Authorization header of `configuration`. When the loader set `refresh_api_key_hook`
     (which may read a token file or run an exec plugin, so blocks), it runs on a worker thread at
-    most every `refresh_every` seconds, one run at a time; every call in between reuses its header."""
+    most every `refresh_every` seconds and never twice at once, however many calls wait for it or
+    give up waiting; every call in between reuses its header."""
 
     def __init__(
         self,
@@ -93,22 +94,31 @@ class Credentials:
         self._refreshes = configuration.refresh_api_key_hook is not None
         self._header: str | None = None if self._refreshes else _header(configuration)
         self._refreshed_at: float | None = None
-        self._refreshing: asyncio.Lock | None = None
+        self._refreshing: asyncio.Task[None] | None = None
 
     async def authorization(self) -> str | None:
-        """The header's value (`Bearer ...`, `Basic ...`), or None when the configuration has none."""
+        """The header's value (`Bearer ...`, `Basic ...`), or None when the configuration has none.
+        Raises what the refresh hook raised (a failed exec plugin, an unreadable token file)."""
         if not self._refreshes or not self._due():
             return self._header
-        if self._refreshing is None:
-            self._refreshing = asyncio.Lock()
-        async with self._refreshing:
-            if self._due():  # nobody refreshed while this call waited for the lock
-                self._header = await asyncio.to_thread(_header, self._configuration)  # runs the hook
-                self._refreshed_at = self._monotonic()
+        if self._refreshing is None or self._refreshing.done():
+            self._refreshing = asyncio.create_task(self._refresh(), name="kube-token-refresh")
+            self._refreshing.add_done_callback(_retrieve)
+        await asyncio.shield(self._refreshing)  # a caller that gives up leaves the refresh running
         return self._header
+
+    async def _refresh(self) -> None:
+        header = await asyncio.to_thread(_header, self._configuration)
+        self._header, self._refreshed_at = header, self._monotonic()
 
     def _due(self) -> bool:
         return self._refreshed_at is None or self._monotonic() - self._refreshed_at >= self._refresh_every
+
+
+def _retrieve(task: asyncio.Task[None]) -> None:
+    """Every waiter may have given up: the refresh's failure is raised to the next caller instead."""
+    if not task.cancelled():
+        task.exception()
 
 
 def _header(configuration: k8s.Configuration) -> str | None:

@@ -10,6 +10,7 @@ import base64
 import dataclasses
 import datetime
 import ssl
+import threading
 from collections.abc import AsyncIterator, Awaitable, Callable
 from pathlib import Path
 from typing import Any
@@ -263,13 +264,17 @@ def test_the_endpoint_of_a_configuration() -> None:
 
 
 class Refreshing:
-    """A loader's refresh hook: each run sets the next token, as an expired one would be replaced."""
+    """A loader's refresh hook: each run sets the next token, as an expired one would be replaced;
+    with `wait`, a run blocks until it is set (an exec plugin that takes its time)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, wait: threading.Event | None = None) -> None:
         self.runs = 0
+        self._wait = wait
 
     def __call__(self, config: k8s.Configuration) -> None:
         self.runs += 1
+        if self._wait is not None:
+            self._wait.wait(timeout=30)
         config.api_key["BearerToken"] = f"Bearer token-{self.runs}"
 
 
@@ -284,6 +289,40 @@ async def test_a_refresh_hook_runs_at_most_once_per_period_and_once_for_calls_at
     assert (await credentials.authorization(), hook.runs) == ("Bearer token-1", 1)
     now[0] += 0.1
     assert (await credentials.authorization(), hook.runs) == ("Bearer token-2", 2)
+
+
+async def test_a_hook_that_hangs_runs_once_however_many_calls_give_up_on_it() -> None:
+    """An exec plugin that does not return: calls time out, no second run piles up behind it, and
+    its token is used once it returns."""
+    go = threading.Event()
+    hook = Refreshing(wait=go)
+    credentials = kube_connection.Credentials(configuration("https://kube.test", refresh_api_key_hook=hook))
+    for _ in range(20):
+        with pytest.raises(TimeoutError):
+            await asyncio.wait_for(credentials.authorization(), 0.01)
+    assert hook.runs == 1
+    go.set()
+    assert await asyncio.wait_for(credentials.authorization(), 5) == "Bearer token-1"
+    assert hook.runs == 1
+
+
+async def test_a_failing_hook_is_status_0_and_run_again_on_the_next_call() -> None:
+    def broken(config: k8s.Configuration) -> None:
+        raise OSError("exec plugin exited 1")
+
+    config = configuration("http://127.0.0.1:1", refresh_api_key_hook=broken)
+    session = kube_connection.open_session(config)
+    try:
+        api = kube_api.KubeAPI(config, session, timeout=5)
+        for _ in range(2):
+            with pytest.raises(kube_api.KubeAPIError) as failed:
+                await api.namespace_labels("knative-serving")
+            assert (failed.value.status, failed.value.message) == (
+                0,
+                "refreshing the API credentials: OSError: exec plugin exited 1",
+            )
+    finally:
+        await session.close()
 
 
 async def test_the_refreshed_token_is_sent(https: HttpsServer, pki: Pki) -> None:
