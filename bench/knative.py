@@ -3,7 +3,7 @@
 The server (tests/kube_api_server.py, Kubernetes' merge-patch and resourceVersion semantics) runs
 in its own process. In one run:
 
-- baseline: one raw merge patch per Revision through the same client and thread pool;
+- baseline: one raw merge patch per Revision through the same client, as many in flight;
 - actuator: `KnativeActuator.apply` for each Service's decision (read Service, read Revision,
   patch), timing each from the decision to the patch acknowledged;
 - unchanged: the same decisions again, which must issue no patch.
@@ -81,11 +81,13 @@ def serve_fake_api(port: int, services: int) -> None:
 async def measure(port: int, services: int, workers: int) -> dict[str, Any]:
     from kubernetes import client as k8s
 
-    from knative import kube_api
+    from knative import kube_api, kube_connection
     from knative.actuator import KnativeActuator
     from prewarm.core import policy, targets
 
-    api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{port}")), max_workers=workers)
+    configuration = k8s.Configuration(host=f"http://127.0.0.1:{port}")
+    session = kube_connection.open_session(configuration)
+    api = kube_api.KubeAPI(configuration, session)
     limit = asyncio.Semaphore(workers)
 
     async def timed(call: Any) -> float:
@@ -148,7 +150,7 @@ async def measure(port: int, services: int, workers: int) -> dict[str, Any]:
             "patches_issued_when_unchanged": actuator.counts["patched"] - patched,
         }
     finally:
-        api.close()
+        await session.close()
 
 
 def main() -> int:
@@ -180,7 +182,7 @@ def main() -> int:
     )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.services} Services, {args.workers} client threads, API test server in its own process")
+    print(f"{args.services} Services, {args.workers} calls in flight, API test server in its own process")
     print(f"{'pass':<34}{'per s':>9}{'p50 ms':>9}{'p99 ms':>9}")
     for name, key in (
         ("raw merge patch (baseline)", "baseline_raw_patch"),

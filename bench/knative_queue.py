@@ -8,6 +8,9 @@ runs it. Floors change in rounds (every target's floor moves each round). In one
 - stalled: every call for 5% of the Services hangs (the API server accepts it and never answers;
   the client gives up at its timeout), for the whole run.
 
+The reconciler has as many workers as `prewarm serve` gives it (the Kubernetes session's
+connections less those kept for the Lease and discovery).
+
 For the healthy 95%: decision -> floor observed applied, p50/p99, and the ratio stalled/baseline.
 The stalled ones are reported apart (they land only once the API answers).
 
@@ -85,18 +88,21 @@ def serve_fake_api(port: int, services: int, stalled: list[str]) -> None:
         return await handler(request)
 
     fake.app.middlewares.append(stall)
-    web.run_app(fake.app, host="127.0.0.1", port=port, access_log=None, print=None)
+    # shutdown_timeout: the stalled handlers never end; they are not waited for on exit
+    web.run_app(fake.app, host="127.0.0.1", port=port, access_log=None, print=None, shutdown_timeout=1)
 
 
 async def measure(port: int, services: int, rounds: int, stalled: set[str], client_timeout: float) -> dict[str, Any]:
     from kubernetes import client as k8s
 
-    from knative import kube_api
+    from knative import kube_api, kube_connection
     from knative.actuator import KnativeActuator
     from prewarm.core import actuation, policy, targets
-    from prewarm.service import clock, reconciler
+    from prewarm.service import clock, composition, reconciler
 
-    api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=f"http://127.0.0.1:{port}")), timeout=client_timeout)
+    configuration = k8s.Configuration(host=f"http://127.0.0.1:{port}")
+    session = kube_connection.open_session(configuration)
+    api = kube_api.KubeAPI(configuration, session, timeout=client_timeout)
     knative = KnativeActuator(api)
     await knative.installed_version()  # once per process, not per decision
     submitted: dict[tuple[str, int], float] = {}
@@ -116,7 +122,8 @@ async def measure(port: int, services: int, rounds: int, stalled: set[str], clie
         async def release(self, target: str) -> Any:
             return await knative.release(target)
 
-    queue = reconciler.Reconciler(Timed(), clock=clock.SystemClock(), workers=max(1, api.max_workers - 4))
+    workers = max(1, api.max_in_flight - composition.KUBE_RESERVED)  # as `prewarm serve` sizes them
+    queue = reconciler.Reconciler(Timed(), clock=clock.SystemClock(), workers=workers)
     running = asyncio.create_task(queue.run())
     names = [f"svc{i}" for i in range(services)]
     healthy = [n for n in names if n not in stalled]
@@ -138,7 +145,7 @@ async def measure(port: int, services: int, rounds: int, stalled: set[str], clie
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        api.close()
+        await session.close()
     latencies = sorted(
         landed[key] - submitted[key] for key in submitted if key in landed and key[0].split("/")[1] not in stalled
     )
@@ -149,6 +156,7 @@ async def measure(port: int, services: int, rounds: int, stalled: set[str], clie
         "stalled_targets": len(stalled),
         "stalled_floors_landed": sum(1 for key in landed if key[0].split("/")[1] in stalled),
         "retries": queue.retries,
+        "workers": workers,
     }
 
 
@@ -192,7 +200,10 @@ def main() -> int:
     }
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps(result, indent=2) + "\n")
-    print(f"{args.services} Services, {args.rounds} rounds of floor changes, API test server in its own process")
+    print(
+        f"{args.services} Services, {args.rounds} rounds of floor changes, {baseline['workers']} reconciler workers, "
+        "API test server in its own process"
+    )
     print(f"{'healthy targets':<34}{'floors':>8}{'p50 ms':>9}{'p99 ms':>9}{'retries':>9}")
     for name, row in (("no stalls (baseline)", baseline), (f"{args.stalled:.0%} of Services stalled", stalled)):
         print(f"{name:<34}{row['healthy_floors']:>8}{row['p50_ms']:>9.1f}{row['p99_ms']:>9.1f}{row['retries']:>9}")

@@ -89,10 +89,9 @@ class ServiceDiscovery:
                 sync(items)
                 while True:
                     async for event in self._api.watch_serving(plural, version, self._timeout, label_selector):
-                        obj = event.get("raw_object") or event.get("object") or {}
-                        if isinstance(obj, dict):
-                            handle(str(event.get("type")), obj)
-                            version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or version
+                        obj = event["object"]
+                        handle(event["type"], obj)
+                        version = str((obj.get("metadata") or {}).get("resourceVersion") or "") or version
                     backoff = 0.5
             except kube_api.Gone:
                 log.info("watch of Knative %s expired (410); listing again", plural)

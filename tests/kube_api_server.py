@@ -266,6 +266,8 @@ class KubeAPIServer:
         name = request.match_info["name"]
         body = await request.json() if request.method == "PATCH" and request.can_read_body else None
         self.requests.append((request.method, request.path, request.headers.get("Content-Type"), body))
+        if request.method == "PATCH":
+            self.field_managers.append((request.method, request.path, request.query.get("fieldManager")))
         verb = {"GET": "get", "PATCH": "patch"}.get(request.method, "unknown")
         denied = self._denied(verb=verb, group="", resource="nodes", namespace=None, name=name)
         if denied is not None:
@@ -400,6 +402,10 @@ class KubeAPIServer:
             return web.json_response(
                 {"kind": "List", "metadata": {"resourceVersion": str(self._version)}, "items": items}
             )
+        refused = next((code for method, code in self.faults if method == "WATCH" and code != 410), None)
+        if refused is not None:  # 410 is sent as the API server sends it, an ERROR event in the stream
+            self.faults.remove(("WATCH", refused))
+            return status(refused, "InternalError" if refused >= 500 else "Unknown", f"injected {refused}")
         since = int(request.query.get("resourceVersion") or 0)
         timeout = float(request.query.get("timeoutSeconds") or 30)
         response = web.StreamResponse(headers={"Content-Type": "application/json"})

@@ -17,7 +17,11 @@ from collections.abc import Awaitable, Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import aiohttp
 import pytest
+from kubernetes import client as k8s
+
+from knative import kube_api, kube_connection
 
 
 def free_port() -> int:
@@ -529,8 +533,6 @@ class Chromium:
     """Debian's headless Chromium, driven over the DevTools protocol (a websocket)."""
 
     def __init__(self, profile: Path) -> None:
-        import aiohttp
-
         self._profile = profile
         self._process: asyncio.subprocess.Process | None = None
         self._http: aiohttp.ClientSession | None = None
@@ -540,8 +542,6 @@ class Chromium:
         self._reader: asyncio.Task[None] | None = None
 
     async def start(self) -> None:
-        import aiohttp
-
         binary = shutil.which("chromium")
         if binary is None:
             pytest.fail("chromium is not installed (.ci/run installs it)")
@@ -621,3 +621,11 @@ class Chromium:
         if self._process is not None:
             self._process.terminate()
             await asyncio.wait_for(self._process.wait(), 10)
+
+
+def kube_api_at(url: str, *, timeout: float = 10.0) -> tuple[aiohttp.ClientSession, kube_api.KubeAPI]:
+    """A KubeAPI talking plain HTTP to `url` (the fake API server), over a session of its own that
+    the caller closes. Call with the event loop running."""
+    configuration = k8s.Configuration(host=url.rstrip("/"))
+    session = kube_connection.open_session(configuration)
+    return session, kube_api.KubeAPI(configuration, session, timeout=timeout)

@@ -17,7 +17,7 @@ import sys
 from datetime import timedelta
 from pathlib import Path
 
-from knative import kube_api
+from knative import kube_api, kube_connection
 from prewarm.cache import s3_source
 from prewarm.cli import arguments, cache, process
 from prewarm.core import targets
@@ -86,8 +86,10 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event, *, failed: list[st
         relist=timedelta(seconds=args.relist),
     )
     feed = store.RedisStore.from_url(args.store)
-    api = kube_api.KubeAPI(knative_targets.load_kube_client(args.kubeconfig))
     s3 = s3_source.connect(args.s3_endpoint) if any(s3_source.is_s3(w.source) for w in specs.values()) else None
+    kube_configuration = knative_targets.load_kube_configuration(args.kubeconfig)
+    kube_session = kube_connection.open_session(kube_configuration)
+    api = kube_api.KubeAPI(kube_configuration, kube_session)
     follower = weights_follower.WeightsFollower(feed=feed, nodes=api, specs=specs, settings=settings, s3=s3)
     log.info("following %d targets with weights on node %s (budget %d bytes)", len(specs), node, args.budget)
     try:
@@ -106,4 +108,4 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event, *, failed: list[st
     finally:
         with contextlib.suppress(Exception):
             await feed.close()
-        api.close()
+        await kube_session.close()

@@ -15,12 +15,14 @@ from collections.abc import AsyncIterator, Mapping
 from pathlib import Path
 from typing import TextIO
 
+import aiohttp
 from aiohttp import web
 from opentelemetry.sdk.trace import TracerProvider
 
 from knative import actuator as knative_actuator
 from knative import discovery as knative_discovery
 from knative import kube_api as knative_api
+from knative import kube_connection as knative_connection
 from knative import leader as knative_leader
 from prewarm.core import targets
 from prewarm.replay import tuned_runs
@@ -45,6 +47,8 @@ from prewarm.service.store import Store, build_store
 from scaler import __main__ as scaler_main
 
 log = logging.getLogger("prewarm")
+
+KUBE_RESERVED = 4  # of the Kubernetes session's connections, kept from the Knative reconciler's workers
 
 
 @dataclasses.dataclass(frozen=True, slots=True)
@@ -115,11 +119,12 @@ async def run_service(
         tracer_provider=providers.tracer_provider,
         targets=list(registry.names()),
     )
-    kube = (
-        None
-        if "knative" not in options.actuators
-        else knative_api.KubeAPI(knative_targets.load_kube_client(options.kubeconfig))
-    )
+    kube: knative_api.KubeAPI | None = None
+    kube_session: aiohttp.ClientSession | None = None
+    if "knative" in options.actuators:
+        kube_configuration = knative_targets.load_kube_configuration(options.kubeconfig)
+        kube_session = knative_connection.open_session(kube_configuration)
+        kube = knative_api.KubeAPI(kube_configuration, kube_session)
     store.add_dropped_listener(instruments.record_sessions_dropped)
     elector: knative_leader.LeaseElector | None = None
     if kube is not None and options.leader_lease is not None:
@@ -145,9 +150,10 @@ async def run_service(
             # configured or discovered Knative targets only: KEDA targets are served by the scaler
             applies_to=functools.partial(_is_knative, registry),
         )
-        # a few of the API client's threads stay free for the Lease and discovery
+        # workers hold a connection each, not a thread; a few connections stay free for the Lease
+        # and discovery's watches
         knative_reconciler = reconciler.Reconciler(
-            knative, clock=clock, telemetry=instruments, workers=max(1, kube.max_workers - 4)
+            knative, clock=clock, telemetry=instruments, workers=max(1, kube.max_in_flight - KUBE_RESERVED)
         )
         reconcilers.append(knative_reconciler)
     actuators = reconciler.Reconcilers(reconcilers)
@@ -232,8 +238,8 @@ async def run_service(
         stack.callback(providers.shutdown)
         if prometheus is not None:
             stack.push_async_callback(prometheus.close)
-        if kube is not None:
-            stack.callback(kube.close)
+        if kube_session is not None:
+            stack.push_async_callback(kube_session.close)
         stack.push_async_callback(waker.close)
         tasks = await stack.enter_async_context(_owned_tasks())
         tasks.append(asyncio.create_task(actuators.run(), name="reconcilers"))

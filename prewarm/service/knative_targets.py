@@ -15,25 +15,23 @@ from kubernetes import config as k8s_config
 
 from knative import actuator as knative_actuator
 from knative import discovery as knative_discovery
-from knative import kube_api
 from prewarm.core import targets
 from prewarm.service import decider, leadership, reconciler, target_registry
 
 
-def load_kube_client(kubeconfig: Path | None) -> k8s_client.ApiClient:
-    """A Kubernetes API client: from `kubeconfig`, else in-cluster credentials, else ~/.kube/config."""
-    api_client: k8s_client.ApiClient
+def load_kube_configuration(kubeconfig: Path | None) -> k8s_client.Configuration:
+    """Where the Kubernetes API is and how to authenticate: from `kubeconfig`, else in-cluster
+    credentials, else ~/.kube/config (the official client's loaders; their token refresh hooks
+    included). knative/kube_connection.py builds the HTTP session from it."""
+    configuration = k8s_client.Configuration()
     if kubeconfig is not None:
-        api_client = k8s_config.new_client_from_config(config_file=str(kubeconfig))
-    else:
-        try:
-            configuration = k8s_client.Configuration()
-            k8s_config.load_incluster_config(client_configuration=configuration)
-            api_client = k8s_client.ApiClient(configuration)
-        except k8s_config.ConfigException:
-            api_client = k8s_config.new_client_from_config()
-    api_client.user_agent = kube_api.FIELD_MANAGER  # also names us where a write carries no field manager
-    return api_client
+        k8s_config.load_kube_config(config_file=str(kubeconfig), client_configuration=configuration)
+        return configuration
+    try:
+        k8s_config.load_incluster_config(client_configuration=configuration)
+    except k8s_config.ConfigException:
+        k8s_config.load_kube_config(client_configuration=configuration)
+    return configuration
 
 
 class Waker:

@@ -14,8 +14,8 @@ from aiohttp.test_utils import TestServer
 from kube_api_server import RBAC, KubeAPIServer
 from kubernetes import client
 from model_files import write_model
+from support import kube_api_at
 
-from knative import kube_api
 from prewarm import cli
 from prewarm.cache import hub_layout
 from prewarm.core import policy, targets, weights
@@ -116,7 +116,7 @@ async def test_the_follower_needs_only_the_rules_it_is_granted(tmp_path: Path) -
     fake.rbac = RBAC((FOLLOWER / "rbac.yaml").read_text(), account=("prewarm", "prewarm-weights-follower"))
     fake.add_node("gpu-a", labels={"pool": "gpu"})
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(client.ApiClient(client.Configuration(host=str(server.make_url("")).rstrip("/"))))
+        api_session, api = kube_api_at(str(server.make_url("")))
         try:
             at = datetime(2026, 12, 7, tzinfo=UTC)
             spec = targets.TargetSpec(
@@ -143,6 +143,6 @@ async def test_the_follower_needs_only_the_rules_it_is_granted(tmp_path: Path) -
             )
             await follower.reconcile("llm/chat")
         finally:
-            api.close()
+            await api_session.close()
     assert fake.denied == []
     assert hub_layout.node_label("models--org--m") in fake.nodes["gpu-a"]["metadata"]["labels"]

@@ -12,8 +12,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import MERGE_PATCH, RBAC, KubeAPIServer
-from kubernetes import client as k8s
-from support import wait_for
+from support import kube_api_at, wait_for
 
 from knative import floors, kube_api, leader
 from knative.actuator import KnativeActuator
@@ -123,11 +122,11 @@ async def make_cluster(
         pa["apiVersion"], pa["kind"] = AUTOSCALING, "PodAutoscaler"
         fake.add(AUTOSCALING, "podautoscalers", pa)
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))), timeout=5)
+        api_session, api = kube_api_at(str(server.make_url("")), timeout=5)
         try:
             yield Cluster(fake, api, KnativeActuator(api))
         finally:
-            api.close()
+            await api_session.close()
 
 
 @pytest.fixture

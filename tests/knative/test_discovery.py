@@ -11,10 +11,9 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from kubernetes import client as k8s
-from support import wait_for
+from support import kube_api_at, wait_for
 
-from knative import discovery, kube_api
+from knative import discovery
 from prewarm.core import targets
 
 SERVING = "serving.knative.dev/v1"
@@ -53,7 +52,7 @@ async def world() -> AsyncIterator[World]:
     fake.add(SERVING, "services", knative_service("chat", min="1"))
     fake.add(SERVING, "services", knative_service("plain", enabled=False))
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))))
+        api_session, api = kube_api_at(str(server.make_url("")))
         seen = Seen()
 
         async def no_wait(seconds: float) -> None:
@@ -66,7 +65,7 @@ async def world() -> AsyncIterator[World]:
             yield World(fake, seen, finder)
         finally:
             task.cancel()
-            api.close()
+            await api_session.close()
 
 
 async def test_lists_then_follows_changes(world: World) -> None:
@@ -100,6 +99,16 @@ async def test_gone_lists_again_and_reconciles(world: World) -> None:
     world.fake.add(SERVING, "services", knative_service("late", min="1"))
     await wait_for(lambda: sum(world.finder.lists.values()) >= 3, within=10)  # either watch may get the 410
     await wait_for(lambda: ("seen", ("llm/late", 6, 1)) in world.seen.events)
+
+
+async def test_a_failed_watch_lists_again(world: World) -> None:
+    # A watch refused by the server (500) is a gap: discovery reads the whole state again rather
+    # than resuming, so a Service removed meanwhile (history compacted) is still reported gone.
+    world.fake.faults.append(("WATCH", 500))
+    world.fake.delete(SERVING, "llm", "services", "chat")
+    world.fake.compact()
+    await wait_for(lambda: sum(world.finder.lists.values()) >= 3, within=10)
+    await wait_for(lambda: ("gone", "llm/chat") in world.seen.events)
 
 
 async def test_invalid_annotations_are_logged_once_and_keep_the_last_valid_target(

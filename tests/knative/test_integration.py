@@ -22,7 +22,7 @@ from kubernetes import client as k8s
 from kubernetes import config as k8s_config
 from support import wait_for
 
-from knative import kube_api
+from knative import kube_api, kube_connection
 from knative.actuator import KnativeActuator
 from prewarm.core import actuation, policy, targets
 from prewarm.service import clock, reconciler
@@ -88,7 +88,8 @@ async def test_actuator_patches_only_the_routed_revisions_min_scale(cluster: tup
         },
     )
 
-    api = kube_api.KubeAPI(api_client)
+    session = kube_connection.open_session(api_client.configuration)
+    api = kube_api.KubeAPI(api_client.configuration, session)
     try:
         spec = targets.TargetSpec(
             ref=targets.TargetRef(namespace, "chat"), kind=targets.TargetKind.KNATIVE, max=8, sessions_per_replica=1
@@ -96,7 +97,7 @@ async def test_actuator_patches_only_the_routed_revisions_min_scale(cluster: tup
         decision = policy.decide_floor(spec, policy.Signals(sessions=2), datetime.now(UTC), None)
         assert await KnativeActuator(api, floor_object="revision").apply(decision, None) == actuation.APPLIED
     finally:
-        api.close()
+        await session.close()
 
     after = custom.get_namespaced_custom_object(GROUP, VERSION, namespace, "revisions", "chat-00001")
     assert after["metadata"]["annotations"] == {**before["metadata"]["annotations"], MIN: "2"}
@@ -148,7 +149,8 @@ async def test_a_reconciler_lands_every_floor_through_the_real_api(cluster: tupl
                 "spec": {"containers": [container]},
             },
         )
-    api = kube_api.KubeAPI(api_client)
+    session = kube_connection.open_session(api_client.configuration)
+    api = kube_api.KubeAPI(api_client.configuration, session)
     knative = reconciler.Reconciler(KnativeActuator(api, floor_object="revision"), clock=clock.SystemClock())
     running = asyncio.create_task(knative.run())
     try:
@@ -174,4 +176,4 @@ async def test_a_reconciler_lands_every_floor_through_the_real_api(cluster: tupl
     finally:
         running.cancel()
         await asyncio.gather(running, return_exceptions=True)
-        api.close()
+        await session.close()

@@ -10,8 +10,7 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from kubernetes import client as k8s
-from support import wait_for
+from support import kube_api_at, wait_for
 
 from knative import kube_api, leader
 from prewarm.service import clock
@@ -47,11 +46,11 @@ class Pair:
 async def pair() -> AsyncIterator[Pair]:
     fake = KubeAPIServer()
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))))
+        api_session, api = kube_api_at(str(server.make_url("")))
         try:
             yield Pair(fake, api, clock.ManualClock(T0))
         finally:
-            api.close()
+            await api_session.close()
 
 
 async def test_one_leader_and_takeover_within_the_lease(pair: Pair) -> None:

@@ -14,13 +14,12 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import KubeAPIServer
-from kubernetes import client as k8s
-from support import wait_for
+from support import kube_api_at, wait_for
 
 from knative import kube_api
 from knative.actuator import KnativeActuator
 from prewarm.core import policy, targets
-from prewarm.service import backoff, clock, decider, knative_targets, reconciler, target_registry
+from prewarm.service import backoff, clock, composition, decider, knative_targets, reconciler, target_registry
 from prewarm.service.store import MemoryStore
 
 SERVING = "serving.knative.dev/v1"
@@ -79,12 +78,12 @@ async def cluster_with(names: list[str]) -> AsyncIterator[Cluster]:
         fake.add(SERVING, "revisions", {"metadata": {"name": f"{name}-00001", "namespace": "llm"}})
     async with TestServer(fake.app) as server:
         url = str(server.make_url("")).rstrip("/")
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=url)), timeout=5)
+        api_session, api = kube_api_at(url, timeout=5)
         try:
             yield Cluster(fake, api, url)
         finally:
             fake.release()
-            api.close()
+            await api_session.close()
 
 
 @contextlib.asynccontextmanager
@@ -128,11 +127,35 @@ async def test_a_stalled_target_holds_up_no_other_and_lands_once_the_api_answers
     assert knative.retries == 0
 
 
+async def test_more_stalled_targets_than_the_old_client_had_threads_hold_up_no_healthy_one() -> None:
+    """48 Services whose calls hang (the blocking client had 32 threads, the reconciler 28 workers):
+    with the workers `prewarm serve` gives the reconciler, the healthy targets land at once."""
+    stalled = [f"stalled{i}" for i in range(48)]
+    healthy = ["a", "b", "c"]
+    async with cluster_with(stalled + healthy) as cluster:
+        knative = reconciler.Reconciler(
+            KnativeActuator(cluster.api, floor_object="revision"),
+            clock=clock.ManualClock(T0),
+            workers=max(1, cluster.api.max_in_flight - composition.KUBE_RESERVED),
+        )
+        async with running(knative):
+            cluster.server.stall("/stalled")
+            for name in stalled:
+                knative.submit(decision(name, 2))
+            await wait_for(lambda: cluster.server.held == len(stalled), within=2)
+            for name in healthy:
+                knative.submit(decision(name, 2))
+            await wait_for(lambda: all(cluster.min_scale(name) == "2" for name in healthy), within=1)
+            assert cluster.server.held == len(stalled) and knative.retries == 0  # none timed out meanwhile
+            cluster.server.release()
+            await wait_for(lambda: all(cluster.min_scale(name) == "2" for name in stalled), within=2)
+
+
 async def test_calls_that_time_out_during_a_stall_are_retried_and_the_floor_lands_once_it_answers() -> None:
     """The API stalls for longer than the client waits: each attempt times out and is retried with
     backoff; the other target lands meanwhile; once the API answers, the stalled floor lands."""
     async with cluster_with(["stalled", "other"]) as cluster:
-        quick = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=cluster.url)), timeout=0.2)
+        quick_session, quick = kube_api_at(cluster.url, timeout=0.2)
         manual = clock.ManualClock(T0)
         knative = reconciler.Reconciler(KnativeActuator(quick, floor_object="revision"), clock=manual, workers=4)
         try:
@@ -155,7 +178,7 @@ async def test_calls_that_time_out_during_a_stall_are_retried_and_the_floor_land
                     if cluster.min_scale("stalled") != "3":
                         await next_retry(manual)
         finally:
-            quick.close()
+            await quick_session.close()
 
 
 async def test_a_throttled_or_failing_api_is_retried_with_backoff_until_the_floor_lands() -> None:

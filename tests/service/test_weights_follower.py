@@ -18,9 +18,8 @@ from typing import Any
 import pytest
 from aiohttp.test_utils import TestServer
 from kube_api_server import MERGE_PATCH, KubeAPIServer
-from kubernetes import client as k8s
 from model_files import write_model
-from support import RedisServer, wait_for
+from support import RedisServer, kube_api_at, wait_for
 
 from knative import kube_api
 from prewarm.cache import entries, hub_layout, staging
@@ -64,11 +63,11 @@ async def cluster() -> AsyncIterator[Cluster]:
     fake.add_node("cpu-a", labels={"pool": "cpu"})
     fake.add_node("gpu-down", labels={"pool": "gpu"}, ready=False)
     async with TestServer(fake.app) as server:
-        api = kube_api.KubeAPI(k8s.ApiClient(k8s.Configuration(host=str(server.make_url("")).rstrip("/"))), timeout=5)
+        api_session, api = kube_api_at(str(server.make_url("")), timeout=5)
         try:
             yield Cluster(fake, api)
         finally:
-            api.close()
+            await api_session.close()
 
 
 @pytest.fixture(scope="module")
