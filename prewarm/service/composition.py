@@ -110,137 +110,138 @@ async def run_service(
         log.warning("%s", warning)
     history.require_prometheus(parsed.targets, options.prometheus, source=str(options.config))
     registry = target_registry.TargetRegistry(parsed.targets)
-    store = build_store(
-        options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
-    )
-    providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
-    instruments = telemetry.Telemetry(
-        meter_provider=providers.meter_provider,
-        tracer_provider=providers.tracer_provider,
-        targets=list(registry.names()),
-    )
-    kube: knative_api.KubeAPI | None = None
-    kube_session: aiohttp.ClientSession | None = None
-    if "knative" in options.actuators:
-        kube_configuration = knative_targets.load_kube_configuration(options.kubeconfig)
-        kube_session = knative_connection.open_session(kube_configuration)
-        kube = knative_api.KubeAPI(kube_configuration, kube_session)
-    store.add_dropped_listener(instruments.record_sessions_dropped)
-    elector: knative_leader.LeaseElector | None = None
-    if kube is not None and options.leader_lease is not None:
-        lease_namespace, _, lease_name = options.leader_lease.partition("/")
-        elector = knative_leader.LeaseElector(
-            kube, namespace=lease_namespace, name=lease_name, identity=options.identity, clock=clock
+    async with contextlib.AsyncExitStack() as stack:  # each part that holds a resource is closed on any way out
+        store = build_store(
+            options.store, wait_replicas=options.store_wait_replicas, wait_timeout=options.store_wait_timeout
         )
-    leading = (lambda: True) if elector is None else elector.leading
-    waker = knative_targets.Waker()
-    reconcilers: list[reconciler.Reconciler] = []
-    if "log" in options.actuators:
-        reconcilers.append(reconciler.Reconciler(actuation.LogActuator(out), clock=clock, telemetry=instruments))
-    knative: knative_actuator.KnativeActuator | None = None
-    knative_reconciler: reconciler.Reconciler | None = None
-    if kube is not None:
-        knative = knative_actuator.KnativeActuator(
-            kube,
-            floor_object=options.knative_floor_object,
-            system_namespace=options.knative_system_namespace,
-            on_refused=instruments.record_knative_refusal,
-            wake=waker.send_wake,
-            is_leader=leading,
-            # configured or discovered Knative targets only: KEDA targets are served by the scaler
-            applies_to=functools.partial(_is_knative, registry),
-        )
-        # workers hold a connection each, not a thread; a few connections stay free for the Lease
-        # and discovery's watches
-        knative_reconciler = reconciler.Reconciler(
-            knative, clock=clock, telemetry=instruments, workers=max(1, kube.max_in_flight - KUBE_RESERVED)
-        )
-        reconcilers.append(knative_reconciler)
-    actuators = reconciler.Reconcilers(reconcilers)
-    prometheus = None if options.prometheus is None else history.open_session(options.prometheus)
-    reader = (
-        None
-        if prometheus is None or options.prometheus is None
-        else history.HistoryReader(
-            history.PrometheusClient(session=prometheus, settings=options.prometheus), telemetry=instruments
-        )
-    )
-    cold_starts = cold_start_times.ColdStartTimes()  # pod start phases from the listener, lead times for the forecaster
-    forecaster = forecast_loop.ForecastLoop(
-        store=store,
-        clock=clock,
-        specs=lambda: registry.specs,
-        on_change=registry.changed,
-        telemetry=instruments,
-        history_reader=reader,
-        cold_starts=cold_starts.seconds,
-    )
-    tuner = tuning.Tuner(
-        history=forecaster.arrivals,
-        clock=clock,
-        specs=lambda: registry.specs,
-        fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
-        on_change=registry.changed,
-        options=options.tuning,
-        starts=instruments.starts,
-        telemetry=instruments,
-    )
-    forecaster.use_specs(tuner.effective_specs)  # the forecaster predicts the tuned specs
-    leases: leadership.TargetLeases | None = None
-    if store.leases is not None:  # replicas share the store: one decides each target
-        leases = leadership.TargetLeases(
-            store.leases,
-            holder=options.identity,
-            targets=registry.names,
-            ttl=options.decider_lease,
-            may_lead=leading,  # with a Kubernetes Lease, only its holder decides (and so patches Knative objects)
-        )
-    loop = decider.Decider(
-        registry=registry,
-        store=store,
-        reconcilers=actuators,
-        clock=clock,
-        telemetry=instruments,
-        forecast=forecaster.current_forecast,
-        ownership=leases,
-        tuned=tuner.effective,
-        explain_tuning=tuner.describe,
-        forecast_degraded=forecaster.degraded,
-        forecast_view=forecaster.describe,
-    )
-    tuner.follow_decisions(loop.decisions.get)  # what each target spent today, for the fleet caps
-    if elector is not None:
-        elector.follow(
-            functools.partial(
-                knative_targets.on_leadership_change, loop=loop, knative=knative_reconciler, leases=leases
-            )
-        )
-
-    def current_floor(target: str) -> int | None:
-        decision = loop.decisions.get(target)
-        return None if decision is None else decision.floor
-
-    intents = listener.IntentListener(
-        specs=registry.specs,
-        store=store,
-        clock=clock,
-        settings=options.listener,
-        targets_view=knative_targets.describe_targets(loop, actuators, knative),
-        telemetry=instruments,
-        current_floor=current_floor,
-        note_trace=loop.note_trace,
-        metrics=providers.prometheus_text,
-        cold_starts=cold_starts,
-    )
-    runner = web.AppRunner(listener.build_app(intents), access_log=None)
-    async with contextlib.AsyncExitStack() as stack:
         stack.push_async_callback(store.close)
+        providers = observability.build_observability(env or {}, tracer_provider=tracer_provider)
         stack.callback(providers.shutdown)
+        instruments = telemetry.Telemetry(
+            meter_provider=providers.meter_provider,
+            tracer_provider=providers.tracer_provider,
+            targets=list(registry.names()),
+        )
+        kube: knative_api.KubeAPI | None = None
+        kube_session: aiohttp.ClientSession | None = None
+        if "knative" in options.actuators:
+            kube_configuration = knative_targets.load_kube_configuration(options.kubeconfig)
+            kube_session = knative_connection.open_session(kube_configuration)
+            stack.push_async_callback(kube_session.close)
+            kube = knative_api.KubeAPI(kube_configuration, kube_session)
+        store.add_dropped_listener(instruments.record_sessions_dropped)
+        elector: knative_leader.LeaseElector | None = None
+        if kube is not None and options.leader_lease is not None:
+            lease_namespace, _, lease_name = options.leader_lease.partition("/")
+            elector = knative_leader.LeaseElector(
+                kube, namespace=lease_namespace, name=lease_name, identity=options.identity, clock=clock
+            )
+        leading = (lambda: True) if elector is None else elector.leading
+        waker = knative_targets.Waker()
+        stack.push_async_callback(waker.close)
+        reconcilers: list[reconciler.Reconciler] = []
+        if "log" in options.actuators:
+            reconcilers.append(reconciler.Reconciler(actuation.LogActuator(out), clock=clock, telemetry=instruments))
+        knative: knative_actuator.KnativeActuator | None = None
+        knative_reconciler: reconciler.Reconciler | None = None
+        if kube is not None:
+            knative = knative_actuator.KnativeActuator(
+                kube,
+                floor_object=options.knative_floor_object,
+                system_namespace=options.knative_system_namespace,
+                on_refused=instruments.record_knative_refusal,
+                wake=waker.send_wake,
+                is_leader=leading,
+                # configured or discovered Knative targets only: KEDA targets are served by the scaler
+                applies_to=functools.partial(_is_knative, registry),
+            )
+            # workers hold a connection each, not a thread; a few connections stay free for the Lease
+            # and discovery's watches
+            knative_reconciler = reconciler.Reconciler(
+                knative, clock=clock, telemetry=instruments, workers=max(1, kube.max_in_flight - KUBE_RESERVED)
+            )
+            reconcilers.append(knative_reconciler)
+        actuators = reconciler.Reconcilers(reconcilers)
+        prometheus = None if options.prometheus is None else history.open_session(options.prometheus)
         if prometheus is not None:
             stack.push_async_callback(prometheus.close)
-        if kube_session is not None:
-            stack.push_async_callback(kube_session.close)
-        stack.push_async_callback(waker.close)
+        reader = (
+            None
+            if prometheus is None or options.prometheus is None
+            else history.HistoryReader(
+                history.PrometheusClient(session=prometheus, settings=options.prometheus), telemetry=instruments
+            )
+        )
+        cold_starts = (
+            cold_start_times.ColdStartTimes()
+        )  # pod start phases from the listener, lead times for the forecaster
+        forecaster = forecast_loop.ForecastLoop(
+            store=store,
+            clock=clock,
+            specs=lambda: registry.specs,
+            on_change=registry.changed,
+            telemetry=instruments,
+            history_reader=reader,
+            cold_starts=cold_starts.seconds,
+        )
+        tuner = tuning.Tuner(
+            history=forecaster.arrivals,
+            clock=clock,
+            specs=lambda: registry.specs,
+            fleets={fleet.name: fleet.hours_per_day for fleet in parsed.fleets},
+            on_change=registry.changed,
+            options=options.tuning,
+            starts=instruments.starts,
+            telemetry=instruments,
+        )
+        forecaster.use_specs(tuner.effective_specs)  # the forecaster predicts the tuned specs
+        leases: leadership.TargetLeases | None = None
+        if store.leases is not None:  # replicas share the store: one decides each target
+            leases = leadership.TargetLeases(
+                store.leases,
+                holder=options.identity,
+                targets=registry.names,
+                ttl=options.decider_lease,
+                may_lead=leading,  # with a Kubernetes Lease, only its holder decides (and so patches Knative objects)
+            )
+        loop = decider.Decider(
+            registry=registry,
+            store=store,
+            reconcilers=actuators,
+            clock=clock,
+            telemetry=instruments,
+            forecast=forecaster.current_forecast,
+            ownership=leases,
+            tuned=tuner.effective,
+            explain_tuning=tuner.describe,
+            forecast_degraded=forecaster.degraded,
+            forecast_view=forecaster.describe,
+        )
+        tuner.follow_decisions(loop.decisions.get)  # what each target spent today, for the fleet caps
+        if elector is not None:
+            elector.follow(
+                functools.partial(
+                    knative_targets.on_leadership_change, loop=loop, knative=knative_reconciler, leases=leases
+                )
+            )
+
+        def current_floor(target: str) -> int | None:
+            decision = loop.decisions.get(target)
+            return None if decision is None else decision.floor
+
+        intents = listener.IntentListener(
+            specs=registry.specs,
+            store=store,
+            clock=clock,
+            settings=options.listener,
+            targets_view=knative_targets.describe_targets(loop, actuators, knative),
+            telemetry=instruments,
+            current_floor=current_floor,
+            note_trace=loop.note_trace,
+            metrics=providers.prometheus_text,
+            cold_starts=cold_starts,
+        )
+        runner = web.AppRunner(listener.build_app(intents), access_log=None)
         tasks = await stack.enter_async_context(_owned_tasks())
         tasks.append(asyncio.create_task(actuators.run(), name="reconcilers"))
         grpc_port = None
