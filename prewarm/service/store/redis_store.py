@@ -209,20 +209,20 @@ class RedisStore(StoreListeners):
         if not self._cluster:
             flags = await self._run_ingest(intents)
         else:
+            assert isinstance(self._client, aioredis_cluster.RedisCluster)
             by_slot: dict[int, list[int]] = {}
             for position, intent in enumerate(intents):
                 by_slot.setdefault(slot(intent.target), []).append(position)
-            parts = list(by_slot.values())
-            replies = await asyncio.gather(
-                *(self._run_ingest([intents[p] for p in part]) for part in parts), return_exceptions=True
-            )
-            failures = [reply for reply in replies if isinstance(reply, BaseException)]
-            if failures:  # a refusal first: it makes the group split and find the batch at fault
-                raise next((e for e in failures if not isinstance(e, StateUnavailable)), failures[0])
+            parts = [[intents[p] for p in positions] for positions in by_slot.values()]
+            calls = [self._ingest_call(part) for part in parts]
+            async with self._calling():  # every slot's call in one pipeline (see cluster_scripts)
+                replies = await run_script_calls(self._client, self._ingest, [(keys, args) for keys, args, _ in calls])
+                failures = [reply for reply in replies if isinstance(reply, Exception)]
+                if failures:  # a refusal first: it makes the group split and find the batch at fault
+                    raise next((e for e in failures if errors.is_refusal(e)), failures[0])
             flags = [0] * len(intents)
-            for part, reply in zip(parts, replies, strict=True):
-                assert not isinstance(reply, BaseException)
-                for position, flag in zip(part, reply, strict=True):
+            for positions, (_, _, index), reply in zip(by_slot.values(), calls, replies, strict=True):
+                for position, flag in zip(positions, self._ingested(index, reply), strict=True):
                     flags[position] = flag
         results: list[tuple[bool, ...]] = []
         offset = 0
@@ -232,6 +232,16 @@ class RedisStore(StoreListeners):
         return results
 
     async def _run_ingest(self, intents: Sequence[Intent]) -> list[int]:
+        keys, args, index = self._ingest_call(intents)
+        async with self._calling():
+            if self._wait_replicas:
+                reply = await self._call_and_wait(self._ingest, keys, args)
+            else:
+                reply = await self._ingest(keys=keys, args=args)
+        return self._ingested(index, reply)
+
+    def _ingest_call(self, intents: Sequence[Intent]) -> tuple[list[str], list[str | int], dict[str, int]]:
+        """The ingest script's keys and arguments for `intents`, and each target's position in them."""
         now = max(i.event.at for i in intents)
         index: dict[str, int] = {}
         for intent in intents:
@@ -256,11 +266,11 @@ class RedisStore(StoreListeners):
                 f"{index[intent.target]}|{_TYPE_CODES[event.type]}{batch}|{ms(event.at + event.ttl)}|"
                 f"{arrival_minute(event.at)}|{event.session}"
             )
-        async with self._calling():
-            if self._wait_replicas:
-                reply = await self._call_and_wait(self._ingest, keys, args)
-            else:
-                reply = await self._ingest(keys=keys, args=args)
+        return keys, args, index
+
+    def _ingested(self, index: dict[str, int], reply: Any) -> list[int]:
+        """The new-or-duplicate flag of each intent, from the ingest script's reply; tells the
+        dropped-sessions listeners what it dropped."""
         for target, count in zip(index, reply[0], strict=True):
             if int(count):
                 self._dropped(target, int(count))

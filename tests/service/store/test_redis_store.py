@@ -380,6 +380,11 @@ async def test_a_cluster_store_takes_thousands_of_targets_across_slots(redis_clu
             await store.leases.release_leases(held)
             after = await store.leases.claim_leases(names[:5], holder="replica-b", held={}, ttl=30)
             assert [lease.token for lease in after] == ["2|replica-b"] * 5  # released, taken over
+            # events naming every target at once: a call per slot, in one pipeline
+            accepted = await store.record_intents([intent(f"e-{name}", target=name) for name in names])
+            assert (accepted.accepted, accepted.duplicates) == (len(names), 0)
+            inputs = await store.decision_inputs(names, T0)
+            assert [sessions.active for sessions, _ in inputs] == [1] * len(names)
     finally:
         await store.close()
 
