@@ -19,7 +19,7 @@ import redis.exceptions
 from prewarm.core import ledger, policy
 from prewarm.service import redis_connection, redis_scripts, sentinel_master
 from prewarm.service.store import errors
-from prewarm.service.store.codec import decode_decision, encode_decision
+from prewarm.service.store.codec import decode_decision, encode_decision, encode_decisions
 from prewarm.service.store.group_commit import GroupCommit
 from prewarm.service.store.leases import LeaseLost
 from prewarm.service.store.listeners import StoreListeners
@@ -403,7 +403,7 @@ class RedisStore(StoreListeners):
             return []
         names = _lines([d.target for d, _ in decisions])
         fences = _lines([fence for _, fence in decisions])
-        texts = _lines([encode_decision(d) for d, _ in decisions])
+        texts = _lines(encode_decisions(d for d, _ in decisions))
         async with self._calling():
             stored = await self._save_many(keys=[], args=[DECISIONS_CHANNEL, self._origin, names, fences, texts])
         saved = [bool(int(one)) for one in stored]
