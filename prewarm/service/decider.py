@@ -293,7 +293,13 @@ class Decider:
         owned = list(fences)
         if not owned:
             return {}
-        inputs = await self._store.decision_inputs(owned, now)
+        # the stored decision is only decoded where none is held here (or it must be re-read)
+        held = {target for target in owned if target not in self._fresh and target in self._decisions}
+        inputs = await self._store.decision_inputs(owned, now, cached=held)
+        gone = [t for t in owned if t in held and (t in self._fresh or t not in self._decisions)]
+        if gone:  # gained or forgotten while the inputs were read: it is the stored decision after all
+            reread = dict(zip(gone, await self._store.load_decisions(gone), strict=True))
+            inputs = [(s, reread[t]) if t in reread else (s, d) for t, (s, d) in zip(owned, inputs, strict=True)]
         made: list[tuple[policy.FloorDecision, policy.FloorDecision | None, int]] = []
         for target, (sessions, stored) in zip(owned, inputs, strict=True):
             spec, note = self._specs[target], ""
@@ -360,7 +366,8 @@ class Decider:
         names = sorted(self._specs)
         counts: list[ledger.SessionCount] = []
         for start in range(0, len(names), BATCH):  # a batch of targets per store round trip
-            counts += [sessions for sessions, _ in await self._store.decision_inputs(names[start : start + BATCH], now)]
+            batch = names[start : start + BATCH]
+            counts += [sessions for sessions, _ in await self._store.decision_inputs(batch, now, cached=batch)]
         for target, sessions in zip(names, counts, strict=True):
             spec = self._specs.get(target)
             if spec is None:  # removed while the sessions were read

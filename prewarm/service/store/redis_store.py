@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -338,7 +338,7 @@ class RedisStore(StoreListeners):
         self._tell_own([decision])
 
     async def decision_inputs(
-        self, targets: Sequence[str], now: datetime
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
     ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
         """Sessions and the stored decision of every target in one round trip: one script call on
         one server, a pipeline on a Cluster (the targets' keys live in different slots)."""
@@ -369,7 +369,7 @@ class RedisStore(StoreListeners):
             sessions = ledger.SessionCount(
                 active=int(interactive) + int(batch), next_expiry=next_expiry, batch=int(batch)
             )
-            inputs.append((sessions, self._decoded(target, raw)))
+            inputs.append((sessions, None if target in cached else self._decoded(target, raw)))
         return inputs
 
     async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:
