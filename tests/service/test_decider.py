@@ -181,3 +181,53 @@ async def test_a_target_that_changes_while_it_is_decided_is_decided_again_after_
         assert [floor for _, floor in saved] == [0, 1, 2, 3]  # each change decided once, none lost
     finally:
         running.cancel()
+
+
+class ReloadWhileReading(MemoryStore):
+    """The embedded store, where the target is removed and added back (a config reload) while a
+    batch's inputs are read, once `registry` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry: target_registry.TargetRegistry | None = None
+
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        inputs = await super().decision_inputs(targets, now, cached=cached)
+        if self.registry is not None and "ml/chat" in targets:
+            registry, self.registry = self.registry, None
+            registry.remove("ml/chat")
+            registry.add(SPEC)
+        return inputs
+
+
+async def test_a_decision_forgotten_while_its_inputs_were_read_comes_from_the_store() -> None:
+    """The batch read skips the stored decision of a target whose decision is held here; if the
+    held one is gone when the read returns, the stored one is read after all, so the hold goes on."""
+    store = ReloadWhileReading()
+    registry = target_registry.TargetRegistry([SPEC])
+    saved: list[int] = []
+    store.add_decision_listener(lambda d: saved.append(d.floor))
+    deciding = decider.Decider(registry=registry, store=store, clock=clock.ManualClock(T0))
+    running = asyncio.create_task(deciding.run())
+    try:
+        await wait_for(lambda: "ml/chat" in deciding.decisions)
+        await store.record_intents([opened(f"s{i}") for i in range(3)])
+        await wait_for(lambda: saved[-1:] == [3])
+        store.registry = registry  # the next read forgets the decision held here
+        closed = [
+            Intent(
+                "ml/chat",
+                "/test",
+                f"c{i}",
+                ledger.SessionEvent(ledger.SessionEventType.CLOSED, f"s{i}", T0, timedelta(minutes=5)),
+            )
+            for i in range(3)
+        ]
+        await store.record_intents(closed)
+        await wait_for(lambda: store.registry is None and len(saved) >= 4)
+        assert saved[2:] == [3] * len(saved[2:])  # every decision after the sessions closed holds 3
+        assert deciding.decisions["ml/chat"].reason.startswith("holding 3")
+    finally:
+        running.cancel()
