@@ -38,6 +38,11 @@ RETRY_FIRST = timedelta(milliseconds=100)  # after a failed decision; doubled pe
 RETRY_CAP = timedelta(seconds=2)
 BATCH = 256  # targets decided per store round trip
 IN_FLIGHT = 4  # batches decided at once
+# A target that changed again while it was being decided (events arrive faster than decisions are
+# made) is decided again this many seconds after, not at once: a stream of events makes a decision
+# per target 20 times a second, not one per event. A change to a target decided before it came is
+# decided at once.
+HOT_GAP = 0.05
 
 
 class Ownership(Protocol):
@@ -108,6 +113,8 @@ class Decider:
         self._retry: dict[str, tuple[int, datetime]] = {}  # target -> (failures in a row, when to try again)
         self._actuated: set[str] = set()  # targets whose floor this process has submitted at least once
         self._wake = asyncio.Event()
+        self._hot: dict[str, float] = {}  # target -> loop time it is decided again (see HOT_GAP)
+        self._hot_timer: asyncio.TimerHandle | None = None
         registry.follow(added=self._added, removed=self._removed, changed=self.mark_changed)
         store.add_change_listener(self.mark_changed)
         store.add_resync_listener(self.resync)
@@ -135,6 +142,7 @@ class Decider:
         if self._telemetry is not None:
             self._telemetry.add_target(target)
         self._stale.add(target)
+        self._hot.pop(target, None)  # a new spec is decided at once
         self.mark_changed(target)
         if self._ownership is not None:
             self._ownership.targets_changed()
@@ -145,6 +153,7 @@ class Decider:
         for pending in (self._dirty, self._relist, self._stale, self._fresh, self._actuated):
             pending.discard(target)
         self._retry.pop(target, None)
+        self._hot.pop(target, None)
         self._traces.pop(target, None)
         if self._reconcilers is not None:
             self._reconcilers.drop(target)
@@ -157,8 +166,9 @@ class Decider:
             self._traces[target] = traceparent
 
     def mark_changed(self, target: str) -> None:
-        """Ask for `target` to be re-decided now; unknown targets are ignored."""
-        if target in self._specs:
+        """Ask for `target` to be re-decided now (a hot one: when its gap is over); unknown targets
+        are ignored."""
+        if target in self._specs and target not in self._hot:
             self._dirty.add(target)
             self._wake.set()
 
@@ -203,6 +213,7 @@ class Decider:
         trip to read a batch and one to write it, several batches in flight."""
         while True:
             self._wake.clear()
+            self._cool_down()
             now = self._clock.now()
             due = self._dirty | {target for target, (_, at) in self._retry.items() if at <= now}
             due |= {
@@ -216,11 +227,14 @@ class Decider:
                 # at start, until every lease was claimed once: a target this replica takes is
                 # marked changed (due); re-reading the others' decisions waits (claimed wakes us),
                 # or most would be read as another replica's and thrown away as the leases come in
-                await self._decide_all(sorted(t for t in due if self.decides(t)), now)
+                fast = sorted(t for t in due if self.decides(t))
+                await self._decide_all(fast, now)
+                self._hold_hot(fast)
             else:
                 stale, self._stale = self._stale, set()
                 fast = sorted(t for t in due | {t for t in stale if t not in self._decisions} if self.decides(t))
                 await self._decide_all(fast, now)
+                self._hold_hot(fast)
                 followed = sorted(t for t in stale if t in self._specs and not self.decides(t))
                 await self._follow_all(followed)
             if self._relist:  # the slow lane: one slice, then look at the fast lane again
@@ -229,6 +243,35 @@ class Decider:
                 if self._relist:
                     continue
             await self._clock.wait_until(self._next_wake(), self._wake)
+
+    def _hold_hot(self, decided: Sequence[str]) -> None:
+        """Those of `decided` that changed again meanwhile wait HOT_GAP before they are decided again."""
+        again = [target for target in decided if target in self._dirty]
+        if not again:
+            return
+        loop = asyncio.get_running_loop()
+        until = loop.time() + HOT_GAP
+        for target in again:
+            self._dirty.discard(target)
+            self._hot[target] = until
+        if self._hot_timer is None:
+            self._hot_timer = loop.call_at(until, self._hot_over)
+
+    def _hot_over(self) -> None:
+        self._hot_timer = None
+        self._wake.set()
+
+    def _cool_down(self) -> None:
+        """Hot targets whose gap is over are due again; the timer is set for the next gap to end."""
+        if not self._hot:
+            return
+        loop = asyncio.get_running_loop()
+        now = loop.time()
+        for target in [target for target, until in self._hot.items() if until <= now]:
+            del self._hot[target]
+            self._dirty.add(target)
+        if self._hot and self._hot_timer is None:
+            self._hot_timer = loop.call_at(min(self._hot.values()), self._hot_over)
 
     async def _decide_all(self, due: Sequence[str], now: datetime) -> None:
         """Decide `due` in batches of BATCH targets, IN_FLIGHT batches at a time."""
@@ -293,7 +336,13 @@ class Decider:
         owned = list(fences)
         if not owned:
             return {}
-        inputs = await self._store.decision_inputs(owned, now)
+        # the stored decision is only decoded where none is held here (or it must be re-read)
+        held = {target for target in owned if target not in self._fresh and target in self._decisions}
+        inputs = await self._store.decision_inputs(owned, now, cached=held)
+        gone = [t for t in owned if t in held and (t in self._fresh or t not in self._decisions)]
+        if gone:  # gained or forgotten while the inputs were read: it is the stored decision after all
+            reread = dict(zip(gone, await self._store.load_decisions(gone), strict=True))
+            inputs = [(s, reread[t]) if t in reread else (s, d) for t, (s, d) in zip(owned, inputs, strict=True)]
         made: list[tuple[policy.FloorDecision, policy.FloorDecision | None, int]] = []
         for target, (sessions, stored) in zip(owned, inputs, strict=True):
             spec, note = self._specs[target], ""
@@ -360,7 +409,8 @@ class Decider:
         names = sorted(self._specs)
         counts: list[ledger.SessionCount] = []
         for start in range(0, len(names), BATCH):  # a batch of targets per store round trip
-            counts += [sessions for sessions, _ in await self._store.decision_inputs(names[start : start + BATCH], now)]
+            batch = names[start : start + BATCH]
+            counts += [sessions for sessions, _ in await self._store.decision_inputs(batch, now, cached=batch)]
         for target, sessions in zip(names, counts, strict=True):
             spec = self._specs.get(target)
             if spec is None:  # removed while the sessions were read

@@ -7,6 +7,7 @@ import asyncio
 import io
 import logging
 import time
+from collections.abc import Container, Sequence
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -15,9 +16,9 @@ import pytest
 import redis.asyncio as aioredis
 from support import RedisServer, wait_for
 
-from prewarm.core import ledger, targets
+from prewarm.core import ledger, policy, targets
 from prewarm.service import clock, composition, decider, target_registry
-from prewarm.service.store import Intent, RedisStore
+from prewarm.service.store import Intent, MemoryStore, RedisStore
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SPEC = targets.TargetSpec(
@@ -134,3 +135,99 @@ async def test_floors_converge_within_2_s_after_a_6_s_redis_outage(redis_server:
         acknowledged = time.monotonic()
         await wait_for(lambda: all(service.decider.decisions[name].floor == 2 for name in names), within=2.0)
         print(f"floors converged {time.monotonic() - acknowledged:.3f} s after the last 202")
+
+
+class EventsWhileDeciding(MemoryStore):
+    """The embedded store, where an event for the target arrives while a batch's inputs are read
+    (as on a busy listener), as many times as `arrivals` says."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.arrivals = 0
+        self._next = 0
+
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        inputs = await super().decision_inputs(targets, now, cached=cached)
+        if self.arrivals > 0 and "ml/chat" in targets:
+            self.arrivals -= 1
+            self._next += 1
+            await self.record_intents([opened(f"busy-{self._next}", now)])  # announces the change
+        return inputs
+
+
+async def test_a_target_that_changes_while_it_is_decided_is_decided_again_after_the_hot_gap() -> None:
+    """Events faster than decisions make one decision per HOT_GAP, not one per event; the change
+    that came while deciding is not lost."""
+    store = EventsWhileDeciding()
+    saved: list[tuple[float, int]] = []
+    loop = asyncio.get_running_loop()
+    store.add_decision_listener(lambda d: saved.append((loop.time(), d.floor)) if d.target == "ml/chat" else None)
+    other = targets.TargetSpec(ref=targets.TargetRef("ml", "other"), kind=targets.TargetKind.KEDA, max=5)
+    deciding = decider.Decider(
+        registry=target_registry.TargetRegistry([SPEC, other]), store=store, clock=clock.ManualClock(T0)
+    )
+    running = asyncio.create_task(deciding.run())
+    try:
+        await wait_for(lambda: "ml/chat" in deciding.decisions)
+        store.arrivals = 1
+        await store.record_intents([opened("s1")])  # decided at once; "busy-1" arrives meanwhile
+        await wait_for(lambda: [floor for _, floor in saved][-2:] == [1, 2])
+        first, again = saved[-2][0], saved[-1][0]
+        assert again - first >= decider.HOT_GAP - 0.001  # not at once: after the gap (the loop's timer)
+        await store.record_intents([opened("s2")])  # nothing arrives while this one is decided
+        await wait_for(lambda: saved[-1][1] == 3)
+        assert [floor for _, floor in saved] == [0, 1, 2, 3]  # each change decided once, none lost
+    finally:
+        running.cancel()
+
+
+class ReloadWhileReading(MemoryStore):
+    """The embedded store, where the target is removed and added back (a config reload) while a
+    batch's inputs are read, once `registry` is set."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.registry: target_registry.TargetRegistry | None = None
+
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        inputs = await super().decision_inputs(targets, now, cached=cached)
+        if self.registry is not None and "ml/chat" in targets:
+            registry, self.registry = self.registry, None
+            registry.remove("ml/chat")
+            registry.add(SPEC)
+        return inputs
+
+
+async def test_a_decision_forgotten_while_its_inputs_were_read_comes_from_the_store() -> None:
+    """The batch read skips the stored decision of a target whose decision is held here; if the
+    held one is gone when the read returns, the stored one is read after all, so the hold goes on."""
+    store = ReloadWhileReading()
+    registry = target_registry.TargetRegistry([SPEC])
+    saved: list[int] = []
+    store.add_decision_listener(lambda d: saved.append(d.floor))
+    deciding = decider.Decider(registry=registry, store=store, clock=clock.ManualClock(T0))
+    running = asyncio.create_task(deciding.run())
+    try:
+        await wait_for(lambda: "ml/chat" in deciding.decisions)
+        await store.record_intents([opened(f"s{i}") for i in range(3)])
+        await wait_for(lambda: saved[-1:] == [3])
+        store.registry = registry  # the next read forgets the decision held here
+        closed = [
+            Intent(
+                "ml/chat",
+                "/test",
+                f"c{i}",
+                ledger.SessionEvent(ledger.SessionEventType.CLOSED, f"s{i}", T0, timedelta(minutes=5)),
+            )
+            for i in range(3)
+        ]
+        await store.record_intents(closed)
+        await wait_for(lambda: store.registry is None and len(saved) >= 4)
+        assert saved[2:] == [3] * len(saved[2:])  # every decision after the sessions closed holds 3
+        assert deciding.decisions["ml/chat"].reason.startswith("holding 3")
+    finally:
+        running.cancel()

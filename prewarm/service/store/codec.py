@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
-from datetime import date, datetime
+import math
+from collections.abc import Iterable
+from datetime import UTC, date, datetime
+from json.encoder import encode_basestring_ascii as _quoted
 from typing import Any
 
 from prewarm.core import policy
@@ -13,24 +16,48 @@ _COMPACT = json.JSONEncoder(separators=(",", ":"))  # stateless; json.dumps woul
 
 def encode_decision(decision: policy.FloorDecision) -> str:
     """A decision as compact JSON, lossless for `decode_decision`."""
-    return _COMPACT.encode(
-        {
-            "target": decision.target,
-            "floor": decision.floor,
-            "source": decision.source.value,
-            "reason": decision.reason,
-            "decided_at": decision.decided_at.isoformat(),
-            "next_change": None if decision.next_change is None else decision.next_change.isoformat(),
-            "wanted": decision.wanted,
-            "wanted_source": decision.wanted_source.value,
-            "baseline": decision.baseline,
-            "held": [[h.floor, h.source.value, h.wanted_until.isoformat()] for h in decision.held],
-            "budget_day": decision.budget_day.isoformat(),
-            "budget_used": decision.budget_used,
-            "batch_replicas": decision.batch_replicas,
-            "batch_used": decision.batch_used,
-        }
-    )
+    return encode_decisions((decision,))[0]
+
+
+def encode_decisions(decisions: Iterable[policy.FloorDecision]) -> list[str]:
+    """`encode_decision` of each, in order: the text `json` writes for the decision's fields (compact,
+    ASCII), built without an intermediate dict, and each UTC instant formatted once per batch (a batch
+    decided together shares its `decided_at`)."""
+    instants: dict[datetime, str] = {}
+
+    def instant(at: datetime) -> str:
+        if at.tzinfo is not UTC:  # equal instants in other zones format differently: not shared
+            return _quoted(at.isoformat())
+        text = instants.get(at)
+        if text is None:
+            text = instants[at] = _quoted(at.isoformat())
+        return text
+
+    texts = []
+    for d in decisions:
+        held = ",".join(f"[{_integer(h.floor)},{_quoted(h.source.value)},{instant(h.wanted_until)}]" for h in d.held)
+        texts.append(
+            f'{{"target":{_quoted(d.target)},"floor":{_integer(d.floor)},"source":{_quoted(d.source.value)},'
+            f'"reason":{_quoted(d.reason)},"decided_at":{instant(d.decided_at)},'
+            f'"next_change":{"null" if d.next_change is None else instant(d.next_change)},'
+            f'"wanted":{_integer(d.wanted)},"wanted_source":{_quoted(d.wanted_source.value)},'
+            f'"baseline":{_integer(d.baseline)},"held":[{held}],"budget_day":{_quoted(d.budget_day.isoformat())},'
+            f'"budget_used":{_real(d.budget_used)},"batch_replicas":{_integer(d.batch_replicas)},'
+            f'"batch_used":{_real(d.batch_used)}}}'
+        )
+    return texts
+
+
+def _integer(value: int) -> str:
+    """An int field as `json` writes it (a float stored there by mistake still round-trips as json would)."""
+    return int.__repr__(value) if type(value) is int else _COMPACT.encode(value)
+
+
+def _real(value: float) -> str:
+    """A float field as `json` writes it: repr when finite, NaN/Infinity/-Infinity otherwise."""
+    if type(value) is float and math.isfinite(value):
+        return float.__repr__(value)
+    return _COMPACT.encode(value)
 
 
 def decode_decision(text: str | bytes) -> policy.FloorDecision:

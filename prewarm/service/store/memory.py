@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import collections
-from collections.abc import Sequence
+from collections.abc import Container, Sequence
 from datetime import UTC, datetime
 
 from prewarm.core import ledger, policy
@@ -102,9 +102,12 @@ class MemoryStore(StoreListeners):
             listener(decision)
 
     async def decision_inputs(
-        self, targets: Sequence[str], now: datetime
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
     ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
-        return [(await self.count_sessions(target, now), self._decisions.get(target)) for target in targets]
+        return [
+            (await self.count_sessions(target, now), None if target in cached else self._decisions.get(target))
+            for target in targets
+        ]
 
     async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:
         return [self._decisions.get(target) for target in targets]

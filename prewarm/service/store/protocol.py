@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Container, Sequence
 from datetime import datetime, timedelta
 from typing import TYPE_CHECKING, Protocol
 
@@ -93,10 +93,11 @@ class Store(Protocol):
         ...
 
     async def decision_inputs(
-        self, targets: Sequence[str], now: datetime
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
     ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
         """For each of `targets`, in order: its sessions alive at `now` and its last saved decision,
-        read in one round trip where the store can (what deciding a batch of targets needs)."""
+        read in one round trip where the store can (what deciding a batch of targets needs). The
+        decision of a target in `cached` (the caller holds it) is None: not decoded again."""
         ...
 
     async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:

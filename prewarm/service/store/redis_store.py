@@ -7,7 +7,7 @@ import contextlib
 import json
 import logging
 import secrets
-from collections.abc import AsyncIterator, Sequence
+from collections.abc import AsyncIterator, Container, Sequence
 from datetime import UTC, datetime
 from typing import Any
 
@@ -20,7 +20,7 @@ from prewarm.core import ledger, policy
 from prewarm.service import redis_connection, redis_scripts, sentinel_master
 from prewarm.service.store import errors
 from prewarm.service.store.cluster_scripts import ScriptCall, run_script_calls
-from prewarm.service.store.codec import decode_decision, encode_decision
+from prewarm.service.store.codec import decode_decision, encode_decision, encode_decisions
 from prewarm.service.store.group_commit import GroupCommit
 from prewarm.service.store.leases import LeaseLost
 from prewarm.service.store.listeners import StoreListeners
@@ -349,7 +349,7 @@ class RedisStore(StoreListeners):
         self._tell_own([decision])
 
     async def decision_inputs(
-        self, targets: Sequence[str], now: datetime
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
     ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
         """Sessions and the stored decision of every target in one round trip: one script call on
         one server, a pipeline on a Cluster (the targets' keys live in different slots)."""
@@ -380,7 +380,7 @@ class RedisStore(StoreListeners):
             sessions = ledger.SessionCount(
                 active=int(interactive) + int(batch), next_expiry=next_expiry, batch=int(batch)
             )
-            inputs.append((sessions, self._decoded(target, raw)))
+            inputs.append((sessions, None if target in cached else self._decoded(target, raw)))
         return inputs
 
     async def load_decisions(self, targets: Sequence[str]) -> list[policy.FloorDecision | None]:
@@ -405,12 +405,10 @@ class RedisStore(StoreListeners):
         if not decisions:
             return []
         if isinstance(self._client, aioredis_cluster.RedisCluster):
+            texts = encode_decisions(d for d, _ in decisions)
             calls: list[ScriptCall] = [
-                (
-                    [key(d.target, "decision"), key(d.target, "leader")],
-                    [fence, encode_decision(d), DECISIONS_CHANNEL, self._origin],
-                )
-                for d, fence in decisions
+                ([key(d.target, "decision"), key(d.target, "leader")], [fence, text, DECISIONS_CHANNEL, self._origin])
+                for (d, fence), text in zip(decisions, texts, strict=True)
             ]
             async with self._calling():
                 stored = await run_script_calls(self._client, self._save, calls)
@@ -420,9 +418,9 @@ class RedisStore(StoreListeners):
         else:
             names = _lines([d.target for d, _ in decisions])
             fences = _lines([fence for _, fence in decisions])
-            texts = _lines([encode_decision(d) for d, _ in decisions])
+            decided = _lines(encode_decisions(d for d, _ in decisions))
             async with self._calling():
-                stored = await self._save_many(keys=[], args=[DECISIONS_CHANNEL, self._origin, names, fences, texts])
+                stored = await self._save_many(keys=[], args=[DECISIONS_CHANNEL, self._origin, names, fences, decided])
         saved = [bool(int(one)) for one in stored]
         self._tell_own([d for (d, _), ok in zip(decisions, saved, strict=True) if ok])
         return saved

@@ -405,6 +405,10 @@ async def check_batched_decisions(store: RedisStore, names: list[str], *, fence:
     fences[-1] = "0|someone-else"
     assert await store.save_decisions(list(zip(made, fences, strict=True))) == [True] * (len(names) - 1) + [False]
     assert await store.load_decisions(names) == made[:-1] + [stored for _, stored in inputs][-1:]
+    # a decision the caller holds is not decoded again; the sessions are read all the same
+    partly = await store.decision_inputs(names, T0, cached={names[0]})
+    assert [stored for _, stored in partly] == [None, *made[1:-1], inputs[-1][1]]
+    assert [sessions for sessions, _ in partly] == [sessions for sessions, _ in inputs]
     assert await store.decision_inputs([], T0) == [] and await store.save_decisions([]) == []
 
 
