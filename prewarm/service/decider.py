@@ -15,6 +15,7 @@ the store, so every replica knows every current floor but only one decides and a
 from __future__ import annotations
 
 import asyncio
+import heapq
 import logging
 import time
 from collections.abc import Callable, Mapping, Sequence
@@ -113,6 +114,9 @@ class Decider:
         self._retry: dict[str, tuple[int, datetime]] = {}  # target -> (failures in a row, when to try again)
         self._actuated: set[str] = set()  # targets whose floor this process has submitted at least once
         self._wake = asyncio.Event()
+        # (next_change, target) of the decisions made here, earliest first; an entry whose decision
+        # was replaced since is skipped when it comes up (a wake looks at what is due, not at all)
+        self._changes: list[tuple[datetime, str]] = []
         self._hot: dict[str, float] = {}  # target -> loop time it is decided again (see HOT_GAP)
         self._hot_timer: asyncio.TimerHandle | None = None
         registry.follow(added=self._added, removed=self._removed, changed=self.mark_changed)
@@ -216,11 +220,7 @@ class Decider:
             self._cool_down()
             now = self._clock.now()
             due = self._dirty | {target for target, (_, at) in self._retry.items() if at <= now}
-            due |= {
-                target
-                for target, decision in self._decisions.items()
-                if decision.next_change is not None and decision.next_change <= now and self.decides(target)
-            }
+            due |= self._due_changes(now)
             self._dirty = set()
             self._relist -= due
             if self._ownership is not None and not self._ownership.claimed:
@@ -374,6 +374,7 @@ class Decider:
                     self._ownership.refused(target)
                 continue
             self._decisions[target] = decision
+            self._remember_change(decision)
             self._fresh.discard(target)
             decided[target] = decision
             self._decided(decision, previous, active)
@@ -439,6 +440,40 @@ class Decider:
         return view
 
     def _next_wake(self) -> datetime | None:
-        times = [d.next_change for t, d in self._decisions.items() if d.next_change is not None and self.decides(t)]
-        times += [at for _, at in self._retry.values()]
+        times = [at for _, at in self._retry.values()]
+        upcoming = self._next_change()
+        if upcoming is not None:
+            times.append(upcoming)
         return min(times) if times else None
+
+    def _remember_change(self, decision: policy.FloorDecision) -> None:
+        """Keep `decision`'s next change (when it has one) for the wake that re-decides it."""
+        if decision.next_change is None:
+            return
+        if len(self._changes) > 2 * len(self._decisions) + 1024:  # mostly replaced entries: start over
+            self._changes = [(d.next_change, t) for t, d in self._decisions.items() if d.next_change is not None]
+            heapq.heapify(self._changes)
+        heapq.heappush(self._changes, (decision.next_change, decision.target))
+
+    def _current_change(self, at: datetime, target: str) -> bool:
+        """Whether `at` is the next change of the decision held for `target`, which this replica decides."""
+        decision = self._decisions.get(target)
+        return decision is not None and decision.next_change == at and self.decides(target)
+
+    def _due_changes(self, now: datetime) -> set[str]:
+        """The targets whose decision said it would change by `now`, taken off the schedule."""
+        due: set[str] = set()
+        while self._changes and self._changes[0][0] <= now:
+            at, target = heapq.heappop(self._changes)
+            if self._current_change(at, target):
+                due.add(target)
+        return due
+
+    def _next_change(self) -> datetime | None:
+        """The earliest next change of a decision made here (replaced entries dropped on the way)."""
+        while self._changes:
+            at, target = self._changes[0]
+            if self._current_change(at, target):
+                return at
+            heapq.heappop(self._changes)
+        return None

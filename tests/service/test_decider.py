@@ -231,3 +231,46 @@ async def test_a_decision_forgotten_while_its_inputs_were_read_comes_from_the_st
         assert deciding.decisions["ml/chat"].reason.startswith("holding 3")
     finally:
         running.cancel()
+
+
+async def test_a_wake_re_decides_only_the_targets_whose_decision_said_they_change_by_then() -> None:
+    """Decisions that name a next change (a session's expiry) are re-decided at it, the others not
+    at all; a decision replaced since (the session closed early) is not re-decided at the old time."""
+    manual = clock.ManualClock(T0)
+    store = MemoryStore()
+    specs = [
+        targets.TargetSpec(
+            ref=targets.TargetRef("ml", f"m{i}"),
+            kind=targets.TargetKind.KEDA,
+            max=5,
+            sessions_per_replica=1,
+            hold=timedelta(0),
+        )
+        for i in range(200)
+    ]
+    saves: dict[str, int] = {}
+    store.add_decision_listener(lambda d: saves.__setitem__(d.target, saves.get(d.target, 0) + 1))
+    deciding = decider.Decider(registry=target_registry.TargetRegistry(specs), store=store, clock=manual)
+    running = asyncio.create_task(deciding.run())
+
+    def session(kind: ledger.SessionEventType, target: str, at: datetime) -> Intent:
+        event = ledger.SessionEvent(kind, f"s-{target}", at, timedelta(minutes=5))
+        return Intent(target=target, source="/test", id=f"{kind.value}-{target}", event=event)
+
+    try:
+        await wait_for(lambda: len(deciding.decisions) == 200)
+        await store.record_intents([session(ledger.SessionEventType.OPENED, f"ml/m{i}", T0) for i in range(3)])
+        await wait_for(lambda: all(deciding.decisions[f"ml/m{i}"].floor == 1 for i in range(3)))
+        assert deciding.decisions["ml/m0"].next_change == T0 + timedelta(minutes=5)
+        manual.advance(timedelta(minutes=1))
+        await store.record_intents([session(ledger.SessionEventType.CLOSED, "ml/m1", T0 + timedelta(minutes=1))])
+        await wait_for(lambda: deciding.decisions["ml/m1"].floor == 0)
+        before = dict(saves)
+        manual.advance(timedelta(minutes=4))  # the two sessions still open expire
+        await wait_for(lambda: deciding.decisions["ml/m0"].floor == 0 and deciding.decisions["ml/m2"].floor == 0)
+        await asyncio.sleep(0)  # let a wrongly scheduled decision of another target run, if any
+        changed = {target for target, count in saves.items() if count != before.get(target)}
+        assert changed == {"ml/m0", "ml/m2"}
+        assert manual.deadlines == []  # nothing else is due: the decider sleeps until told
+    finally:
+        running.cancel()
