@@ -28,6 +28,6 @@ def test_a_floor_change_is_one_line_in_utc_to_the_second(decided_at: datetime) -
     )
     previous = policy.decide_floor(SPEC, policy.Signals(), datetime(2026, 5, 1, 11, tzinfo=UTC), None)
     assert format_floor_change(decision, previous) == (
-        "2026-05-01T12:00:07Z ml/chat 0 -> 3 [intent] intent 3 (3 interactive sessions / 1 per replica)"
+        "2026-05-01T12:00:07Z ml/chat 0 -> 1 [intent] intent 1 (3 interactive sessions / 4 per replica)"
     )
-    assert format_floor_change(decision, None).startswith("2026-05-01T12:00:07Z ml/chat - -> 3 ")
+    assert format_floor_change(decision, None).startswith("2026-05-01T12:00:07Z ml/chat - -> 1 ")
