@@ -221,6 +221,8 @@ class Decider:
             now = self._clock.now()
             due = self._dirty | {target for target, (_, at) in self._retry.items() if at <= now}
             due |= self._due_changes(now)
+            for target in [t for t in self._retry if t in due and not self.decides(t)]:
+                del self._retry[target]  # not decided here (any more): when gained, it is decided afresh
             self._dirty = set()
             self._relist -= due
             if self._ownership is not None and not self._ownership.claimed:
@@ -285,6 +287,8 @@ class Decider:
         except Exception as e:
             failures = 0
             for target in batch:
+                if target not in self._specs:
+                    continue  # removed meanwhile: nothing to retry
                 failures = self._retry.get(target, (0, now))[0] + 1
                 delay = min(RETRY_FIRST * 2 ** (failures - 1), RETRY_CAP)
                 self._retry[target] = (failures, now + delay)
@@ -345,7 +349,10 @@ class Decider:
             inputs = [(s, reread[t]) if t in reread else (s, d) for t, (s, d) in zip(owned, inputs, strict=True)]
         made: list[tuple[policy.FloorDecision, policy.FloorDecision | None, int]] = []
         for target, (sessions, stored) in zip(owned, inputs, strict=True):
-            spec, note = self._specs[target], ""
+            found = self._specs.get(target)
+            if found is None:  # removed while the inputs were read
+                continue
+            spec, note = found, ""
             if self._tuned is not None:
                 spec, note = self._tuned(spec)
             previous = None if target in self._fresh else self._decisions.get(target)

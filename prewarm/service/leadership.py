@@ -119,8 +119,17 @@ class TargetLeases:
             renewing = {t: self._held[t][0] for t in wanted if t in self._held}
             sent = self._monotonic()
             lost = set(await self._store.renew_leases(renewing, ttl=self.ttl)) if renewing else set()
+            renewed_at = self._monotonic()
+            back: list[str] = []
             for target in renewing.keys() - lost:
+                current = self._held.get(target)
+                if current is None or current[0] != renewing[target]:
+                    continue  # refused or replaced while the renewal was out: the next claim says whose it is
+                if current[1] <= renewed_at < sent + self.ttl:
+                    back.append(target)  # it ran out here meanwhile (`fence` said None): tell it is held again
                 self._held[target] = (renewing[target], sent + self.ttl)
+            for target in back:
+                self._notify(self._gained, target)
             # the rest is claimed a chunk at a time, each chunk's leases counted from its own claim
             claiming = [t for t in wanted if t not in renewing or t in lost]
             for start in range(0, len(claiming), CLAIM_CHUNK):

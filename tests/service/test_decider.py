@@ -18,7 +18,7 @@ from support import RedisServer, wait_for
 
 from prewarm.core import ledger, policy, targets
 from prewarm.service import clock, composition, decider, target_registry
-from prewarm.service.store import Intent, MemoryStore, RedisStore
+from prewarm.service.store import Intent, MemoryStore, RedisStore, StateUnavailable
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 SPEC = targets.TargetSpec(
@@ -272,5 +272,58 @@ async def test_a_wake_re_decides_only_the_targets_whose_decision_said_they_chang
         changed = {target for target, count in saves.items() if count != before.get(target)}
         assert changed == {"ml/m0", "ml/m2"}
         assert manual.deadlines == []  # nothing else is due: the decider sleeps until told
+    finally:
+        running.cancel()
+
+
+class RemovedWhileReading(MemoryStore):
+    """The embedded store, where the target is removed from `registry` while a batch's inputs are
+    read; the read then fails once `fail` is set (a store outage at the same moment)."""
+
+    def __init__(self, registry: target_registry.TargetRegistry, *, fail: bool) -> None:
+        super().__init__()
+        self.registry: target_registry.TargetRegistry | None = registry
+        self.fail = fail
+
+    async def decision_inputs(
+        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
+    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
+        inputs = await super().decision_inputs(targets, now, cached=cached)
+        if self.registry is not None and "ml/chat" in targets:
+            registry, self.registry = self.registry, None
+            registry.remove("ml/chat")
+            if self.fail:
+                raise StateUnavailable("redis: connection reset")
+        return inputs
+
+
+@pytest.mark.parametrize("fail", [False, True])
+async def test_a_target_removed_while_it_is_decided_is_dropped_not_retried(fail: bool) -> None:
+    """Removed while its inputs were read (with or without the read failing): the others are
+    decided, it is not, and nothing is left to retry (a retry of a target no longer decided here
+    would come due on every turn of the loop, which then never sleeps)."""
+    manual = clock.ManualClock(T0)
+    other = targets.TargetSpec(ref=targets.TargetRef("ml", "other"), kind=targets.TargetKind.KEDA, max=5)
+    registry = target_registry.TargetRegistry([SPEC, other])
+    store = RemovedWhileReading(registry, fail=fail)
+    deciding = decider.Decider(registry=registry, store=store, clock=manual)
+    running = asyncio.create_task(deciding.run())
+    try:
+        if not fail:
+            await wait_for(lambda: "ml/other" in deciding.decisions)
+        else:  # the batch failed: both are retried, the one that is left is decided
+            await wait_for(lambda: manual.deadlines == [T0 + decider.RETRY_FIRST])
+            manual.advance(decider.RETRY_FIRST)
+            await wait_for(lambda: "ml/other" in deciding.decisions)
+        assert "ml/chat" not in deciding.decisions
+        manual.advance(decider.RETRY_CAP)  # any retry left would be due now
+        await wait_for(lambda: manual.deadlines == [])  # parked until told: nothing is due
+        deciding.mark_changed("ml/other")
+        await wait_for(
+            lambda: (
+                deciding.decisions["ml/other"].decided_at
+                == T0 + decider.RETRY_CAP + (decider.RETRY_FIRST if fail else timedelta(0))
+            )
+        )
     finally:
         running.cancel()

@@ -27,7 +27,7 @@ from support import RedisServer, free_port, wait_for, wait_for_async
 
 from prewarm.core import policy, targets
 from prewarm.service import clock, composition, leadership
-from prewarm.service.store import LeaseLost, RedisStore
+from prewarm.service.store import Lease, LeaseLost, RedisStore
 
 T0 = datetime(2026, 5, 1, 12, 0, tzinfo=UTC)
 NAMES = [f"ml/model-{i}" for i in range(6)]
@@ -382,3 +382,51 @@ async def test_a_stopped_decider_resumes_as_a_follower(
         await wait_for(lambda: sum(t[1:] == ("0", "1") for t in transitions(other.output())) == len(NAMES), within=5)
         assert deciding.output() == logged_before
         assert await holders(client) == {other.name}
+
+
+class SlowRenewals:
+    """A lease store (the LeaseStore protocol) that grants every claim and holds each renewal
+    until `answer` is set: a renewal out for longer than the lease is believed held here."""
+
+    def __init__(self) -> None:
+        self.answer = asyncio.Event()
+        self.renewing = asyncio.Event()
+
+    async def claim_leases(
+        self, targets: list[str], *, holder: str, held: dict[str, str], ttl: float, acquire: bool = True
+    ) -> list[Lease]:
+        token = f"1|{holder}"
+        return [Lease(target=t, token=held.get(t) or token, holder=token, remaining=ttl) for t in targets]
+
+    async def renew_leases(self, held: dict[str, str], *, ttl: float) -> list[str]:
+        self.renewing.set()
+        await self.answer.wait()
+        return []
+
+    async def release_leases(self, held: dict[str, str]) -> None:
+        return None
+
+
+async def test_a_lease_renewed_after_it_ran_out_here_is_told_as_gained_again() -> None:
+    """While a renewal is out past the local deadline, `fence` says None (a decider skips the
+    target, and may drop what it had scheduled for it); when the renewal then succeeds, the
+    target is held again and its followers are told, so it is decided again. A lease refused
+    meanwhile is not brought back by that renewal."""
+    store = SlowRenewals()
+    now = [0.0]
+    leases = leadership.TargetLeases(store, holder="a", targets=lambda: NAMES[:2], ttl=4.0, monotonic=lambda: now[0])
+    events: list[tuple[str, str]] = []
+    leases.follow(lambda t: events.append(("gained", t)), lambda t: events.append(("lost", t)))
+    await leases.campaign()
+    assert events == [("gained", NAMES[0]), ("gained", NAMES[1])] and leases.fence(NAMES[0]) == "1|a"
+    events.clear()
+    now[0] = 3.0  # the renewal is sent before the lease runs out (at 4.0) ...
+    renewing = asyncio.create_task(leases.campaign())
+    await store.renewing.wait()
+    now[0] = 5.0  # ... and answered after: no fence while it is out
+    assert leases.fence(NAMES[0]) is None and leases.fence(NAMES[1]) is None
+    leases.refused(NAMES[1])  # a fenced write was refused meanwhile
+    store.answer.set()
+    await renewing
+    assert leases.fence(NAMES[0]) == "1|a" and leases.fence(NAMES[1]) is None
+    assert events == [("lost", NAMES[1]), ("gained", NAMES[0])]
