@@ -55,6 +55,7 @@ class Gone(KubeAPIError):
     """410: the resourceVersion to watch from is too old; list again."""
 
 
+LIST_PAGE = 500  # items per page of a list (client-go's pager default)
 FIELD_MANAGER = "kube-prewarm"  # who owns our writes in managedFields, sent with every write
 WRITES = frozenset({"PATCH", "POST", "PUT"})
 LEASES = ("coordination.k8s.io", "v1")
@@ -185,6 +186,21 @@ class KubeAPI:
             raise KubeAPIError(0, f"expected an object, got {type(result).__name__}")
         return result
 
+    async def _list_all(self, path: str, params: Mapping[str, str]) -> tuple[list[dict[str, Any]], str]:
+        """Every item of a list, a page of LIST_PAGE at a time (as client-go's pager: each page is one
+        call within the call timeout, however large the cluster), and the list's resourceVersion."""
+        items: list[dict[str, Any]] = []
+        token = ""
+        while True:
+            page = await self._object(
+                "GET", path, params={**params, "limit": str(LIST_PAGE), **({"continue": token} if token else {})}
+            )
+            items += page.get("items") or []
+            metadata = page.get("metadata") or {}
+            token = str(metadata.get("continue") or "")
+            if not token:
+                return items, str(metadata.get("resourceVersion") or "")
+
     async def namespace_labels(self, name: str) -> dict[str, str]:
         """A namespace's labels; NotFound, Forbidden (RBAC) or another KubeAPIError otherwise."""
         namespace = await self._object("GET", _path("api", "v1", "namespaces", name))
@@ -220,10 +236,8 @@ class KubeAPI:
     async def list_serving(self, plural: str, label_selector: str = "") -> tuple[list[dict[str, Any]], str]:
         """Every Knative Serving object of `plural` (`services`, `revisions`) in the cluster matching
         `label_selector`, and the list's resourceVersion to watch from."""
-        listing = await self._object(
-            "GET", _path("apis", keys.SERVING_GROUP, keys.SERVING_VERSION, plural), params=_selector(label_selector)
-        )
-        return list(listing.get("items") or []), str((listing.get("metadata") or {}).get("resourceVersion") or "")
+        path = _path("apis", keys.SERVING_GROUP, keys.SERVING_VERSION, plural)
+        return await self._list_all(path, _selector(label_selector))
 
     async def watch_serving(
         self, plural: str, resource_version: str, timeout_seconds: int, label_selector: str = ""
@@ -260,9 +274,9 @@ class KubeAPI:
 
     async def list_nodes(self, label_selector: str = "") -> list[dict[str, Any]]:
         """Nodes (matching `label_selector`) as plain dicts: name, labels, unschedulable, Ready."""
-        listing = await self._object("GET", _path("api", "v1", "nodes"), params=_selector(label_selector))
+        items, _ = await self._list_all(_path("api", "v1", "nodes"), _selector(label_selector))
         found = []
-        for node in listing.get("items") or []:
+        for node in items:
             conditions = (node.get("status") or {}).get("conditions") or []
             found.append(
                 {

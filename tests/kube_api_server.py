@@ -243,6 +243,20 @@ class KubeAPIServer:
             "status": {"conditions": [{"type": "Ready", "status": "True" if ready else "False"}]},
         }
 
+    def _page(self, items: list[dict[str, Any]], request: web.Request) -> tuple[list[dict[str, Any]], dict[str, str]]:
+        """A list's page as the API server cuts it: at most `limit` items from where `continue`
+        left off, and a `continue` token while more remain (the snapshot's resourceVersion on each)."""
+        version, _, offset_text = request.query.get("continue", "").partition(":")
+        offset = int(offset_text or 0)
+        metadata = {"resourceVersion": version or str(self._version)}
+        limit = int(request.query.get("limit") or 0)
+        if limit <= 0 or offset + limit >= len(items):
+            return items[offset:], metadata
+        return items[offset : offset + limit], {
+            **metadata,
+            "continue": f"{metadata['resourceVersion']}:{offset + limit}",
+        }
+
     async def _list_nodes(self, request: web.Request) -> web.Response:
         self.requests.append(("LIST", request.path, None, dict(request.query)))
         denied = self._denied(verb="list", group="", resource="nodes", namespace=None, name=None)
@@ -253,14 +267,8 @@ class KubeAPIServer:
             return fault
         selector = request.query.get("labelSelector", "")
         items = [node for _, node in sorted(self.nodes.items()) if labels_match(node, selector)]
-        return web.json_response(
-            {
-                "kind": "NodeList",
-                "apiVersion": "v1",
-                "metadata": {"resourceVersion": str(self._version)},
-                "items": items,
-            }
-        )
+        page, metadata = self._page(items, request)
+        return web.json_response({"kind": "NodeList", "apiVersion": "v1", "metadata": metadata, "items": page})
 
     async def _node(self, request: web.Request) -> web.Response:
         name = request.match_info["name"]
@@ -399,9 +407,8 @@ class KubeAPIServer:
                 for (gv, _, p, _), obj in sorted(self.objects.items())
                 if p == plural and labels_match(obj, selector)
             ]
-            return web.json_response(
-                {"kind": "List", "metadata": {"resourceVersion": str(self._version)}, "items": items}
-            )
+            page, metadata = self._page(items, request)
+            return web.json_response({"kind": "List", "metadata": metadata, "items": page})
         refused = next((code for method, code in self.faults if method == "WATCH" and code != 410), None)
         if refused is not None:  # 410 is sent as the API server sends it, an ERROR event in the stream
             self.faults.remove(("WATCH", refused))

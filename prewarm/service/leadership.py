@@ -98,7 +98,13 @@ class TargetLeases:
         """Campaign forever; cancel to stop (then `release_all` for a quick handover)."""
         while True:
             self._wake.clear()
-            delay = await self.campaign()
+            try:
+                delay = await self.campaign()
+            except Exception:  # a script refused (a bug, a store that rejects it): never stop campaigning
+                self._failures += 1
+                delay = min(0.05 * 2.0**self._failures, 1.0)
+                log.exception("decider leases: a claim failed (attempt %d, again in %.2fs)", self._failures, delay)
+                self._expire(self._monotonic())
             clock.refuse_if_cancelling()  # a client library may have swallowed our cancellation
             with contextlib.suppress(TimeoutError):
                 async with asyncio.timeout(delay):

@@ -192,3 +192,24 @@ async def test_a_watch_the_server_never_ends_gives_up_after_its_bound() -> None:
             await session.close()
     assert stalled.value.status == 0 and "TimeoutError" in stalled.value.message
     assert 1.3 <= loop.time() - began < 5
+
+
+async def test_large_lists_are_read_a_page_at_a_time(fake: Fake) -> None:
+    """A list is read in pages of LIST_PAGE items (each page one call within the call timeout, as
+    client-go's pager reads them), every item once, with the snapshot's resourceVersion."""
+    for index in range(2, 2 * kube_api.LIST_PAGE + 102):
+        fake.server.add(SERVING, "revisions", revision(f"chat-{index:05d}"))
+    for index in range(kube_api.LIST_PAGE + 1):
+        fake.server.add_node(f"gpu-{index:04d}", labels={"pool": "gpu"})
+    before = len(fake.seen)
+    items, version = await fake.api.list_serving("revisions", "serving.knative.dev/service")
+    names = [item["metadata"]["name"] for item in items]
+    assert names == [f"chat-{index:05d}" for index in range(1, 2 * kube_api.LIST_PAGE + 102)]
+    pages = [request["query"] for request in fake.seen[before:]]
+    assert [page.get("continue", "") != "" for page in pages] == [False, True, True]
+    assert {page["limit"] for page in pages} == {str(kube_api.LIST_PAGE)}
+    fake.server.add(SERVING, "revisions", revision("chat-99999"))  # after the list: seen by a watch from it
+    events = [event["object"]["metadata"]["name"] async for event in fake.api.watch_serving("revisions", version, 1)]
+    assert events == ["chat-99999"]
+    nodes = await fake.api.list_nodes("pool=gpu")
+    assert len(nodes) == kube_api.LIST_PAGE + 2 and len({node["name"] for node in nodes}) == len(nodes)

@@ -23,6 +23,7 @@ from pathlib import Path
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
+import redis.exceptions
 from support import RedisServer, free_port, wait_for, wait_for_async
 
 from prewarm.core import policy, targets
@@ -430,3 +431,32 @@ async def test_a_lease_renewed_after_it_ran_out_here_is_told_as_gained_again() -
     await renewing
     assert leases.fence(NAMES[0]) == "1|a" and leases.fence(NAMES[1]) is None
     assert events == [("lost", NAMES[1]), ("gained", NAMES[0])]
+
+
+class RefusesOnce(SlowRenewals):
+    """A lease store whose first claim is refused with an error reply (as a script error would be)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.answer.set()
+        self.refusals = 1
+
+    async def claim_leases(
+        self, targets: list[str], *, holder: str, held: dict[str, str], ttl: float, acquire: bool = True
+    ) -> list[Lease]:
+        if self.refusals:
+            self.refusals -= 1
+            raise redis.exceptions.ResponseError("ERR prewarm leases: malformed arguments")
+        return await super().claim_leases(targets, holder=holder, held=held, ttl=ttl, acquire=acquire)
+
+
+async def test_a_refused_claim_is_logged_and_campaigning_goes_on(caplog: pytest.LogCaptureFixture) -> None:
+    """Before, a refusal ended the campaign task silently: no lease was renewed again."""
+    leases = leadership.TargetLeases(RefusesOnce(), holder="a", targets=lambda: NAMES[:2], ttl=4.0)
+    campaigning = asyncio.create_task(leases.run())
+    try:
+        await wait_for(lambda: leases.held == frozenset(NAMES[:2]))
+        assert not campaigning.done()
+        assert any("decider leases: a claim failed (attempt 1" in r.getMessage() for r in caplog.records)
+    finally:
+        campaigning.cancel()
