@@ -86,7 +86,8 @@ async def test_every_write_names_the_field_manager_and_reads_do_not(fake: Fake) 
         ("POST", "kube-prewarm"),
         ("PUT", "kube-prewarm"),
     ]
-    assert [r["query"] for r in fake.seen if r["method"] == "GET"] == [{}, {"labelSelector": "pool=gpu"}, {}]
+    reads = [r["query"] for r in fake.seen if r["method"] == "GET"]
+    assert reads == [{}, {"labelSelector": "pool=gpu", "limit": str(kube_api.LIST_PAGE)}, {}]
     assert {r["User-Agent"] for r in fake.seen} == {"kube-prewarm"}
     patches = [(path, ctype) for path, ctype, _ in fake.server.patches()]
     assert patches == [
