@@ -85,14 +85,17 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event, *, failed: list[st
         node_selector=args.node_selector,
         relist=timedelta(seconds=args.relist),
     )
-    feed = store.RedisStore.from_url(args.store)
-    s3 = s3_source.connect(args.s3_endpoint) if any(s3_source.is_s3(w.source) for w in specs.values()) else None
-    kube_configuration = knative_targets.load_kube_configuration(args.kubeconfig)
-    kube_session = kube_connection.open_session(kube_configuration)
-    api = kube_api.KubeAPI(kube_configuration, kube_session)
-    follower = weights_follower.WeightsFollower(feed=feed, nodes=api, specs=specs, settings=settings, s3=s3)
-    log.info("following %d targets with weights on node %s (budget %d bytes)", len(specs), node, args.budget)
-    try:
+    async with contextlib.AsyncExitStack() as closing:  # what is opened is closed on any way out
+        feed = store.RedisStore.from_url(args.store)
+        closing.push_async_callback(_close_quietly, feed)
+        needs_s3 = any(s3_source.is_s3(w.source) for w in specs.values())
+        s3 = s3_source.connect(args.s3_endpoint) if needs_s3 else None
+        kube_configuration = knative_targets.load_kube_configuration(args.kubeconfig)
+        kube_session = kube_connection.open_session(kube_configuration)
+        closing.push_async_callback(kube_session.close)
+        api = kube_api.KubeAPI(kube_configuration, kube_session)
+        follower = weights_follower.WeightsFollower(feed=feed, nodes=api, specs=specs, settings=settings, s3=s3)
+        log.info("following %d targets with weights on node %s (budget %d bytes)", len(specs), node, args.budget)
         if not args.follow:
             for target in specs:
                 try:
@@ -105,7 +108,9 @@ async def warm(args: argparse.Namespace, stop: asyncio.Event, *, failed: list[st
         async with weights_follower.following(follower):
             await feed.start()
             await stop.wait()
-    finally:
-        with contextlib.suppress(Exception):
-            await feed.close()
-        await kube_session.close()
+
+
+async def _close_quietly(feed: store.RedisStore) -> None:
+    """Close the decision feed; a failure to close is not the command's failure."""
+    with contextlib.suppress(Exception):
+        await feed.close()

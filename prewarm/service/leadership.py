@@ -196,7 +196,8 @@ class TargetLeases:
                 next_claim = min(next_claim, lease.remaining + 0.005)  # be there when it expires
         # a line per claim, not per target: a replica starting on 50,000 targets takes them all at once
         if gained:
-            log.info("%s: %s decides it now", _some(gained), self.holder)
+            tokens = sorted({self._held[t][0] for t in gained})
+            log.info("%s: %s decides it now (lease %s)", _some(gained), self.holder, _some(tokens))
         if taken:
             log.info("%s: lease taken by another replica; %s stops deciding it", _some(taken), self.holder)
         return next_claim
