@@ -183,13 +183,15 @@ async def test_a_target_that_changes_while_it_is_decided_is_decided_again_after_
         running.cancel()
 
 
-class ReloadWhileReading(MemoryStore):
-    """The embedded store, where the target is removed and added back (a config reload) while a
-    batch's inputs are read, once `registry` is set."""
+class ChangedWhileReading(MemoryStore):
+    """The embedded store, where ml/chat is removed from `registry` while a batch's inputs are read
+    (once `registry` is set): added back with `add_back` (a config reload), and the read failing
+    with `fail` (a store outage at the same moment)."""
 
-    def __init__(self) -> None:
+    def __init__(self, *, add_back: bool = False, fail: bool = False) -> None:
         super().__init__()
         self.registry: target_registry.TargetRegistry | None = None
+        self.add_back, self.fail = add_back, fail
 
     async def decision_inputs(
         self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
@@ -198,14 +200,17 @@ class ReloadWhileReading(MemoryStore):
         if self.registry is not None and "ml/chat" in targets:
             registry, self.registry = self.registry, None
             registry.remove("ml/chat")
-            registry.add(SPEC)
+            if self.add_back:
+                registry.add(SPEC)
+            if self.fail:
+                raise StateUnavailable("redis: connection reset")
         return inputs
 
 
 async def test_a_decision_forgotten_while_its_inputs_were_read_comes_from_the_store() -> None:
     """The batch read skips the stored decision of a target whose decision is held here; if the
     held one is gone when the read returns, the stored one is read after all, so the hold goes on."""
-    store = ReloadWhileReading()
+    store = ChangedWhileReading(add_back=True)
     registry = target_registry.TargetRegistry([SPEC])
     saved: list[int] = []
     store.add_decision_listener(lambda d: saved.append(d.floor))
@@ -276,27 +281,6 @@ async def test_a_wake_re_decides_only_the_targets_whose_decision_said_they_chang
         running.cancel()
 
 
-class RemovedWhileReading(MemoryStore):
-    """The embedded store, where the target is removed from `registry` while a batch's inputs are
-    read; the read then fails once `fail` is set (a store outage at the same moment)."""
-
-    def __init__(self, registry: target_registry.TargetRegistry, *, fail: bool) -> None:
-        super().__init__()
-        self.registry: target_registry.TargetRegistry | None = registry
-        self.fail = fail
-
-    async def decision_inputs(
-        self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
-    ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
-        inputs = await super().decision_inputs(targets, now, cached=cached)
-        if self.registry is not None and "ml/chat" in targets:
-            registry, self.registry = self.registry, None
-            registry.remove("ml/chat")
-            if self.fail:
-                raise StateUnavailable("redis: connection reset")
-        return inputs
-
-
 @pytest.mark.parametrize("fail", [False, True])
 async def test_a_target_removed_while_it_is_decided_is_dropped_not_retried(fail: bool) -> None:
     """Removed while its inputs were read (with or without the read failing): the others are
@@ -305,7 +289,8 @@ async def test_a_target_removed_while_it_is_decided_is_dropped_not_retried(fail:
     manual = clock.ManualClock(T0)
     other = targets.TargetSpec(ref=targets.TargetRef("ml", "other"), kind=targets.TargetKind.KEDA, max=5)
     registry = target_registry.TargetRegistry([SPEC, other])
-    store = RemovedWhileReading(registry, fail=fail)
+    store = ChangedWhileReading(fail=fail)
+    store.registry = registry
     deciding = decider.Decider(registry=registry, store=store, clock=manual)
     running = asyncio.create_task(deciding.run())
     try:
