@@ -151,6 +151,27 @@ end
 return out
 """
 
+# The same reads on a Cluster, for the targets of one hash slot (a script touches one slot): KEYS
+# per target its live interactive sessions, live batch sessions and decision keys; ARGV alive_ms.
+# Returns what DECISION_INPUTS returns for them.
+SLOT_DECISION_INPUTS = r"""
+local alive = tonumber(ARGV[1])
+if not alive or #KEYS % 3 ~= 0 then
+  return redis.error_reply('ERR prewarm decision inputs: malformed arguments')
+end
+local bound = '(' .. ARGV[1]
+local out = {}
+for i = 1, #KEYS, 3 do
+  for j = 0, 1 do
+    out[#out + 1] = redis.call('ZCOUNT', KEYS[i + j], bound, '+inf')
+    local first = redis.call('ZRANGEBYSCORE', KEYS[i + j], bound, '+inf', 'WITHSCORES', 'LIMIT', 0, 1)
+    out[#out + 1] = first[2] or ''
+  end
+  out[#out + 1] = redis.call('GET', KEYS[i + 2])
+end
+return out
+"""
+
 # ARGV: the decisions channel, the saving store's origin, then three lists of as many lines each
 # ('\n' after every entry): the targets, their fences ('' for none) and their encoded decisions.
 # Returns per target 1 (stored and published) or 0 (the fence no longer holds: nothing written).

@@ -81,6 +81,7 @@ class RedisStore(StoreListeners):
         self._ingest = client.register_script(redis_scripts.INGEST)
         self._save = client.register_script(redis_scripts.SAVE_DECISION)
         self._inputs = client.register_script(redis_scripts.DECISION_INPUTS)
+        self._slot_inputs = client.register_script(redis_scripts.SLOT_DECISION_INPUTS)
         self._save_many = client.register_script(redis_scripts.SAVE_DECISIONS)
         self._group = GroupCommit(self._write_group)
         self._leases = RedisLeases(client, calling=self._calling)
@@ -352,23 +353,27 @@ class RedisStore(StoreListeners):
         self, targets: Sequence[str], now: datetime, *, cached: Container[str] = ()
     ) -> list[tuple[ledger.SessionCount, policy.FloorDecision | None]]:
         """Sessions and the stored decision of every target in one round trip: one script call on
-        one server, a pipeline on a Cluster (the targets' keys live in different slots)."""
+        one server; on a Cluster a script call per hash slot, all in one pipeline."""
         if not targets:
             return []
         alive = ms(now)
-        if self._cluster:
-            async with self._calling(), self._client.pipeline(transaction=False) as pipe:
-                for target in targets:
-                    for k in (key(target, "sessions"), key(target, "batch")):
-                        pipe.zcount(k, f"({alive}", "+inf")
-                        pipe.zrangebyscore(k, f"({alive}", "+inf", start=0, num=1, withscores=True)
-                    pipe.get(key(target, "decision"))
-                piped = await pipe.execute()
-            replies: list[Any] = []
-            for index in range(len(targets)):
-                interactive, first, batch, first_batch, raw = piped[5 * index : 5 * index + 5]
-                replies += [interactive, first[0][1] if first else "", batch, first_batch[0][1] if first_batch else ""]
-                replies.append(raw)
+        if isinstance(self._client, aioredis_cluster.RedisCluster):
+            by_slot: dict[int, list[int]] = {}
+            for position, target in enumerate(targets):
+                by_slot.setdefault(slot(target), []).append(position)
+            calls: list[ScriptCall] = [
+                ([key(targets[p], part) for p in positions for part in ("sessions", "batch", "decision")], [alive])
+                for positions in by_slot.values()
+            ]
+            async with self._calling():  # a script call per slot, all in one pipeline
+                answered = await run_script_calls(self._client, self._slot_inputs, calls)
+                failed = [reply for reply in answered if isinstance(reply, Exception)]
+                if failed:
+                    raise failed[0]
+            replies: list[Any] = [None] * (5 * len(targets))
+            for positions, reply in zip(by_slot.values(), answered, strict=True):
+                for offset, position in enumerate(positions):
+                    replies[5 * position : 5 * position + 5] = reply[5 * offset : 5 * offset + 5]
         else:
             async with self._calling():
                 replies = await self._inputs(keys=[], args=[alive, _lines(targets)])
