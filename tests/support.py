@@ -19,6 +19,7 @@ from typing import Any
 
 import aiohttp
 import pytest
+import redis.asyncio
 from kubernetes import client as k8s
 
 from knative import kube_api, kube_connection
@@ -516,6 +517,17 @@ async def post_session_opened(http: Any, port: int, *, target: str, event_id: st
             return int(response.status)
     except TimeoutError:
         return 0
+
+
+async def acknowledged_lost(statuses: dict[str, int], *, port: int, password: str | None, target: str) -> list[str]:
+    """The events answered 202 (session = event id, as post_session_opened sends them) whose
+    session `target` does not hold on the Redis at `port`: acknowledged and lost."""
+    client = redis.asyncio.Redis(port=port, password=password)
+    try:
+        stored = {m.decode() for m in await client.zrange(f"prewarm:{{{target}}}:sessions", 0, -1)}
+    finally:
+        await client.aclose()
+    return [event for event, status in sorted(statuses.items()) if status == 202 and event not in stored]
 
 
 CHROMIUM_FLAGS = (

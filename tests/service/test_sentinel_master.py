@@ -17,8 +17,7 @@ from typing import Any
 
 import aiohttp
 import pytest
-import redis.asyncio as aioredis
-from support import SentinelGroup, free_port, post_session_opened, wait_for, wait_for_async
+from support import SentinelGroup, acknowledged_lost, free_port, post_session_opened, wait_for, wait_for_async
 
 from prewarm.core import ledger
 from prewarm.service import clock, composition, redis_connection, sentinel_master
@@ -89,13 +88,8 @@ async def planned_failover_under_load(
             await asyncio.gather(*sent)
     new_master = group.master_port()
     assert new_master is not None and new_master != old_master, "the Sentinels did not switch the master"
-    client = aioredis.Redis(port=new_master, password=group.password)
-    try:
-        stored = {m.decode() for m in await client.zrange("prewarm:{ml/chat}:sessions", 0, -1)}
-    finally:
-        await client.aclose()
-    acknowledged = sorted(e for e, s in statuses.items() if s == 202)
-    return Outcome(statuses=statuses, lost=[e for e in acknowledged if e not in stored])
+    lost = await acknowledged_lost(statuses, port=new_master, password=group.password, target="ml/chat")
+    return Outcome(statuses=statuses, lost=lost)
 
 
 def _restart_every_sentinel(group: SentinelGroup) -> None:

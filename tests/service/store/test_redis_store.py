@@ -14,7 +14,15 @@ from typing import Any
 import aiohttp
 import pytest
 import redis.asyncio as aioredis
-from support import RedisCluster, RedisServer, SentinelGroup, post_session_opened, wait_for, wait_for_async
+from support import (
+    RedisCluster,
+    RedisServer,
+    SentinelGroup,
+    acknowledged_lost,
+    post_session_opened,
+    wait_for,
+    wait_for_async,
+)
 
 from prewarm.core import ledger, policy, targets
 from prewarm.service import clock, composition, redis_connection
@@ -237,13 +245,8 @@ async def failover_under_load(group: SentinelGroup, tmp_path: Path, *, wait_repl
         async with asyncio.timeout(10):
             await asyncio.gather(*sent)
     assert new_master is not None, "the Sentinels did not promote a replica"
-    client = aioredis.Redis(port=new_master.port, password=group.password)
-    try:
-        stored = {m.decode() for m in await client.zrange("prewarm:{ml/chat}:sessions", 0, -1)}
-    finally:
-        await client.aclose()
-    acknowledged = sorted(e for e, s in statuses.items() if s == 202)
-    return Outcome(statuses=statuses, lost=[e for e in acknowledged if e not in stored])
+    lost = await acknowledged_lost(statuses, port=new_master.port, password=group.password, target="ml/chat")
+    return Outcome(statuses=statuses, lost=lost)
 
 
 async def test_a_sentinel_failover_loses_no_acknowledged_event_when_replicas_must_acknowledge(
