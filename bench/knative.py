@@ -43,8 +43,6 @@ ROOT = Path(__file__).resolve().parents[1]
 harness = _load(ROOT / "bench" / "harness.py", "bench_harness")
 harness.keep_folder_off_path(ROOT / "bench")
 
-SERVING = "serving.knative.dev/v1"
-
 
 def serve_fake_api(port: int, services: int) -> None:
     """The API test server with `services` Services, each routing to one Revision."""
@@ -55,26 +53,7 @@ def serve_fake_api(port: int, services: int) -> None:
         "metadata": {"name": "knative-serving", "labels": {"app.kubernetes.io/version": "1.23.0"}}
     }
     for i in range(services):
-        fake.add(
-            SERVING,
-            "services",
-            {
-                "metadata": {"name": f"svc{i}", "namespace": "bench"},
-                "spec": {"template": {"metadata": {}}},
-                "status": {"traffic": [{"revisionName": f"svc{i}-00001", "percent": 100}]},
-            },
-        )
-        fake.add(
-            SERVING,
-            "revisions",
-            {
-                "metadata": {
-                    "name": f"svc{i}-00001",
-                    "namespace": "bench",
-                    "annotations": {"autoscaling.knative.dev/max-scale": "8"},
-                },
-            },
-        )
+        fake.add_routed_service("bench", f"svc{i}", revision_annotations={"autoscaling.knative.dev/max-scale": "8"})
     web.run_app(fake.app, host="127.0.0.1", port=port, access_log=None, print=None)
 
 

@@ -48,8 +48,6 @@ ROOT = Path(__file__).resolve().parents[1]
 harness = _load(ROOT / "bench" / "harness.py", "bench_harness")
 harness.keep_folder_off_path(ROOT / "bench")
 
-SERVING = "serving.knative.dev/v1"
-
 
 def stalled_names(services: int, share: float) -> set[str]:
     """Every 1/share-th Service (spread evenly)."""
@@ -68,16 +66,7 @@ def serve_fake_api(port: int, services: int, stalled: list[str]) -> None:
         "metadata": {"name": "knative-serving", "labels": {"app.kubernetes.io/version": "1.23.0"}}
     }
     for i in range(services):
-        fake.add(
-            SERVING,
-            "services",
-            {
-                "metadata": {"name": f"svc{i}", "namespace": "bench"},
-                "spec": {"template": {"metadata": {}}},
-                "status": {"traffic": [{"revisionName": f"svc{i}-00001", "percent": 100}]},
-            },
-        )
-        fake.add(SERVING, "revisions", {"metadata": {"name": f"svc{i}-00001", "namespace": "bench"}})
+        fake.add_routed_service("bench", f"svc{i}")
     hanging = {f"/{name}" for name in stalled} | {f"/{name}-00001" for name in stalled}
     never = asyncio.Event()
 

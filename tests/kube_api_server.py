@@ -134,6 +134,26 @@ class KubeAPIServer:
         self._record(plural, "MODIFIED" if key in self.objects else "ADDED", obj)
         self.objects[key] = obj
 
+    def add_routed_service(
+        self, namespace: str, name: str, *, revision_annotations: dict[str, str] | None = None
+    ) -> None:
+        """A Knative Service whose traffic all goes to one Revision, `<name>-00001` (as Knative's
+        controller leaves a Service after its first deploy), and that Revision."""
+        revision = f"{name}-00001"
+        self.add(
+            "serving.knative.dev/v1",
+            "services",
+            {
+                "metadata": {"name": name, "namespace": namespace},
+                "spec": {"template": {"metadata": {}}},
+                "status": {"traffic": [{"revisionName": revision, "percent": 100}]},
+            },
+        )
+        metadata: dict[str, Any] = {"name": revision, "namespace": namespace}
+        if revision_annotations:
+            metadata["annotations"] = dict(revision_annotations)
+        self.add("serving.knative.dev/v1", "revisions", {"metadata": metadata})
+
     def delete(self, group_version: str, namespace: str, plural: str, name: str) -> None:
         obj = self.objects.pop((group_version, namespace, plural, name))
         obj["metadata"]["resourceVersion"] = self._next_version()

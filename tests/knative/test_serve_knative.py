@@ -63,16 +63,7 @@ def write_kubeconfig(directory: Path, api: TestServer) -> Path:
 
 async def test_an_intent_event_raises_the_routed_revisions_min_scale(tmp_path: Path) -> None:
     fake = knative_api_server()
-    fake.add(
-        SERVING,
-        "services",
-        {
-            "metadata": {"name": "chat", "namespace": "llm"},
-            "spec": {"template": {"metadata": {}}},
-            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
-        },
-    )
-    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    fake.add_routed_service("llm", "chat")
     fake.add(SERVING, "services", {"metadata": {"name": "sdxl", "namespace": "vision"}})  # a KEDA target's name
     config = tmp_path / "targets.yaml"
     config.write_text(
@@ -270,16 +261,7 @@ async def test_with_redis_only_the_lease_holder_decides_and_patches(tmp_path: Pa
     only one that campaigns for decider leases, so it alone decides, logs and patches; an event
     sent to the other replica moves the floor through it."""
     fake = knative_api_server()
-    fake.add(
-        SERVING,
-        "services",
-        {
-            "metadata": {"name": "chat", "namespace": "llm"},
-            "spec": {"template": {"metadata": {}}},
-            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
-        },
-    )
-    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    fake.add_routed_service("llm", "chat")
     config = tmp_path / "targets.yaml"
     config.write_text("targets:\n  - {name: llm/chat, kind: knative, max: 4, sessionsPerReplica: 1, hold: 0s}\n")
     async with TestServer(fake.app) as api, contextlib.AsyncExitStack() as stack:
@@ -323,16 +305,7 @@ async def test_a_stalled_api_holds_up_no_other_target_and_the_floor_lands_once_i
     are decided and shown within 1 s each all the same, and the Knative floor lands within 2 s of
     the API answering again; /targets says meanwhile that it is desired and not applied."""
     fake = knative_api_server()
-    fake.add(
-        SERVING,
-        "services",
-        {
-            "metadata": {"name": "chat", "namespace": "llm"},
-            "spec": {"template": {"metadata": {}}},
-            "status": {"traffic": [{"revisionName": "chat-00001", "percent": 100}]},
-        },
-    )
-    fake.add(SERVING, "revisions", {"metadata": {"name": "chat-00001", "namespace": "llm"}})
+    fake.add_routed_service("llm", "chat")
     keda = ["vision/sdxl", "vision/flux", "audio/whisper"]
     config = tmp_path / "targets.yaml"
     config.write_text(

@@ -66,16 +66,7 @@ class Cluster:
 async def cluster_with(names: list[str]) -> AsyncIterator[Cluster]:
     fake = KubeAPIServer()
     for name in names:
-        fake.add(
-            SERVING,
-            "services",
-            {
-                "metadata": {"name": name, "namespace": "llm"},
-                "spec": {"template": {"metadata": {}}},
-                "status": {"traffic": [{"revisionName": f"{name}-00001", "percent": 100}]},
-            },
-        )
-        fake.add(SERVING, "revisions", {"metadata": {"name": f"{name}-00001", "namespace": "llm"}})
+        fake.add_routed_service("llm", name)
     async with TestServer(fake.app) as server:
         url = str(server.make_url("")).rstrip("/")
         api_session, api = kube_api_at(url, timeout=5)
