@@ -17,14 +17,16 @@ import redis.asyncio.cluster as aioredis_cluster
 import redis.exceptions
 from redis.commands.core import AsyncScript
 
+from prewarm.service.store import errors
+
 ScriptCall = tuple[Sequence[Any], Sequence[Any]]  # (keys, args) of one call
 
 
 async def run_script_calls(
     client: aioredis_cluster.RedisCluster, script: AsyncScript, calls: Sequence[ScriptCall]
 ) -> list[Any]:
-    """Every call's reply, in order, an exception in place of a call that failed (the caller says
-    which error wins: a refusal of one call, or the unavailability of a node)."""
+    """Every call's reply, in order, an exception in place of a call that failed (the caller raises
+    it, inside its error mapping: `raise_any_failure`)."""
     replies: list[Any] = [None] * len(calls)
     todo = list(range(len(calls)))
     for attempt in range(2):
@@ -43,3 +45,11 @@ async def run_script_calls(
         await client.script_load(script.script)  # on every primary
         todo = unknown
     return replies
+
+
+def raise_any_failure(replies: Sequence[Any]) -> None:
+    """Raise a failed call's error, if any: a refusal first (it names a request at fault, as a
+    single call's refusal would), else the first failure (a node that could not answer)."""
+    failed = [reply for reply in replies if isinstance(reply, Exception)]
+    if failed:
+        raise next((e for e in failed if errors.is_refusal(e)), failed[0])

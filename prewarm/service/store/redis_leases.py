@@ -13,7 +13,7 @@ import redis.asyncio.cluster as aioredis_cluster
 from redis.commands.core import AsyncScript
 
 from prewarm.service import redis_scripts
-from prewarm.service.store.cluster_scripts import ScriptCall, run_script_calls
+from prewarm.service.store.cluster_scripts import ScriptCall, raise_any_failure, run_script_calls
 from prewarm.service.store.leases import Lease
 from prewarm.service.store.redis_keys import MAX_ENCODED_KEYS, EncodedKeys, slot
 
@@ -98,9 +98,7 @@ class RedisLeases:
             if not isinstance(self._client, aioredis_cluster.RedisCluster):
                 return list(await asyncio.gather(*(script(keys=keys, args=args) for keys, args in calls)))
             replies = await run_script_calls(self._client, script, calls)
-            for reply in replies:
-                if isinstance(reply, Exception):
-                    raise reply  # inside `calling`: mapped as a single call's failure would be
+            raise_any_failure(replies)  # inside `calling`: mapped as a single call's failure would be
         return replies
 
     def _token(self, token: str) -> bytes:

@@ -19,7 +19,7 @@ import redis.exceptions
 from prewarm.core import ledger, policy
 from prewarm.service import redis_connection, redis_scripts, sentinel_master
 from prewarm.service.store import errors
-from prewarm.service.store.cluster_scripts import ScriptCall, run_script_calls
+from prewarm.service.store.cluster_scripts import ScriptCall, raise_any_failure, run_script_calls
 from prewarm.service.store.codec import decode_decision, encode_decision, encode_decisions
 from prewarm.service.store.group_commit import GroupCommit
 from prewarm.service.store.leases import LeaseLost
@@ -218,9 +218,7 @@ class RedisStore(StoreListeners):
             calls = [self._ingest_call(part) for part in parts]
             async with self._calling():  # every slot's call in one pipeline (see cluster_scripts)
                 replies = await run_script_calls(self._client, self._ingest, [(keys, args) for keys, args, _ in calls])
-                failures = [reply for reply in replies if isinstance(reply, Exception)]
-                if failures:  # a refusal first: it makes the group split and find the batch at fault
-                    raise next((e for e in failures if errors.is_refusal(e)), failures[0])
+                raise_any_failure(replies)  # a refusal makes the group split and find the batch at fault
             flags = [0] * len(intents)
             for positions, (_, _, index), reply in zip(by_slot.values(), calls, replies, strict=True):
                 for position, flag in zip(positions, self._ingested(index, reply), strict=True):
@@ -330,13 +328,7 @@ class RedisStore(StoreListeners):
         """The stored decision; None when there is none or what is stored cannot be read (logged)."""
         async with self._calling():
             raw = await self._client.get(key(target, "decision"))
-        if raw is None:
-            return None
-        try:
-            return decode_decision(raw)
-        except ValueError as e:
-            log.warning("%s: ignoring the stored decision: %s", target, e)
-            return None
+        return self._decoded(target, raw)
 
     # --- decisions ---
 
@@ -367,9 +359,7 @@ class RedisStore(StoreListeners):
             ]
             async with self._calling():  # a script call per slot, all in one pipeline
                 answered = await run_script_calls(self._client, self._slot_inputs, calls)
-                failed = [reply for reply in answered if isinstance(reply, Exception)]
-                if failed:
-                    raise failed[0]
+                raise_any_failure(answered)
             replies: list[Any] = [None] * (5 * len(targets))
             for positions, reply in zip(by_slot.values(), answered, strict=True):
                 for offset, position in enumerate(positions):
@@ -417,9 +407,7 @@ class RedisStore(StoreListeners):
             ]
             async with self._calling():
                 stored = await run_script_calls(self._client, self._save, calls)
-                failed = [reply for reply in stored if isinstance(reply, Exception)]
-                if failed:  # a refusal first, as one call's would be; else the first node's failure
-                    raise next((e for e in failed if errors.is_refusal(e)), failed[0])
+                raise_any_failure(stored)
         else:
             names = _lines([d.target for d, _ in decisions])
             fences = _lines([fence for _, fence in decisions])
