@@ -58,43 +58,32 @@ def write_config(path: Path, targets: int) -> None:
             out.write(f"  - {{name: {target_name(index)}, kind: keda, max: 4, sessionsPerReplica: 1, hold: 0s}}\n")
 
 
-# Those of the names (one argument, a name per line) with no stored decision yet. Redis checks them
-# in one script call: the client would otherwise encode 50,000 commands per poll on the same cores
-# as the server it measures.
+# Those of the names (one argument, a name per line) with no stored decision yet, or, when ARGV[2]
+# is not empty, with one made before it (an ISO 8601 UTC time with microseconds, as the decisions'
+# own `decided_at`, so the strings compare as times). Redis checks them in one script call: the
+# client would otherwise encode 50,000 commands per poll on the same cores as the server it
+# measures; a stored decision is only decoded when its time is asked about.
 UNDECIDED = """
 local left = {}
 for name in string.gmatch(ARGV[1], '[^\\n]+') do
-  if redis.call('EXISTS', 'prewarm:{' .. name .. '}:decision') == 0 then left[#left + 1] = name end
+  local key = 'prewarm:{' .. name .. '}:decision'
+  if ARGV[2] == '' then
+    if redis.call('EXISTS', key) == 0 then left[#left + 1] = name end
+  else
+    local raw = redis.call('GET', key)
+    if not raw or cjson.decode(raw)['decided_at'] < ARGV[2] then left[#left + 1] = name end
+  end
 end
 return left
 """
 
 
-# Those of the names (as UNDECIDED) whose stored decision was made before ARGV[2] (an ISO 8601 UTC
-# time with microseconds, as the decisions' own `decided_at`, so the strings compare as times).
-DECIDED_BEFORE = """
-local left = {}
-for name in string.gmatch(ARGV[1], '[^\\n]+') do
-  local raw = redis.call('GET', 'prewarm:{' .. name .. '}:decision')
-  if not raw or cjson.decode(raw)['decided_at'] < ARGV[2] then left[#left + 1] = name end
-end
-return left
-"""
-
-
-def decided_before(client: redis.Redis, names: list[str], since: datetime) -> list[str]:
-    """Those of `names` whose stored decision is older than `since` (poll what is left)."""
+def undecided(client: redis.Redis, names: list[str], *, since: datetime | None = None) -> list[str]:
+    """Those of `names` with no stored decision yet, or (with `since`) none newer (poll what is left)."""
     if not names:
         return []
-    left = client.eval(DECIDED_BEFORE, 0, "\n".join(names), since.isoformat(timespec="microseconds"))
-    return [name.decode() for name in left]
-
-
-def undecided(client: redis.Redis, names: list[str]) -> list[str]:
-    """Those of `names` with no stored decision yet (poll what is left)."""
-    if not names:
-        return []
-    left = client.eval(UNDECIDED, 0, "\n".join(names))
+    after = "" if since is None else since.isoformat(timespec="microseconds")
+    left = client.eval(UNDECIDED, 0, "\n".join(names), after)
     return [name.decode() for name in left]
 
 
@@ -167,7 +156,7 @@ def run(targets: int, workdir: Path) -> dict[str, Any]:
             time.sleep(0.01)
         result["restart_floor_moved_s"] = time.monotonic() - accepted
         waiting = [target_name(index) for index in range(targets)]
-        while waiting := decided_before(client, waiting, restarted_at):
+        while waiting := undecided(client, waiting, since=restarted_at):
             if time.monotonic() > restarted + 120:
                 raise RuntimeError(f"{len(waiting)} targets not re-decided within 120 s of the restart")
             time.sleep(0.25)
